@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from ananke.v1 import constraints_pb2 as ananke_dot_v1_dot_constraints__pb2
 from ananke.v1 import generation_pb2 as ananke_dot_v1_dot_generation__pb2
 from ananke.v1 import provenance_pb2 as ananke_dot_v1_dot_provenance__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ananke/v1/inference_service.proto\x12\tananke.v1\x1a\x1b\x61nanke/v1/constraints.proto\x1a\x1a\x61nanke/v1/generation.proto\x1a\x1a\x61nanke/v1/provenance.proto\"O\n\x15GenerateStreamRequest\x12\x36\n\x07request\x18\x01 \x01(\x0b\x32\x1c.ananke.v1.GenerationRequestR\x07request\"\xc7\x01\n\x16GenerateStreamResponse\x12\x38\n\x07started\x18\x01 \x01(\x0b\x32\x1c.ananke.v1.GenerationStartedH\x00R\x07started\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.ananke.v1.TokenChunkH\x00R\x05\x63hunk\x12;\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1d.ananke.v1.GenerationFinishedH\x00R\x08\x66inishedB\x07\n\x05\x65vent\"z\n\x11GenerationStarted\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x19\n\x08model_id\x18\x02 \x01(\tR\x07modelId\x12+\n\x11\x63onstraint_digest\x18\x03 \x01(\tR\x10\x63onstraintDigest\"=\n\nTokenChunk\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\rR\x08tokenIds\"\xb1\x01\n\x12GenerationFinished\x12<\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ananke.v1.FinishReasonR\x0c\x66inishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ananke.v1.UsageR\x05usage\x12\x35\n\nprovenance\x18\x03 \x01(\x0b\x32\x15.ananke.v1.ProvenanceR\nprovenance\"I\n\x0fGenerateRequest\x12\x36\n\x07request\x18\x01 \x01(\x0b\x32\x1c.ananke.v1.GenerationRequestR\x07request\"\xff\x01\n\x10GenerateResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x03 \x03(\rR\x08tokenIds\x12<\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.ananke.v1.FinishReasonR\x0c\x66inishReason\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x10.ananke.v1.UsageR\x05usage\x12\x35\n\nprovenance\x18\x06 \x01(\x0b\x32\x15.ananke.v1.ProvenanceR\nprovenance\"W\n\x1aValidateConstraintsRequest\x12\x39\n\x0b\x63onstraints\x18\x01 \x03(\x0b\x32\x17.ananke.v1.ConstraintIRR\x0b\x63onstraints\"\x7f\n\x1bValidateConstraintsResponse\x12\x0e\n\x02ok\x18\x01 \x01(\x08R\x02ok\x12\x38\n\x08verdicts\x18\x02 \x03(\x0b\x32\x1c.ananke.v1.ConstraintVerdictR\x08verdicts\x12\x16\n\x06\x64igest\x18\x03 \x01(\tR\x06\x64igest\"\xca\x01\n\x11\x43onstraintVerdict\x12\x14\n\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x19.ananke.v1.ConstraintKindR\x04kind\x12\x0e\n\x02ok\x18\x04 \x01(\x08R\x02ok\x12\x30\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.ananke.v1.ConstraintErrorR\x05\x65rror\x12\x1a\n\x08warnings\x18\x06 \x03(\tR\x08warnings\"\x85\x01\n\x0f\x43onstraintError\x12\x16\n\x06reason\x18\x01 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x14\n\x05\x66ield\x18\x03 \x01(\tR\x05\x66ield\x12\x12\n\x04line\x18\x04 \x01(\rR\x04line\x12\x16\n\x06\x63olumn\x18\x05 \x01(\rR\x06\x63olumn\"\x15\n\x13GetModelInfoRequest\"\xda\x04\n\x14GetModelInfoResponse\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12%\n\x0emodel_revision\x18\x02 \x01(\tR\rmodelRevision\x12\x1f\n\x0b\x65ngine_name\x18\x03 \x01(\tR\nengineName\x12%\n\x0e\x65ngine_version\x18\x04 \x01(\tR\rengineVersion\x12-\n\x12llguidance_version\x18\x05 \x01(\tR\x11llguidanceVersion\x12\'\n\x0fservice_version\x18\x06 \x01(\tR\x0eserviceVersion\x12%\n\x0e\x63ontext_length\x18\x07 \x01(\rR\rcontextLength\x12\x1d\n\nvocab_size\x18\x08 \x01(\rR\tvocabSize\x12\"\n\reos_token_ids\x18\t \x03(\rR\x0b\x65osTokenIds\x12W\n\x1asupported_constraint_kinds\x18\n \x03(\x0e\x32\x19.ananke.v1.ConstraintKindR\x18supportedConstraintKinds\x12(\n\x10max_tokens_limit\x18\x0b \x01(\rR\x0emaxTokensLimit\x12\x30\n\x14max_constraint_bytes\x18\x0c \x01(\x04R\x12maxConstraintBytes\x12\x41\n\rcompile_cache\x18\r \x01(\x0b\x32\x1c.ananke.v1.CompileCacheStatsR\x0c\x63ompileCache\"o\n\x11\x43ompileCacheStats\x12\x12\n\x04size\x18\x01 \x01(\x04R\x04size\x12\x1a\n\x08\x63\x61pacity\x18\x02 \x01(\x04R\x08\x63\x61pacity\x12\x12\n\x04hits\x18\x03 \x01(\x04R\x04hits\x12\x16\n\x06misses\x18\x04 \x01(\x04R\x06misses2\xe7\x02\n\x10InferenceService\x12W\n\x0eGenerateStream\x12 .ananke.v1.GenerateStreamRequest\x1a!.ananke.v1.GenerateStreamResponse0\x01\x12\x43\n\x08Generate\x12\x1a.ananke.v1.GenerateRequest\x1a\x1b.ananke.v1.GenerateResponse\x12\x64\n\x13ValidateConstraints\x12%.ananke.v1.ValidateConstraintsRequest\x1a&.ananke.v1.ValidateConstraintsResponse\x12O\n\x0cGetModelInfo\x12\x1e.ananke.v1.GetModelInfoRequest\x1a\x1f.ananke.v1.GetModelInfoResponseBE\n\rdev.ananke.v1P\x01Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ananke/v1/inference_service.proto\x12\tananke.v1\x1a\x1b\x61nanke/v1/constraints.proto\x1a\x1a\x61nanke/v1/generation.proto\x1a\x1a\x61nanke/v1/provenance.proto\x1a\x1egoogle/protobuf/duration.proto\"O\n\x15GenerateStreamRequest\x12\x36\n\x07request\x18\x01 \x01(\x0b\x32\x1c.ananke.v1.GenerationRequestR\x07request\"\xc7\x01\n\x16GenerateStreamResponse\x12\x38\n\x07started\x18\x01 \x01(\x0b\x32\x1c.ananke.v1.GenerationStartedH\x00R\x07started\x12-\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.ananke.v1.TokenChunkH\x00R\x05\x63hunk\x12;\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1d.ananke.v1.GenerationFinishedH\x00R\x08\x66inishedB\x07\n\x05\x65vent\"z\n\x11GenerationStarted\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x19\n\x08model_id\x18\x02 \x01(\tR\x07modelId\x12+\n\x11\x63onstraint_digest\x18\x03 \x01(\tR\x10\x63onstraintDigest\"=\n\nTokenChunk\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x02 \x03(\rR\x08tokenIds\"\xb1\x01\n\x12GenerationFinished\x12<\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x17.ananke.v1.FinishReasonR\x0c\x66inishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x10.ananke.v1.UsageR\x05usage\x12\x35\n\nprovenance\x18\x03 \x01(\x0b\x32\x15.ananke.v1.ProvenanceR\nprovenance\"I\n\x0fGenerateRequest\x12\x36\n\x07request\x18\x01 \x01(\x0b\x32\x1c.ananke.v1.GenerationRequestR\x07request\"\xff\x01\n\x10GenerateResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1b\n\ttoken_ids\x18\x03 \x03(\rR\x08tokenIds\x12<\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.ananke.v1.FinishReasonR\x0c\x66inishReason\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x10.ananke.v1.UsageR\x05usage\x12\x35\n\nprovenance\x18\x06 \x01(\x0b\x32\x15.ananke.v1.ProvenanceR\nprovenance\"W\n\x1aValidateConstraintsRequest\x12\x39\n\x0b\x63onstraints\x18\x01 \x03(\x0b\x32\x17.ananke.v1.ConstraintIRR\x0b\x63onstraints\"\xc2\x01\n\x1bValidateConstraintsResponse\x12\x0e\n\x02ok\x18\x01 \x01(\x08R\x02ok\x12\x38\n\x08verdicts\x18\x02 \x03(\x0b\x32\x1c.ananke.v1.ConstraintVerdictR\x08verdicts\x12\x16\n\x06\x64igest\x18\x03 \x01(\tR\x06\x64igest\x12\x41\n\x0e\x63ombined_error\x18\x04 \x01(\x0b\x32\x1a.ananke.v1.ConstraintErrorR\rcombinedError\"\xca\x01\n\x11\x43onstraintVerdict\x12\x14\n\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x19.ananke.v1.ConstraintKindR\x04kind\x12\x0e\n\x02ok\x18\x04 \x01(\x08R\x02ok\x12\x30\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.ananke.v1.ConstraintErrorR\x05\x65rror\x12\x1a\n\x08warnings\x18\x06 \x03(\tR\x08warnings\"\x85\x01\n\x0f\x43onstraintError\x12\x16\n\x06reason\x18\x01 \x01(\tR\x06reason\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x14\n\x05\x66ield\x18\x03 \x01(\tR\x05\x66ield\x12\x12\n\x04line\x18\x04 \x01(\rR\x04line\x12\x16\n\x06\x63olumn\x18\x05 \x01(\rR\x06\x63olumn\"\x15\n\x13GetModelInfoRequest\"\x97\x04\n\x14GetModelInfoResponse\x12\x19\n\x08model_id\x18\x01 \x01(\tR\x07modelId\x12%\n\x0emodel_revision\x18\x02 \x01(\tR\rmodelRevision\x12\x1f\n\x0b\x65ngine_name\x18\x03 \x01(\tR\nengineName\x12%\n\x0e\x65ngine_version\x18\x04 \x01(\tR\rengineVersion\x12-\n\x12llguidance_version\x18\x05 \x01(\tR\x11llguidanceVersion\x12\'\n\x0fservice_version\x18\x06 \x01(\tR\x0eserviceVersion\x12%\n\x0e\x63ontext_length\x18\x07 \x01(\rR\rcontextLength\x12\x1d\n\nvocab_size\x18\x08 \x01(\rR\tvocabSize\x12\"\n\reos_token_ids\x18\t \x03(\rR\x0b\x65osTokenIds\x12W\n\x1asupported_constraint_kinds\x18\n \x03(\x0e\x32\x19.ananke.v1.ConstraintKindR\x18supportedConstraintKinds\x12(\n\x10max_tokens_limit\x18\x0b \x01(\rR\x0emaxTokensLimit\x12\x30\n\x14max_constraint_bytes\x18\x0c \x01(\x04R\x12maxConstraintBytes\"\x17\n\x15GetServerStatsRequest\"\xeb\x02\n\x16GetServerStatsResponse\x12-\n\x12\x61\x63tive_generations\x18\x01 \x01(\rR\x11\x61\x63tiveGenerations\x12-\n\x12queued_generations\x18\x02 \x01(\rR\x11queuedGenerations\x12<\n\x1a\x65ngine_unfinished_requests\x18\x03 \x01(\rR\x18\x65ngineUnfinishedRequests\x12\x41\n\rcompile_cache\x18\x04 \x01(\x0b\x32\x1c.ananke.v1.CompileCacheStatsR\x0c\x63ompileCache\x12\x31\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06uptime\x12?\n\x0bgenerations\x18\x06 \x01(\x0b\x32\x1d.ananke.v1.GenerationCountersR\x0bgenerations\"\x95\x01\n\x12GenerationCounters\x12\x1c\n\tcompleted\x18\x01 \x01(\x04R\tcompleted\x12\x1c\n\tcancelled\x18\x02 \x01(\x04R\tcancelled\x12+\n\x11\x64\x65\x61\x64line_exceeded\x18\x03 \x01(\x04R\x10\x64\x65\x61\x64lineExceeded\x12\x16\n\x06\x66\x61iled\x18\x04 \x01(\x04R\x06\x66\x61iled\"o\n\x11\x43ompileCacheStats\x12\x12\n\x04size\x18\x01 \x01(\x04R\x04size\x12\x1a\n\x08\x63\x61pacity\x18\x02 \x01(\x04R\x08\x63\x61pacity\x12\x12\n\x04hits\x18\x03 \x01(\x04R\x04hits\x12\x16\n\x06misses\x18\x04 \x01(\x04R\x06misses2\xbe\x03\n\x10InferenceService\x12W\n\x0eGenerateStream\x12 .ananke.v1.GenerateStreamRequest\x1a!.ananke.v1.GenerateStreamResponse0\x01\x12\x43\n\x08Generate\x12\x1a.ananke.v1.GenerateRequest\x1a\x1b.ananke.v1.GenerateResponse\x12\x64\n\x13ValidateConstraints\x12%.ananke.v1.ValidateConstraintsRequest\x1a&.ananke.v1.ValidateConstraintsResponse\x12O\n\x0cGetModelInfo\x12\x1e.ananke.v1.GetModelInfoRequest\x1a\x1f.ananke.v1.GetModelInfoResponse\x12U\n\x0eGetServerStats\x12 .ananke.v1.GetServerStatsRequest\x1a!.ananke.v1.GetServerStatsResponseBE\n\rdev.ananke.v1P\x01Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +36,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ananke.v1.inference_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.ananke.v1P\001Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1'
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=133
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=212
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=215
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=414
-  _globals['_GENERATIONSTARTED']._serialized_start=416
-  _globals['_GENERATIONSTARTED']._serialized_end=538
-  _globals['_TOKENCHUNK']._serialized_start=540
-  _globals['_TOKENCHUNK']._serialized_end=601
-  _globals['_GENERATIONFINISHED']._serialized_start=604
-  _globals['_GENERATIONFINISHED']._serialized_end=781
-  _globals['_GENERATEREQUEST']._serialized_start=783
-  _globals['_GENERATEREQUEST']._serialized_end=856
-  _globals['_GENERATERESPONSE']._serialized_start=859
-  _globals['_GENERATERESPONSE']._serialized_end=1114
-  _globals['_VALIDATECONSTRAINTSREQUEST']._serialized_start=1116
-  _globals['_VALIDATECONSTRAINTSREQUEST']._serialized_end=1203
-  _globals['_VALIDATECONSTRAINTSRESPONSE']._serialized_start=1205
-  _globals['_VALIDATECONSTRAINTSRESPONSE']._serialized_end=1332
-  _globals['_CONSTRAINTVERDICT']._serialized_start=1335
-  _globals['_CONSTRAINTVERDICT']._serialized_end=1537
-  _globals['_CONSTRAINTERROR']._serialized_start=1540
-  _globals['_CONSTRAINTERROR']._serialized_end=1673
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1675
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1696
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1699
-  _globals['_GETMODELINFORESPONSE']._serialized_end=2301
-  _globals['_COMPILECACHESTATS']._serialized_start=2303
-  _globals['_COMPILECACHESTATS']._serialized_end=2414
-  _globals['_INFERENCESERVICE']._serialized_start=2417
-  _globals['_INFERENCESERVICE']._serialized_end=2776
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=165
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=244
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=247
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=446
+  _globals['_GENERATIONSTARTED']._serialized_start=448
+  _globals['_GENERATIONSTARTED']._serialized_end=570
+  _globals['_TOKENCHUNK']._serialized_start=572
+  _globals['_TOKENCHUNK']._serialized_end=633
+  _globals['_GENERATIONFINISHED']._serialized_start=636
+  _globals['_GENERATIONFINISHED']._serialized_end=813
+  _globals['_GENERATEREQUEST']._serialized_start=815
+  _globals['_GENERATEREQUEST']._serialized_end=888
+  _globals['_GENERATERESPONSE']._serialized_start=891
+  _globals['_GENERATERESPONSE']._serialized_end=1146
+  _globals['_VALIDATECONSTRAINTSREQUEST']._serialized_start=1148
+  _globals['_VALIDATECONSTRAINTSREQUEST']._serialized_end=1235
+  _globals['_VALIDATECONSTRAINTSRESPONSE']._serialized_start=1238
+  _globals['_VALIDATECONSTRAINTSRESPONSE']._serialized_end=1432
+  _globals['_CONSTRAINTVERDICT']._serialized_start=1435
+  _globals['_CONSTRAINTVERDICT']._serialized_end=1637
+  _globals['_CONSTRAINTERROR']._serialized_start=1640
+  _globals['_CONSTRAINTERROR']._serialized_end=1773
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1775
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1796
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1799
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2334
+  _globals['_GETSERVERSTATSREQUEST']._serialized_start=2336
+  _globals['_GETSERVERSTATSREQUEST']._serialized_end=2359
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_start=2362
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=2725
+  _globals['_GENERATIONCOUNTERS']._serialized_start=2728
+  _globals['_GENERATIONCOUNTERS']._serialized_end=2877
+  _globals['_COMPILECACHESTATS']._serialized_start=2879
+  _globals['_COMPILECACHESTATS']._serialized_end=2990
+  _globals['_INFERENCESERVICE']._serialized_start=2993
+  _globals['_INFERENCESERVICE']._serialized_end=3439
 # @@protoc_insertion_point(module_scope)

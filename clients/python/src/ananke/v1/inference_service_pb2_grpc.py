@@ -60,6 +60,11 @@ class InferenceServiceStub:
                 request_serializer=ananke_dot_v1_dot_inference__service__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=ananke_dot_v1_dot_inference__service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GetServerStats = channel.unary_unary(
+                '/ananke.v1.InferenceService/GetServerStats',
+                request_serializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsRequest.SerializeToString,
+                response_deserializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -98,7 +103,14 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the model, the engine, the limits and the compile cache.
+        """Describes the model, the engine and the limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerStats(self, request, context):
+        """Reports this server process's load and compile cache counters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +138,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=ananke_dot_v1_dot_inference__service__pb2.GetModelInfoRequest.FromString,
                     response_serializer=ananke_dot_v1_dot_inference__service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'GetServerStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerStats,
+                    request_deserializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsRequest.FromString,
+                    response_serializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -242,6 +259,33 @@ class InferenceService:
             '/ananke.v1.InferenceService/GetModelInfo',
             ananke_dot_v1_dot_inference__service__pb2.GetModelInfoRequest.SerializeToString,
             ananke_dot_v1_dot_inference__service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ananke.v1.InferenceService/GetServerStats',
+            ananke_dot_v1_dot_inference__service__pb2.GetServerStatsRequest.SerializeToString,
+            ananke_dot_v1_dot_inference__service__pb2.GetServerStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

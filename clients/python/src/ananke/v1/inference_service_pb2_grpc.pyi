@@ -54,7 +54,9 @@ class InferenceServiceStub:
     the error (and its position) or the warnings.
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelInfoRequest, _inference_service_pb2.GetModelInfoResponse]
-    """Describes the model, the engine, the limits and the compile cache."""
+    """Describes the model, the engine and the limits."""
+    GetServerStats: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetServerStatsRequest, _inference_service_pb2.GetServerStatsResponse]
+    """Reports this server process's load and compile cache counters."""
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -82,7 +84,9 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     the error (and its position) or the warnings.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelInfoRequest, _inference_service_pb2.GetModelInfoResponse]  # type: ignore[assignment]
-    """Describes the model, the engine, the limits and the compile cache."""
+    """Describes the model, the engine and the limits."""
+    GetServerStats: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetServerStatsRequest, _inference_service_pb2.GetServerStatsResponse]  # type: ignore[assignment]
+    """Reports this server process's load and compile cache counters."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Constrained generation: every generated token obeys the request's
@@ -131,6 +135,14 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.GetModelInfoResponse, _abc.Awaitable[_inference_service_pb2.GetModelInfoResponse]]:
-        """Describes the model, the engine, the limits and the compile cache."""
+        """Describes the model, the engine and the limits."""
+
+    @_abc_1.abstractmethod
+    def GetServerStats(
+        self,
+        request: _inference_service_pb2.GetServerStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.GetServerStatsResponse, _abc.Awaitable[_inference_service_pb2.GetServerStatsResponse]]:
+        """Reports this server process's load and compile cache counters."""
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,6 +27,7 @@ __all__ = (
     "GenerateStreamRequest",
     "GenerateStreamResponse",
     "GenerationContext",
+    "GenerationCounters",
     "GenerationFinished",
     "GenerationRequest",
     "GenerationStarted",
@@ -34,6 +35,8 @@ __all__ = (
     "GenerationTimings",
     "GetModelInfoRequest",
     "GetModelInfoResponse",
+    "GetServerStatsRequest",
+    "GetServerStatsResponse",
     "GrammarConstraint",
     "GrammarSyntax",
     "InferenceServiceStub",
@@ -667,9 +670,7 @@ class ChoiceConstraint(betterproto2.Message):
     The output is exactly one of a list of literal strings.
     """
 
-    options: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    options: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
     """
     Required. The alternatives, at least one, each non-empty. Duplicates are
     allowed and ignored. At most 10,000 alternatives.
@@ -706,9 +707,7 @@ class CompileCacheStats(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "CompileCacheStats", CompileCacheStats
-)
+default_message_pool.register_message("ananke.v1", "CompileCacheStats", CompileCacheStats)
 
 
 @dataclass(eq=False, repr=False)
@@ -724,18 +723,14 @@ class CompositeConstraint(betterproto2.Message):
     Required. How `parts` combine.
     """
 
-    parts: "list[ConstraintIr]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    parts: "list[ConstraintIr]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Required. The constraints to combine, at least one; nesting is allowed up
     to a depth of 16. A part's name and priority are informational.
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "CompositeConstraint", CompositeConstraint
-)
+default_message_pool.register_message("ananke.v1", "CompositeConstraint", CompositeConstraint)
 
 
 @dataclass(eq=False, repr=False)
@@ -902,9 +897,7 @@ class ConstraintProvenance(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "ConstraintProvenance", ConstraintProvenance
-)
+default_message_pool.register_message("ananke.v1", "ConstraintProvenance", ConstraintProvenance)
 
 
 @dataclass(eq=False, repr=False)
@@ -931,9 +924,7 @@ class ConstraintSummary(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "ConstraintSummary", ConstraintSummary
-)
+default_message_pool.register_message("ananke.v1", "ConstraintSummary", ConstraintSummary)
 
 
 @dataclass(eq=False, repr=False)
@@ -971,17 +962,13 @@ class ConstraintVerdict(betterproto2.Message):
     Why it did not compile; unset when ok.
     """
 
-    warnings: "list[str]" = betterproto2.field(
-        6, betterproto2.TYPE_STRING, repeated=True
-    )
+    warnings: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
     """
     Non-fatal findings: ignored keywords, lenient fallbacks.
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "ConstraintVerdict", ConstraintVerdict
-)
+default_message_pool.register_message("ananke.v1", "ConstraintVerdict", ConstraintVerdict)
 
 
 @dataclass(eq=False, repr=False)
@@ -1017,9 +1004,7 @@ class GenerateResponse(betterproto2.Message):
     The whole output (UTF-8): the concatenation of a stream's chunk texts.
     """
 
-    token_ids: "list[int]" = betterproto2.field(
-        3, betterproto2.TYPE_UINT32, repeated=True
-    )
+    token_ids: "list[int]" = betterproto2.field(3, betterproto2.TYPE_UINT32, repeated=True)
     """
     The generated token ids, in order.
     """
@@ -1031,9 +1016,7 @@ class GenerateResponse(betterproto2.Message):
     Why generation ended.
     """
 
-    usage: "Usage | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    usage: "Usage | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Token counts.
     """
@@ -1063,9 +1046,7 @@ class GenerateStreamRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerateStreamRequest", GenerateStreamRequest
-)
+default_message_pool.register_message("ananke.v1", "GenerateStreamRequest", GenerateStreamRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1099,9 +1080,7 @@ class GenerateStreamResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerateStreamResponse", GenerateStreamResponse
-)
+default_message_pool.register_message("ananke.v1", "GenerateStreamResponse", GenerateStreamResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1127,9 +1106,37 @@ class GenerationContext(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerationContext", GenerationContext
-)
+default_message_pool.register_message("ananke.v1", "GenerationContext", GenerationContext)
+
+
+@dataclass(eq=False, repr=False)
+class GenerationCounters(betterproto2.Message):
+    """
+    Counts of finished generations since the server started.
+    """
+
+    completed: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+    """
+    Ended with a GenerationFinished event or a GenerateResponse.
+    """
+
+    cancelled: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Ended because the client cancelled or disconnected.
+    """
+
+    deadline_exceeded: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+    """
+    Ended because the deadline passed.
+    """
+
+    failed: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    Refused or failed with an error status (including bad input).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "GenerationCounters", GenerationCounters)
 
 
 @dataclass(eq=False, repr=False)
@@ -1145,9 +1152,7 @@ class GenerationFinished(betterproto2.Message):
     Why generation ended.
     """
 
-    usage: "Usage | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    usage: "Usage | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Token counts.
     """
@@ -1160,9 +1165,7 @@ class GenerationFinished(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerationFinished", GenerationFinished
-)
+default_message_pool.register_message("ananke.v1", "GenerationFinished", GenerationFinished)
 
 
 @dataclass(eq=False, repr=False)
@@ -1185,9 +1188,7 @@ class GenerationRequest(betterproto2.Message):
     length in tokens, minus max_tokens.
     """
 
-    messages: "list[ChatMessage]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    messages: "list[ChatMessage]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Chat messages, rendered with the model's chat template and an assistant
     turn opened for the output. Exactly one of `prompt` and `messages` is set.
@@ -1221,9 +1222,7 @@ class GenerationRequest(betterproto2.Message):
     metadata: "dict[str, str]" = betterproto2.field(
         7,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
     """
     Optional. Free-form labels echoed unchanged in provenance. At most 64
@@ -1231,9 +1230,7 @@ class GenerationRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerationRequest", GenerationRequest
-)
+default_message_pool.register_message("ananke.v1", "GenerationRequest", GenerationRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1259,9 +1256,7 @@ class GenerationStarted(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerationStarted", GenerationStarted
-)
+default_message_pool.register_message("ananke.v1", "GenerationStarted", GenerationStarted)
 
 
 @dataclass(eq=False, repr=False)
@@ -1271,39 +1266,28 @@ class GenerationTimestamps(betterproto2.Message):
     """
 
     received_at: "datetime.datetime | None" = betterproto2.field(
-        1,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
     """
     The server received the call.
     """
 
     first_token_at: "datetime.datetime | None" = betterproto2.field(
-        2,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
     """
     The first token was produced; unset when none was.
     """
 
     finished_at: "datetime.datetime | None" = betterproto2.field(
-        3,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
     """
     The last token was produced and the check ran.
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerationTimestamps", GenerationTimestamps
-)
+default_message_pool.register_message("ananke.v1", "GenerationTimestamps", GenerationTimestamps)
 
 
 @dataclass(eq=False, repr=False)
@@ -1313,59 +1297,42 @@ class GenerationTimings(betterproto2.Message):
     """
 
     queue: "datetime.timedelta | None" = betterproto2.field(
-        1,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Duration,
-        optional=True,
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
     From receipt until the engine took the request (admission wait).
     """
 
     compile: "datetime.timedelta | None" = betterproto2.field(
-        2,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Duration,
-        optional=True,
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
     Compiling the constraints (near zero on a cache hit).
     """
 
     time_to_first_token: "datetime.timedelta | None" = betterproto2.field(
-        3,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Duration,
-        optional=True,
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
     From receipt to the first token.
     """
 
     total: "datetime.timedelta | None" = betterproto2.field(
-        4,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Duration,
-        optional=True,
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
     From receipt to the last token.
     """
 
     check: "datetime.timedelta | None" = betterproto2.field(
-        5,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Duration,
-        optional=True,
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
     The independent re-check.
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GenerationTimings", GenerationTimings
-)
+default_message_pool.register_message("ananke.v1", "GenerationTimings", GenerationTimings)
 
 
 @dataclass(eq=False, repr=False)
@@ -1377,9 +1344,7 @@ class GetModelInfoRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GetModelInfoRequest", GetModelInfoRequest
-)
+default_message_pool.register_message("ananke.v1", "GetModelInfoRequest", GetModelInfoRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1428,9 +1393,7 @@ class GetModelInfoResponse(betterproto2.Message):
     Size of the token id space (logits width); token ids are below it.
     """
 
-    eos_token_ids: "list[int]" = betterproto2.field(
-        9, betterproto2.TYPE_UINT32, repeated=True
-    )
+    eos_token_ids: "list[int]" = betterproto2.field(9, betterproto2.TYPE_UINT32, repeated=True)
     """
     The end-of-sequence token ids.
     """
@@ -1452,17 +1415,66 @@ class GetModelInfoResponse(betterproto2.Message):
     The server's limit on one constraint's text, in bytes.
     """
 
+
+default_message_pool.register_message("ananke.v1", "GetModelInfoResponse", GetModelInfoResponse)
+
+
+@dataclass(eq=False, repr=False)
+class GetServerStatsRequest(betterproto2.Message):
+    """
+    Request of InferenceService.GetServerStats.
+    """
+
+    pass
+
+
+default_message_pool.register_message("ananke.v1", "GetServerStatsRequest", GetServerStatsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class GetServerStatsResponse(betterproto2.Message):
+    """
+    Response of InferenceService.GetServerStats.
+    """
+
+    active_generations: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Generate and GenerateStream calls holding an engine slot now.
+    """
+
+    queued_generations: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Calls waiting for a slot.
+    """
+
+    engine_unfinished_requests: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Requests the engine still holds (running or being aborted); 0 when idle.
+    """
+
     compile_cache: "CompileCacheStats | None" = betterproto2.field(
-        13, betterproto2.TYPE_MESSAGE, optional=True
+        4, betterproto2.TYPE_MESSAGE, optional=True
     )
     """
-    The compile cache.
+    The constraint compile cache.
+    """
+
+    uptime: "datetime.timedelta | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    Time since the server process started.
+    """
+
+    generations: "GenerationCounters | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Generations finished since start, by how they ended.
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GetModelInfoResponse", GetModelInfoResponse
-)
+default_message_pool.register_message("ananke.v1", "GetServerStatsResponse", GetServerStatsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1484,9 +1496,7 @@ class GrammarConstraint(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "GrammarConstraint", GrammarConstraint
-)
+default_message_pool.register_message("ananke.v1", "GrammarConstraint", GrammarConstraint)
 
 
 @dataclass(eq=False, repr=False)
@@ -1513,9 +1523,7 @@ class JsonSchemaConstraint(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "JsonSchemaConstraint", JsonSchemaConstraint
-)
+default_message_pool.register_message("ananke.v1", "JsonSchemaConstraint", JsonSchemaConstraint)
 
 
 @dataclass(eq=False, repr=False)
@@ -1533,33 +1541,25 @@ class JsonSchemaOptions(betterproto2.Message):
     whitespace until max_tokens.
     """
 
-    lenient: "bool | None" = betterproto2.field(
-        2, betterproto2.TYPE_BOOL, optional=True
-    )
+    lenient: "bool | None" = betterproto2.field(2, betterproto2.TYPE_BOOL, optional=True)
     """
     Optional. Treat unsupported keywords and formats as warnings and ignore
     them instead of failing. Default: false.
     """
 
-    coerce_one_of: "bool | None" = betterproto2.field(
-        3, betterproto2.TYPE_BOOL, optional=True
-    )
+    coerce_one_of: "bool | None" = betterproto2.field(3, betterproto2.TYPE_BOOL, optional=True)
     """
     Optional. Treat `oneOf` as `anyOf` when the alternatives may overlap.
     Default: false.
     """
 
-    item_separator: "str | None" = betterproto2.field(
-        4, betterproto2.TYPE_STRING, optional=True
-    )
+    item_separator: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
     """
     Optional. Separator between array items, for example ", ". Default: ","
     (compact) or flexible whitespace when whitespace_flexible is set.
     """
 
-    key_separator: "str | None" = betterproto2.field(
-        5, betterproto2.TYPE_STRING, optional=True
-    )
+    key_separator: "str | None" = betterproto2.field(5, betterproto2.TYPE_STRING, optional=True)
     """
     Optional. Separator between a key and its value, for example ": ".
     Default: ":" (compact) or flexible whitespace when whitespace_flexible is
@@ -1567,9 +1567,7 @@ class JsonSchemaOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "JsonSchemaOptions", JsonSchemaOptions
-)
+default_message_pool.register_message("ananke.v1", "JsonSchemaOptions", JsonSchemaOptions)
 
 
 @dataclass(eq=False, repr=False)
@@ -1699,9 +1697,7 @@ class Provenance(betterproto2.Message):
     The independent re-check of the output.
     """
 
-    placement: "Placement | None" = betterproto2.field(
-        16, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    placement: "Placement | None" = betterproto2.field(16, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Where it ran.
     """
@@ -1709,9 +1705,7 @@ class Provenance(betterproto2.Message):
     client_metadata: "dict[str, str]" = betterproto2.field(
         17,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
     """
     The request's metadata map, unchanged.
@@ -1752,24 +1746,18 @@ class SamplingParams(betterproto2.Message):
     fields take the documented default.
     """
 
-    max_tokens: "int | None" = betterproto2.field(
-        1, betterproto2.TYPE_UINT32, optional=True
-    )
+    max_tokens: "int | None" = betterproto2.field(1, betterproto2.TYPE_UINT32, optional=True)
     """
     Optional. Most tokens to generate, 1 to the server's max_tokens cap.
     Default: 256 (or the cap when it is lower).
     """
 
-    temperature: "float | None" = betterproto2.field(
-        2, betterproto2.TYPE_FLOAT, optional=True
-    )
+    temperature: "float | None" = betterproto2.field(2, betterproto2.TYPE_FLOAT, optional=True)
     """
     Optional. Softmax temperature, 0 to 2; 0 means greedy. Default: 0.
     """
 
-    top_p: "float | None" = betterproto2.field(
-        3, betterproto2.TYPE_FLOAT, optional=True
-    )
+    top_p: "float | None" = betterproto2.field(3, betterproto2.TYPE_FLOAT, optional=True)
     """
     Optional. Nucleus sampling mass, in (0, 1]. Default: 1 (off).
     """
@@ -1810,9 +1798,7 @@ class TokenChunk(betterproto2.Message):
     ends inside a multi-byte character; the bytes appear in a later chunk.
     """
 
-    token_ids: "list[int]" = betterproto2.field(
-        2, betterproto2.TYPE_UINT32, repeated=True
-    )
+    token_ids: "list[int]" = betterproto2.field(2, betterproto2.TYPE_UINT32, repeated=True)
     """
     The ids of the tokens, in order.
     """
@@ -1828,9 +1814,7 @@ class TokenMaskConstraint(betterproto2.Message):
     (see GetModelInfoResponse.vocab_size).
     """
 
-    allowed_token_ids: "list[int]" = betterproto2.field(
-        1, betterproto2.TYPE_UINT32, repeated=True
-    )
+    allowed_token_ids: "list[int]" = betterproto2.field(1, betterproto2.TYPE_UINT32, repeated=True)
     """
     Optional. When non-empty, only these token ids may be generated (the end
     of sequence token is always allowed so generation can stop). Each id is
@@ -1846,9 +1830,7 @@ class TokenMaskConstraint(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "ananke.v1", "TokenMaskConstraint", TokenMaskConstraint
-)
+default_message_pool.register_message("ananke.v1", "TokenMaskConstraint", TokenMaskConstraint)
 
 
 @dataclass(eq=False, repr=False)
@@ -1916,6 +1898,15 @@ class ValidateConstraintsResponse(betterproto2.Message):
     would report it; empty when not ok.
     """
 
+    combined_error: "ConstraintError | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Why the list as a whole cannot be enforced (for example an intersection
+    this server cannot build) when every constraint compiled alone; unset
+    otherwise.
+    """
+
 
 default_message_pool.register_message(
     "ananke.v1", "ValidateConstraintsResponse", ValidateConstraintsResponse
@@ -1981,7 +1972,7 @@ class InferenceServiceStub:
         self, message: "GetModelInfoRequest | None" = None
     ) -> "GetModelInfoResponse":
         """
-        Describes the model, the engine, the limits and the compile cache.
+        Describes the model, the engine and the limits.
         """
 
         if message is None:
@@ -1991,6 +1982,22 @@ class InferenceServiceStub:
             "/ananke.v1.InferenceService/GetModelInfo",
             GetModelInfoRequest.SerializeToString,
             GetModelInfoResponse.FromString,
+        )(message)
+
+    def get_server_stats(
+        self, message: "GetServerStatsRequest | None" = None
+    ) -> "GetServerStatsResponse":
+        """
+        Reports this server process's load and compile cache counters.
+        """
+
+        if message is None:
+            message = GetServerStatsRequest()
+
+        return self._channel.unary_unary(
+            "/ananke.v1.InferenceService/GetServerStats",
+            GetServerStatsRequest.SerializeToString,
+            GetServerStatsResponse.FromString,
         )(message)
 
 

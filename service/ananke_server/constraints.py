@@ -1,0 +1,671 @@
+"""Constraint compilation: ConstraintIR list -> one validated llguidance Lark
+grammar (plus token-id masks that no grammar can express), cached in a bounded
+LRU and compiled off the event loop. Also the independent re-check of an
+output with fresh matchers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import TypeAlias
+
+import grpc
+from ananke.v1 import constraints_pb2, provenance_pb2
+from llguidance import LLMatcher, LLParserLimits, LLTokenizer
+from llguidance.gbnf_to_lark import gbnf_to_lark
+
+from .errors import FieldViolation, ServiceError, invalid
+
+LLGUIDANCE_VERSION = version("llguidance")
+MAX_TOP_LEVEL_CONSTRAINTS = 64
+MAX_NESTING_DEPTH = 16
+MAX_NAME_CHARS = 128
+MAX_CHOICE_OPTIONS = 10_000
+# Forces Lark detection in vLLM's guidance backend (it sniffs for this or `start:`).
+LARK_HEADER = "%llguidance {}\n"
+
+Kind: TypeAlias = constraints_pb2.ConstraintKind.ValueType
+K = constraints_pb2.ConstraintKind
+C = constraints_pb2.Combinator
+
+
+@dataclass(frozen=True)
+class CompiledConstraints:
+    """The immutable result of compiling a request's constraint list."""
+
+    digest: str
+    grammar: str | None  # Lark text for the engine; None when no grammar applies
+    check_grammars: tuple[tuple[str, str], ...]  # (constraint name, grammar) per top-level item
+    summaries: tuple[provenance_pb2.ConstraintSummary, ...]
+    allowed_token_ids: frozenset[int] | None
+    forbidden_token_ids: frozenset[int]
+    warnings: tuple[str, ...]
+    compile_seconds: float
+
+    @property
+    def constrained(self) -> bool:
+        """Whether anything restricts the output."""
+        return bool(self.summaries)
+
+    @property
+    def enforcement(self) -> str:
+        """How the constraints reach the engine, for provenance."""
+        parts = []
+        if self.grammar is not None:
+            parts.append("grammar")
+        if self.allowed_token_ids is not None or self.forbidden_token_ids:
+            parts.append("token_mask")
+        return "+".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One constraint's compile verdict (ValidateConstraints)."""
+
+    index: int
+    name: str
+    kind: Kind
+    error: ServiceError | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class _Piece:
+    """A compiled sub-constraint: Lark rule body or token masks."""
+
+    kind: Kind
+    lark_body: str | None = None  # right-hand side of a rule
+    regex_terminal: str | None = None  # `/.../` when the piece is one regex
+    json_schema: object | None = None  # parsed schema when the piece is one JSON schema
+    standalone: str | None = None  # its own grammar, for the re-check
+    allowed: frozenset[int] | None = None
+    forbidden: frozenset[int] = frozenset()
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of the compile cache."""
+
+    size: int
+    capacity: int
+    hits: int
+    misses: int
+
+
+def kind_of(constraint: constraints_pb2.ConstraintIR) -> Kind:
+    """The ConstraintKind of a ConstraintIR (UNSPECIFIED when no kind is set)."""
+    which = constraint.WhichOneof("kind")
+    if which == "json_schema":
+        return K.CONSTRAINT_KIND_JSON_SCHEMA
+    if which == "regex":
+        return K.CONSTRAINT_KIND_REGEX
+    if which == "grammar":
+        if constraint.grammar.syntax == constraints_pb2.GRAMMAR_SYNTAX_GBNF:
+            return K.CONSTRAINT_KIND_GRAMMAR_GBNF
+        return K.CONSTRAINT_KIND_GRAMMAR_LARK
+    if which == "choice":
+        return K.CONSTRAINT_KIND_CHOICE
+    if which == "token_mask":
+        return K.CONSTRAINT_KIND_TOKEN_MASK
+    if which == "composite":
+        return {
+            C.COMBINATOR_SEQUENCE: K.CONSTRAINT_KIND_SEQUENCE,
+            C.COMBINATOR_ANY_OF: K.CONSTRAINT_KIND_ANY_OF,
+            C.COMBINATOR_ALL_OF: K.CONSTRAINT_KIND_ALL_OF,
+        }.get(constraint.composite.combinator, K.CONSTRAINT_KIND_UNSPECIFIED)
+    return K.CONSTRAINT_KIND_UNSPECIFIED
+
+
+SUPPORTED_KINDS: tuple[Kind, ...] = tuple(
+    k for k in K.values() if k != K.CONSTRAINT_KIND_UNSPECIFIED
+)
+
+
+def order_by_priority(
+    constraints: Sequence[constraints_pb2.ConstraintIR],
+) -> list[tuple[int, constraints_pb2.ConstraintIR]]:
+    """(request index, constraint) by descending priority; ties keep request order."""
+    return sorted(enumerate(constraints), key=lambda pair: -pair[1].priority)
+
+
+def constraint_digest(constraints: Sequence[constraints_pb2.ConstraintIR]) -> str:
+    """sha256 over the deterministic serialization of the ordered list."""
+    if not constraints:
+        return ""
+    hasher = hashlib.sha256()
+    for _, constraint in order_by_priority(constraints):
+        blob = constraint.SerializeToString(deterministic=True)
+        hasher.update(len(blob).to_bytes(8, "big"))
+        hasher.update(blob)
+    return hasher.hexdigest()
+
+
+_LARK_POSITION = re.compile(r"at (\d+)\((\d+)\)")
+_REGEX_CARET = re.compile(r"regex parse error:\n {4}(?P<text>.*)\n {4}(?P<caret> *)\^")
+
+
+def _position(message: str, kind: Kind) -> tuple[int, int]:
+    """Line and column (from 1) of an llguidance error within the user's text."""
+    if kind == K.CONSTRAINT_KIND_REGEX:
+        found = _REGEX_CARET.search(message)
+        if found:
+            return 1, len(found.group("caret")) + 1
+    if kind in (K.CONSTRAINT_KIND_GRAMMAR_LARK,):
+        found = _LARK_POSITION.search(message)
+        if found:
+            return int(found.group(1)), int(found.group(2))
+    return 0, 0
+
+
+_EXCERPT = re.compile(r"\n\s+\d+ \|")
+_WRAPPER_POSITION = re.compile(r"^at \d+\(\d+\): ")
+
+
+def _first_line(message: str) -> str:
+    """llguidance messages end with a grammar excerpt; keep the useful head."""
+    return _EXCERPT.split(message.strip())[0].strip()[:2000]
+
+
+class ConstraintCompiler:
+    """Compiles ConstraintIR lists for one tokenizer; thread-safe; caches results."""
+
+    def __init__(
+        self,
+        tokenizer: LLTokenizer,
+        *,
+        vocab_size: int,
+        tokenizer_id: str,
+        max_constraint_bytes: int,
+        cache_size: int,
+        timeout_s: float,
+        workers: int,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._tokenizer_id = tokenizer_id
+        self._max_bytes = max_constraint_bytes
+        self._capacity = cache_size
+        self._timeout_s = timeout_s
+        self._cache: OrderedDict[str, CompiledConstraints | ServiceError] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile")
+        self._limits = LLParserLimits(verbose_errors=False)
+
+    # -- public API ---------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the cache counters."""
+        with self._lock:
+            return CacheStats(len(self._cache), self._capacity, self._hits, self._misses)
+
+    async def compile(
+        self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
+    ) -> tuple[CompiledConstraints, bool]:
+        """Compiles (or finds in the cache) a request's constraints.
+
+        Returns the result and whether it was a cache hit; raises ServiceError
+        for constraints that cannot be enforced."""
+        self._check_shape(constraints, field_path)
+        key = self._cache_key(constraints)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self._hits += 1
+        if cached is not None:
+            if isinstance(cached, ServiceError):
+                raise cached
+            return cached, True
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._compile_now, list(constraints), field_path)
+        try:
+            result: CompiledConstraints | ServiceError = await asyncio.wait_for(
+                future, self._timeout_s
+            )
+        except TimeoutError:
+            raise ServiceError(
+                "CONSTRAINT_COMPILE_TIMEOUT",
+                f"compiling the constraints took longer than {self._timeout_s:g} s",
+                metadata={"timeout_s": f"{self._timeout_s:g}"},
+            ) from None
+        with self._lock:
+            self._misses += 1
+            if self._capacity > 0:
+                self._cache[key] = result
+                while len(self._cache) > self._capacity:
+                    self._cache.popitem(last=False)
+        if isinstance(result, ServiceError):
+            raise result
+        return result, False
+
+    async def validate(self, constraints: Sequence[constraints_pb2.ConstraintIR]) -> list[Verdict]:
+        """A verdict for every constraint, compiled one by one (no cache)."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(
+            loop.run_in_executor(self._pool, self._validate_now, list(constraints)),
+            self._timeout_s * max(1, len(constraints)),
+        )
+
+    def check_output(
+        self, compiled: CompiledConstraints, token_ids: Sequence[int], eos_ids: Sequence[int]
+    ) -> tuple[provenance_pb2.CheckVerdict.ValueType, str]:
+        """Re-checks generated tokens with fresh matchers, one per top-level constraint."""
+        if not compiled.constrained:
+            return provenance_pb2.CHECK_VERDICT_UNCONSTRAINED, ""
+        tokens = list(token_ids)
+        while tokens and tokens[-1] in eos_ids:
+            tokens.pop()
+        for token in tokens:
+            if compiled.allowed_token_ids is not None and token not in compiled.allowed_token_ids:
+                return provenance_pb2.CHECK_VERDICT_VIOLATED, f"token {token} is not allowed"
+            if token in compiled.forbidden_token_ids:
+                return provenance_pb2.CHECK_VERDICT_VIOLATED, f"token {token} is forbidden"
+        incomplete: list[str] = []
+        for name, grammar in compiled.check_grammars:
+            matcher = LLMatcher(self._tokenizer, grammar, log_level=0, limits=self._limits)
+            if matcher.is_error():
+                return provenance_pb2.CHECK_VERDICT_VIOLATED, f"{name}: {matcher.get_error()}"
+            consumed = matcher.try_consume_tokens(tokens)
+            if consumed < len(tokens):
+                detail = f"{name}: token {consumed} ({tokens[consumed]}) is not allowed"
+                return provenance_pb2.CHECK_VERDICT_VIOLATED, detail
+            if not matcher.is_accepting():
+                incomplete.append(name)
+        if incomplete:
+            return provenance_pb2.CHECK_VERDICT_INCOMPLETE, "not complete: " + ", ".join(incomplete)
+        return provenance_pb2.CHECK_VERDICT_SATISFIED, ""
+
+    def close(self) -> None:
+        """Stops the compile threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- compilation --------------------------------------------------------
+
+    def _cache_key(self, constraints: Sequence[constraints_pb2.ConstraintIR]) -> str:
+        return "|".join([constraint_digest(constraints), self._tokenizer_id, LLGUIDANCE_VERSION])
+
+    def _check_shape(
+        self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
+    ) -> None:
+        if len(constraints) > MAX_TOP_LEVEL_CONSTRAINTS:
+            raise invalid(
+                "CONSTRAINT_TOO_LARGE",
+                f"at most {MAX_TOP_LEVEL_CONSTRAINTS} constraints per request, "
+                f"got {len(constraints)}",
+                field_path,
+            )
+
+    def _compile_now(
+        self, constraints: list[constraints_pb2.ConstraintIR], field_path: str
+    ) -> CompiledConstraints | ServiceError:
+        started = time.perf_counter()
+        try:
+            ordered = order_by_priority(constraints)
+            pieces = [self._piece(c, f"{field_path}[{i}]", depth=0) for i, c in ordered]
+            summaries = tuple(
+                provenance_pb2.ConstraintSummary(name=c.name, kind=kind_of(c), priority=c.priority)
+                for _, c in ordered
+            )
+            combined = self._combine_all_of(pieces, field_path) if pieces else None
+            grammar: str | None = None
+            if combined is not None and combined.lark_body is not None:
+                grammar = LARK_HEADER + self._as_start(combined)
+                self._validate(grammar, K.CONSTRAINT_KIND_ALL_OF, field_path)
+            checks = tuple(
+                (c.name or f"constraints[{i}]", p.standalone)
+                for (i, c), p in zip(ordered, pieces, strict=True)
+                if p.standalone is not None
+            )
+            allowed = combined.allowed if combined else None
+            forbidden = combined.forbidden if combined else frozenset()
+            warnings = tuple(w for p in pieces for w in p.warnings)
+            return CompiledConstraints(
+                digest=constraint_digest(constraints),
+                grammar=grammar,
+                check_grammars=checks,
+                summaries=summaries,
+                allowed_token_ids=allowed,
+                forbidden_token_ids=forbidden,
+                warnings=warnings,
+                compile_seconds=time.perf_counter() - started,
+            )
+        except ServiceError as error:
+            return error
+
+    def _validate_now(self, constraints: list[constraints_pb2.ConstraintIR]) -> list[Verdict]:
+        verdicts = []
+        for index, constraint in enumerate(constraints):
+            path = f"constraints[{index}]"
+            try:
+                piece = self._piece(constraint, path, depth=0)
+                if piece.lark_body is not None:
+                    self._validate(LARK_HEADER + self._as_start(piece), kind_of(constraint), path)
+                verdicts.append(
+                    Verdict(
+                        index, constraint.name, kind_of(constraint), None, tuple(piece.warnings)
+                    )
+                )
+            except ServiceError as error:
+                verdicts.append(Verdict(index, constraint.name, kind_of(constraint), error))
+        return verdicts
+
+    def _validate(self, grammar: str, kind: Kind, path: str) -> list[str]:
+        """Validates a grammar string; returns warnings or raises ServiceError."""
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(
+            grammar, self._tokenizer, limits=self._limits
+        )
+        if not is_error:
+            return list(messages)
+        message = messages[0] if messages else "invalid grammar"
+        reason = _REASON_BY_KIND.get(kind, "COMPOSITE_INVALID")
+        if "limit" in message.lower() and (
+            "exceeded" in message.lower() or "too" in message.lower()
+        ):
+            raise ServiceError(
+                "CONSTRAINT_TOO_LARGE",
+                f"{path}: grammar exceeds the parser's complexity limits: {_first_line(message)}",
+                (FieldViolation(path, _first_line(message)),),
+                {"field": path},
+                code_override=grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        line, column = _position(message, kind)
+        metadata = {"field": path}
+        if line:
+            metadata.update(line=str(line), column=str(column))
+        text = _first_line(message)
+        if kind != K.CONSTRAINT_KIND_GRAMMAR_LARK:
+            # The position llguidance gives is in our wrapper, not the user's text.
+            text = _WRAPPER_POSITION.sub("", text)
+        raise ServiceError(reason, f"{path}: {text}", (FieldViolation(path, text),), metadata)
+
+    def _check_size(self, text: str, path: str) -> None:
+        size = len(text.encode())
+        if size > self._max_bytes:
+            raise invalid(
+                "CONSTRAINT_TOO_LARGE",
+                f"{path} is {size} bytes; the limit is {self._max_bytes}",
+                path,
+                limit=str(self._max_bytes),
+            )
+
+    def _piece(self, c: constraints_pb2.ConstraintIR, path: str, depth: int) -> _Piece:
+        """Compiles one ConstraintIR (recursively) into a _Piece, validating leaves."""
+        if len(c.name) > MAX_NAME_CHARS:
+            raise invalid(
+                "REQUEST_FIELD_INVALID", f"name is longer than {MAX_NAME_CHARS}", f"{path}.name"
+            )
+        which = c.WhichOneof("kind")
+        kind = kind_of(c)
+        if which is None:
+            raise invalid("CONSTRAINT_EMPTY", f"{path} has no constraint kind set", path)
+        if which == "json_schema":
+            return self._json_piece(c.json_schema, f"{path}.json_schema")
+        if which == "regex":
+            return self._regex_piece(c.regex.pattern, f"{path}.regex.pattern")
+        if which == "grammar":
+            return self._grammar_piece(c.grammar, f"{path}.grammar", kind)
+        if which == "choice":
+            return self._choice_piece(c.choice, f"{path}.choice.options")
+        if which == "token_mask":
+            return self._mask_piece(c.token_mask, f"{path}.token_mask")
+        return self._composite_piece(c.composite, f"{path}.composite", depth)
+
+    def _leaf(self, kind: Kind, body: str, path: str, **extra: object) -> _Piece:
+        piece = _Piece(kind=kind, lark_body=body, **extra)  # type: ignore[arg-type]
+        standalone = LARK_HEADER + self._as_start(piece)
+        piece.warnings.extend(self._validate(standalone, kind, path))
+        piece.standalone = LLMatcher.grammar_from_lark(standalone)
+        return piece
+
+    def _json_piece(self, spec: constraints_pb2.JsonSchemaConstraint, path: str) -> _Piece:
+        field_path = f"{path}.schema"
+        self._check_size(spec.schema, field_path)
+        if not spec.schema.strip():
+            raise invalid("JSON_SCHEMA_INVALID", "the JSON schema is empty", field_path)
+        try:
+            schema = json.loads(spec.schema)
+        except json.JSONDecodeError as error:
+            raise invalid(
+                "JSON_SCHEMA_INVALID",
+                f"the JSON schema is not valid JSON: {error.msg} "
+                f"(line {error.lineno}, column {error.colno})",
+                field_path,
+                line=str(error.lineno),
+                column=str(error.colno),
+            ) from None
+        if isinstance(schema, bool):
+            schema = {} if schema else {"not": {}}
+        if not isinstance(schema, dict):
+            raise invalid(
+                "JSON_SCHEMA_INVALID", "a JSON schema must be an object or a boolean", field_path
+            )
+        # Request options win over the schema's own x-guidance, which wins over defaults.
+        options = {**_JSON_DEFAULTS, **schema.get("x-guidance", {}), **_json_options(spec.options)}
+        schema = {**schema, "x-guidance": options}
+        body = "%json " + json.dumps(schema, ensure_ascii=False)
+        return self._leaf(K.CONSTRAINT_KIND_JSON_SCHEMA, body, field_path, json_schema=schema)
+
+    def _regex_piece(self, pattern: str, path: str) -> _Piece:
+        self._check_size(pattern, path)
+        if not pattern:
+            raise invalid("REGEX_INVALID", "the regex is empty", path)
+        # Reuse llguidance's own escaping of the pattern into a Lark terminal.
+        lark = json.loads(LLMatcher.grammar_from_regex(pattern))["grammars"][0]["lark_grammar"]
+        terminal = lark.removeprefix("start: ")
+        return self._leaf(K.CONSTRAINT_KIND_REGEX, terminal, path, regex_terminal=terminal)
+
+    def _grammar_piece(
+        self, spec: constraints_pb2.GrammarConstraint, path: str, kind: Kind
+    ) -> _Piece:
+        text_path = f"{path}.text"
+        self._check_size(spec.text, text_path)
+        if spec.syntax == constraints_pb2.GRAMMAR_SYNTAX_UNSPECIFIED:
+            raise invalid("GRAMMAR_INVALID", "grammar syntax is not set", f"{path}.syntax")
+        if not spec.text.strip():
+            raise invalid("GRAMMAR_INVALID", "the grammar is empty", text_path)
+        text = spec.text
+        if spec.syntax == constraints_pb2.GRAMMAR_SYNTAX_GBNF:
+            try:
+                text = gbnf_to_lark(text)
+            except Exception as error:  # the converter raises bare exceptions
+                raise invalid(
+                    "GRAMMAR_INVALID", f"not a valid GBNF grammar: {error}", text_path
+                ) from None
+        piece = _Piece(kind=kind, lark_body="%lark {\n" + text + "\n}")
+        # Validate the text as written (no header), so positions refer to it.
+        piece.warnings.extend(self._validate(LLMatcher.grammar_from_lark(text), kind, text_path))
+        piece.standalone = LLMatcher.grammar_from_lark(text)
+        return piece
+
+    def _choice_piece(self, spec: constraints_pb2.ChoiceConstraint, path: str) -> _Piece:
+        options = list(dict.fromkeys(spec.options))
+        if not options:
+            raise invalid("CHOICE_INVALID", "a choice needs at least one option", path)
+        if len(options) > MAX_CHOICE_OPTIONS:
+            raise invalid("CHOICE_INVALID", f"at most {MAX_CHOICE_OPTIONS} options", path)
+        for i, option in enumerate(spec.options):
+            if not option:
+                raise invalid("CHOICE_INVALID", "choice options must not be empty", f"{path}[{i}]")
+        self._check_size("".join(options), path)
+        body = " | ".join(json.dumps(option, ensure_ascii=False) for option in options)
+        return self._leaf(K.CONSTRAINT_KIND_CHOICE, body, path)
+
+    def _mask_piece(self, spec: constraints_pb2.TokenMaskConstraint, path: str) -> _Piece:
+        if not spec.allowed_token_ids and not spec.forbidden_token_ids:
+            raise invalid("TOKEN_MASK_INVALID", "a token mask needs allowed or forbidden ids", path)
+        for name, ids in (
+            ("allowed_token_ids", spec.allowed_token_ids),
+            ("forbidden_token_ids", spec.forbidden_token_ids),
+        ):
+            for i, token in enumerate(ids):
+                if token >= self._vocab_size:
+                    raise invalid(
+                        "TOKEN_MASK_INVALID",
+                        f"token id {token} is outside the vocabulary (size {self._vocab_size})",
+                        f"{path}.{name}[{i}]",
+                    )
+        allowed = frozenset(spec.allowed_token_ids) if spec.allowed_token_ids else None
+        return _Piece(
+            kind=K.CONSTRAINT_KIND_TOKEN_MASK,
+            allowed=allowed,
+            forbidden=frozenset(spec.forbidden_token_ids),
+        )
+
+    def _composite_piece(
+        self, spec: constraints_pb2.CompositeConstraint, path: str, depth: int
+    ) -> _Piece:
+        if depth + 1 > MAX_NESTING_DEPTH:
+            raise invalid("COMPOSITE_INVALID", f"nested deeper than {MAX_NESTING_DEPTH}", path)
+        if spec.combinator == C.COMBINATOR_UNSPECIFIED:
+            raise invalid("COMPOSITE_INVALID", "combinator is not set", f"{path}.combinator")
+        if not spec.parts:
+            raise invalid(
+                "COMPOSITE_INVALID", "a composite needs at least one part", f"{path}.parts"
+            )
+        parts = [self._piece(p, f"{path}.parts[{i}]", depth + 1) for i, p in enumerate(spec.parts)]
+        if spec.combinator == C.COMBINATOR_ALL_OF:
+            combined = self._combine_all_of(parts, path)
+        else:
+            for i, part in enumerate(parts):
+                if part.lark_body is None:
+                    raise ServiceError(
+                        "CONSTRAINT_UNSUPPORTED",
+                        f"{path}.parts[{i}]: a token mask can only apply to the whole output "
+                        "(top level or all_of), not inside a sequence or any_of",
+                        (FieldViolation(f"{path}.parts[{i}]", "token mask inside a sequence"),),
+                        {"field": f"{path}.parts[{i}]"},
+                    )
+            joiner = " " if spec.combinator == C.COMBINATOR_SEQUENCE else " | "
+            body = joiner.join(f"({self._inline(part)})" for part in parts)
+            kind = (
+                K.CONSTRAINT_KIND_SEQUENCE
+                if spec.combinator == C.COMBINATOR_SEQUENCE
+                else K.CONSTRAINT_KIND_ANY_OF
+            )
+            combined = _Piece(kind=kind, lark_body=body)
+        combined.warnings = [w for p in parts for w in p.warnings]
+        if combined.lark_body is not None:
+            standalone = LARK_HEADER + self._as_start(combined)
+            self._validate(standalone, kind_of_combinator(spec.combinator), path)
+            combined.standalone = LLMatcher.grammar_from_lark(standalone)
+        return combined
+
+    def _combine_all_of(self, parts: list[_Piece], path: str) -> _Piece:
+        """An intersection: folds regexes into one terminal, JSON schemas into
+        allOf, and token masks into one mask; other mixes are not enforceable
+        as one grammar."""
+        masks = [p for p in parts if p.lark_body is None]
+        grammars = [p for p in parts if p.lark_body is not None]
+        allowed: frozenset[int] | None = None
+        forbidden: frozenset[int] = frozenset()
+        for mask in masks:
+            if mask.allowed is not None:
+                allowed = mask.allowed if allowed is None else allowed & mask.allowed
+            forbidden = forbidden | mask.forbidden
+        if len(grammars) <= 1:
+            base = grammars[0] if grammars else _Piece(kind=K.CONSTRAINT_KIND_TOKEN_MASK)
+            return _Piece(
+                kind=base.kind,
+                lark_body=base.lark_body,
+                regex_terminal=base.regex_terminal,
+                json_schema=base.json_schema,
+                standalone=base.standalone,
+                allowed=allowed,
+                forbidden=forbidden,
+                warnings=list(base.warnings),
+            )
+        if all(p.regex_terminal is not None for p in grammars):
+            terminal = " & ".join(str(p.regex_terminal) for p in grammars)
+            return _Piece(
+                kind=K.CONSTRAINT_KIND_ALL_OF,
+                lark_body=f"ALL_OF\nALL_OF: {terminal}",
+                allowed=allowed,
+                forbidden=forbidden,
+            )
+        if all(p.json_schema is not None for p in grammars):
+            schemas = [p.json_schema for p in grammars]
+            merged = {"allOf": schemas, "x-guidance": {"whitespace_flexible": False}}
+            return _Piece(
+                kind=K.CONSTRAINT_KIND_ALL_OF,
+                lark_body="%json " + json.dumps(merged, ensure_ascii=False),
+                json_schema=merged,
+                allowed=allowed,
+                forbidden=forbidden,
+            )
+        raise ServiceError(
+            "CONSTRAINT_UNSUPPORTED",
+            f"{path}: this server enforces an intersection (all_of, or several top-level "
+            "constraints) only of regexes with regexes, JSON schemas with JSON schemas, or "
+            "either with token masks",
+            (FieldViolation(path, "unsupported intersection"),),
+            {"field": path},
+        )
+
+    def _inline(self, piece: _Piece) -> str:
+        assert piece.lark_body is not None
+        if "\n" in piece.lark_body and not piece.lark_body.startswith(("%lark", "%json")):
+            # A body with its own rules (a folded all_of) becomes a nested grammar.
+            return "%lark {\n" + self._as_start(piece) + "\n}"
+        return piece.lark_body
+
+    @staticmethod
+    def _as_start(piece: _Piece) -> str:
+        assert piece.lark_body is not None
+        return "start: " + piece.lark_body
+
+
+def kind_of_combinator(combinator: constraints_pb2.Combinator.ValueType) -> Kind:
+    """The ConstraintKind for a composite's combinator."""
+    return {
+        C.COMBINATOR_SEQUENCE: K.CONSTRAINT_KIND_SEQUENCE,
+        C.COMBINATOR_ANY_OF: K.CONSTRAINT_KIND_ANY_OF,
+    }.get(combinator, K.CONSTRAINT_KIND_ALL_OF)
+
+
+_JSON_DEFAULTS: dict[str, object] = {"whitespace_flexible": False}
+
+_REASON_BY_KIND: dict[Kind, str] = {
+    K.CONSTRAINT_KIND_JSON_SCHEMA: "JSON_SCHEMA_INVALID",
+    K.CONSTRAINT_KIND_REGEX: "REGEX_INVALID",
+    K.CONSTRAINT_KIND_GRAMMAR_LARK: "GRAMMAR_INVALID",
+    K.CONSTRAINT_KIND_GRAMMAR_GBNF: "GRAMMAR_INVALID",
+    K.CONSTRAINT_KIND_CHOICE: "CHOICE_INVALID",
+    K.CONSTRAINT_KIND_TOKEN_MASK: "TOKEN_MASK_INVALID",
+}
+
+
+def _json_options(options: constraints_pb2.JsonSchemaOptions) -> dict[str, object]:
+    """The llguidance JSON compile options a request set (unset ones omitted)."""
+    result: dict[str, object] = {}
+    for name in (
+        "whitespace_flexible",
+        "lenient",
+        "coerce_one_of",
+        "item_separator",
+        "key_separator",
+    ):
+        if options.HasField(name):
+            result[name] = getattr(options, name)
+    return result
+
+
+__all__ = [
+    "CacheStats",
+    "CompiledConstraints",
+    "ConstraintCompiler",
+    "Verdict",
+    "constraint_digest",
+    "kind_of",
+]

@@ -1,0 +1,127 @@
+"""Provenance records: who generated what, under which constraints, when,
+how fast and where."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from ananke import __version__ as client_version
+from ananke.v1 import generation_pb2, provenance_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from .constraints import LLGUIDANCE_VERSION, CompiledConstraints
+from .engine import EngineInfo
+from .validation import ValidatedRequest
+
+SERVICE_VERSION = client_version
+
+
+def placement_from_environment(
+    accelerator: str, environ: Mapping[str, str] | None = None
+) -> provenance_pb2.Placement:
+    """Where this process runs; the Modal fields come from Modal's container environment."""
+    env = os.environ if environ is None else environ
+    return provenance_pb2.Placement(
+        host=socket.gethostname(),
+        modal_task_id=env.get("MODAL_TASK_ID", ""),
+        modal_region=env.get("MODAL_REGION", ""),
+        accelerator=accelerator,
+    )
+
+
+@dataclass
+class Clock:
+    """Wall-clock moments of one generation, filled as it proceeds."""
+
+    received: datetime
+    admitted: datetime | None = None
+    compiled_seconds: float = 0.0
+    first_token: datetime | None = None
+    finished: datetime | None = None
+    check_seconds: float = 0.0
+
+
+def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
+    return duration
+
+
+def _between(start: datetime | None, end: datetime | None) -> duration_pb2.Duration | None:
+    if start is None or end is None:
+        return None
+    return _duration((end - start).total_seconds())
+
+
+def build_provenance(
+    *,
+    request: ValidatedRequest,
+    engine: EngineInfo,
+    compiled: CompiledConstraints,
+    cache_hit: bool,
+    clock: Clock,
+    prompt_tokens: int,
+    completion_tokens: int,
+    finish_reason: generation_pb2.FinishReason.ValueType,
+    check: provenance_pb2.ConstraintCheck,
+    placement: provenance_pb2.Placement,
+) -> provenance_pb2.Provenance:
+    """The full record of one finished generation."""
+    cache = provenance_pb2.CACHE_OUTCOME_UNSPECIFIED
+    if compiled.constrained:
+        cache = provenance_pb2.CACHE_OUTCOME_HIT if cache_hit else provenance_pb2.CACHE_OUTCOME_MISS
+    sampling = request.sampling
+    return provenance_pb2.Provenance(
+        request_id=request.request_id,
+        model_id=engine.model_id,
+        model_revision=engine.model_revision,
+        engine_name=engine.engine_name,
+        engine_version=engine.engine_version,
+        llguidance_version=LLGUIDANCE_VERSION,
+        service_version=SERVICE_VERSION,
+        constraints=provenance_pb2.ConstraintProvenance(
+            digest=compiled.digest,
+            items=compiled.summaries,
+            cache=cache,
+            enforcement=compiled.enforcement,
+        ),
+        sampling=provenance_pb2.AppliedSampling(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            stop=sampling.stop,
+        ),
+        timestamps=provenance_pb2.GenerationTimestamps(
+            received_at=_timestamp(clock.received),
+            first_token_at=_timestamp(clock.first_token),
+            finished_at=_timestamp(clock.finished),
+        ),
+        timings=provenance_pb2.GenerationTimings(
+            queue=_between(clock.received, clock.admitted),
+            compile=_duration(clock.compiled_seconds),
+            time_to_first_token=_between(clock.received, clock.first_token),
+            total=_between(clock.received, clock.finished),
+            check=_duration(clock.check_seconds),
+        ),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        finish_reason=finish_reason,
+        check=check,
+        placement=placement,
+        client_metadata=dict(request.metadata),
+        context=request.context,
+    )

@@ -1,0 +1,167 @@
+"""Building and running the gRPC server: InferenceService, grpc.health.v1 and
+reflection; NOT_SERVING until the engine is warm; graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from .engine import Engine, VllmEngine
+from .model_prep import DEFAULT_MODEL_NAME, default_model_dir, prepare_default_model
+from .provenance import placement_from_environment
+from .reflection import enable_reflection
+from .servicer import InferenceServicer
+from .settings import DEFAULT_MODEL, Settings
+
+log = logging.getLogger("ananke.server")
+
+SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Health is reported for the whole server ("") and for the service by name.
+HEALTH_NAMES = ("", SERVICE_NAME)
+
+
+@dataclass
+class RunningServer:
+    """A built server and the pieces its lifecycle drives."""
+
+    server: grpc.aio.Server
+    port: int
+    servicer: InferenceServicer
+    health: HealthServicer
+    engine: Engine
+    engine_failed: asyncio.Event
+
+    async def set_serving(self, serving: bool) -> None:
+        """Reports SERVING or NOT_SERVING on every health name."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_NAMES:
+            await self.health.set(name, status)
+
+
+def build_server(settings: Settings, engine: Engine) -> RunningServer:
+    """A bound, not yet started server; health NOT_SERVING. Port 0 picks a free port."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    engine_failed = asyncio.Event()
+
+    def on_engine_dead(error: BaseException) -> None:
+        log.error("engine failed: %s", error)
+        engine_failed.set()
+
+    servicer = InferenceServicer(
+        settings, engine, placement_from_environment(engine.info.accelerator), on_engine_dead
+    )
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    enable_reflection(server, [SERVICE_NAME, HEALTH_SERVICE_NAME])
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError as error:  # grpcio reports bind failures this way
+        raise OSError(f"cannot bind {settings.address}: is the port in use?") from error
+    return RunningServer(server, port, servicer, health, engine, engine_failed)
+
+
+def resolve_model(settings: Settings) -> tuple[str, str]:
+    """(path or hub id to load, model id to report) for the configured model."""
+    if settings.model == DEFAULT_MODEL:
+        cache = Path(settings.model_cache_dir) if settings.model_cache_dir else None
+        target = default_model_dir(cache) if cache else None
+        return str(prepare_default_model(target)), DEFAULT_MODEL_NAME
+    path = Path(settings.model).expanduser()
+    if path.is_dir():
+        return str(path), path.name
+    return settings.model, settings.model
+
+
+def build_engine(settings: Settings) -> VllmEngine:
+    """The vLLM engine for the configured model (prepares the default one if needed)."""
+    model_path, model_id = resolve_model(settings)
+    return VllmEngine(
+        model_path,
+        model_id=model_id,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_concurrent_requests,
+        kv_cache_bytes=settings.kv_cache_bytes,
+        enforce_eager=settings.enforce_eager,
+        dtype=settings.dtype,
+    )
+
+
+async def _watch_engine(running: RunningServer, interval_s: float = 5.0) -> None:
+    """Turns health NOT_SERVING and stops the server when the engine dies."""
+    while not running.engine_failed.is_set():
+        try:
+            await running.engine.check_health()
+        except Exception as error:
+            log.error("engine health check failed: %s", error)
+            running.engine_failed.set()
+            break
+        try:
+            await asyncio.wait_for(running.engine_failed.wait(), interval_s)
+        except TimeoutError:
+            continue
+
+
+async def serve(settings: Settings) -> int:
+    """Runs until SIGTERM/SIGINT (exit 0) or engine failure (exit 1)."""
+    engine = build_engine(settings)
+    running = build_server(settings, engine)
+    await running.set_serving(False)
+    await running.server.start()
+    log.info(
+        "listening on %s:%d (NOT_SERVING until the model is loaded)", settings.host, running.port
+    )
+    if settings.port_file:
+        await asyncio.to_thread(Path(settings.port_file).write_text, str(running.port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        loading = asyncio.create_task(engine.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            loading.cancel()
+            log.info("stopped before the model was loaded")
+            return 0
+        loading.result()
+        running.servicer.engine_ready()
+        await running.set_serving(True)
+        log.info("SERVING %s on %s:%d", engine.info.model_id, settings.host, running.port)
+        watcher = asyncio.create_task(_watch_engine(running))
+        failed = asyncio.create_task(running.engine_failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        watcher.cancel()
+        exit_code = 1 if running.engine_failed.is_set() else 0
+        log.info("shutting down: draining in-flight calls for up to %gs", settings.shutdown_grace_s)
+        await running.health.enter_graceful_shutdown()
+        running.servicer.stop_accepting()
+        await running.server.stop(settings.shutdown_grace_s)
+        log.info("stopped")
+        return exit_code
+    finally:
+        running.servicer.close()
+        engine.shutdown()

@@ -1,0 +1,82 @@
+"""Building `ananke.v1.GenerationRequest` from keyword arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+from ananke.v1 import constraints_pb2, generation_pb2
+
+__all__ = ["Message", "RoleName", "build_generation_request"]
+
+RoleName = Literal["system", "user", "assistant"]
+# A chat message: a proto, or a (role, content) pair such as ("user", "Hi").
+Message = generation_pb2.ChatMessage | tuple[RoleName, str]
+
+_ROLES: dict[str, generation_pb2.ChatRole.ValueType] = {
+    "system": generation_pb2.CHAT_ROLE_SYSTEM,
+    "user": generation_pb2.CHAT_ROLE_USER,
+    "assistant": generation_pb2.CHAT_ROLE_ASSISTANT,
+}
+
+
+def _message(message: Message) -> generation_pb2.ChatMessage:
+    if isinstance(message, generation_pb2.ChatMessage):
+        return message
+    role, content = message
+    if role not in _ROLES:
+        raise ValueError(f"chat role must be one of {sorted(_ROLES)}, got {role!r}")
+    return generation_pb2.ChatMessage(role=_ROLES[role], content=content)
+
+
+def build_generation_request(
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    constraints: constraints_pb2.ConstraintIR | Iterable[constraints_pb2.ConstraintIR] = (),
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Iterable[str] = (),
+    request_id: str | None = None,
+    context: generation_pb2.GenerationContext | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> generation_pb2.GenerationRequest:
+    """One generation request: exactly one of `prompt` and `messages`.
+
+    Sampling fields left as None take the server's defaults.
+    """
+    if (prompt is None) == (messages is None):
+        raise ValueError("give exactly one of prompt and messages")
+    if isinstance(constraints, constraints_pb2.ConstraintIR):
+        constraints = [constraints]
+    if isinstance(stop, str):
+        stop = [stop]
+    request = generation_pb2.GenerationRequest(request_id=request_id or "")
+    if prompt is not None:
+        request.prompt = prompt
+    else:
+        assert messages is not None
+        request.messages.extend(_message(m) for m in messages)
+    request.constraints.extend(constraints)
+    sampling = request.sampling
+    if max_tokens is not None:
+        sampling.max_tokens = max_tokens
+    if temperature is not None:
+        sampling.temperature = temperature
+    if top_p is not None:
+        sampling.top_p = top_p
+    if top_k is not None:
+        sampling.top_k = top_k
+    if seed is not None:
+        sampling.seed = seed
+    sampling.stop.extend(stop)
+    if not sampling.ListFields():
+        request.ClearField("sampling")
+    if context is not None:
+        request.context.CopyFrom(context)
+    if metadata:
+        request.metadata.update(metadata)
+    return request

@@ -1,0 +1,158 @@
+"""End to end: the client and CLI against a server running the real model.
+
+Needs the session fixture `live_server` (tests/conftest.py) with `.address`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jsonschema
+import pytest
+from ananke import AnankeClient, AnankeError, AsyncAnankeClient, TokenChunk
+from ananke import constraints as c
+
+pytestmark = pytest.mark.engine
+
+TIMEOUT = 300.0
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def _api_key(live_server: Any) -> str | None:
+    key = getattr(live_server, "api_key", None)
+    return str(key) if key else None
+
+
+@pytest.fixture(scope="module")
+def client(live_server: Any) -> Any:
+    with AnankeClient(live_server.address, api_key=_api_key(live_server), timeout=TIMEOUT) as c:
+        yield c
+
+
+def _cli(live_server: Any, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANANKE_ADDR=live_server.address)
+    if key := _api_key(live_server):
+        env["ANANKE_API_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "ananke.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=TIMEOUT + 60,
+    )
+
+
+def test_health_and_model_info(client: AnankeClient) -> None:
+    assert client.health() == "SERVING"
+    info = client.model_info()
+    assert info.model_id
+    assert info.vocab_size > 0
+    assert info.context_length > 0
+
+
+def test_json_schema_generation_validates(client: AnankeClient) -> None:
+    result = client.generate(
+        "Describe a person as JSON with a name and an age.\n",
+        constraints=[c.json_schema(PERSON, name="person")],
+        max_tokens=96,
+        seed=1,
+    )
+    assert result.finish_reason_name != "MAX_TOKENS", result.text
+    jsonschema.validate(result.json(), PERSON)
+    assert result.check_verdict == "SATISFIED"
+    assert result.provenance.constraints.digest
+    assert result.usage.completion_tokens == len(result.token_ids)
+
+
+def test_regex_generation_full_matches(client: AnankeClient) -> None:
+    pattern = r"[0-9]{3}-[0-9]{4}"
+    result = client.generate("Call me at ", constraints=c.regex(pattern), max_tokens=24, seed=2)
+    assert re.fullmatch(pattern, result.text), result.text
+
+
+def test_stream_matches_schema(client: AnankeClient) -> None:
+    stream = client.generate_stream(
+        "A person as JSON: ", constraints=c.json_schema(PERSON), max_tokens=96, seed=3
+    )
+    texts = [e.text for e in stream if isinstance(e, TokenChunk)]
+    result = stream.result
+    assert "".join(texts) == result.text
+    jsonschema.validate(json.loads(result.text), PERSON)
+
+
+def test_bad_schema_is_json_schema_invalid(client: AnankeClient) -> None:
+    with pytest.raises(AnankeError) as info:
+        client.generate("x", constraints=c.json_schema('{"type": "object", "properties": '))
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.reason == "JSON_SCHEMA_INVALID"
+
+
+def test_validate_constraints_verdicts(client: AnankeClient) -> None:
+    response = client.validate_constraints([c.json_schema(PERSON), c.regex("(unclosed")])
+    assert not response.ok
+    assert [v.ok for v in response.verdicts] == [True, False]
+    assert response.verdicts[1].error.reason == "REGEX_INVALID"
+
+
+def test_cancelled_stream_then_follow_up_call(client: AnankeClient) -> None:
+    stream = client.generate_stream("Once upon a time", max_tokens=256, seed=4)
+    first = next(e for e in stream if isinstance(e, TokenChunk))
+    assert first.token_ids
+    stream.close()
+    result = client.generate("Hello", max_tokens=4, seed=5)
+    assert result.usage.completion_tokens >= 1
+
+
+async def test_async_stream_cancel_and_generate(live_server: Any) -> None:
+    async with AsyncAnankeClient(
+        live_server.address, api_key=_api_key(live_server), timeout=TIMEOUT
+    ) as client:
+        async with client.generate_stream("Once upon a time", max_tokens=256) as stream:
+            async for event in stream:
+                if isinstance(event, TokenChunk):
+                    break
+        result = await client.generate("2 + 2 =", constraints=c.choice(["4", "5"]))
+        assert result.text in {"4", "5"}
+
+
+def test_cli_generate_json_schema(live_server: Any, tmp_path: Path) -> None:
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    common = ["--json-schema", str(schema), "--max-tokens", "96", "--seed", "1"]
+    proc = _cli(live_server, "generate", "A person as JSON: ", *common, "--timeout", str(TIMEOUT))
+    assert proc.returncode == 0, proc.stderr
+    jsonschema.validate(json.loads(proc.stdout), PERSON)
+    proc = _cli(live_server, "generate", "A person as JSON: ", *common, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    jsonschema.validate(json.loads(data["text"]), PERSON)
+    assert data["finish_reason"] in {"END_OF_SEQUENCE", "CONSTRAINT_COMPLETE"}
+    assert data["usage"]["completion_tokens"] > 0
+    assert data["provenance"]["model_id"]
+
+
+def test_cli_validate_broken_schema_exits_3(live_server: Any, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"type": "object", "properties": ')
+    proc = _cli(live_server, "validate", str(broken))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "JSON_SCHEMA_INVALID" in proc.stdout
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(PERSON))
+    assert _cli(live_server, "validate", str(good)).returncode == 0

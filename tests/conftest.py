@@ -1,0 +1,154 @@
+"""Shared fixtures. One real server (vLLM engine + default model) per test
+session, started as a subprocess on a free port and stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from ananke.v1 import inference_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass
+class LiveServer:
+    """A running `ananke-server` with the real engine and default model."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    # Exit codes grpc_health_probe returned while the server started (4: NOT_SERVING, 0: SERVING).
+    startup_probe_codes: list[int] = field(default_factory=list)
+
+    def channel(self) -> grpc.Channel:
+        """A new insecure channel to the server."""
+        return grpc.insecure_channel(self.address)
+
+    def stub(self) -> inference_service_pb2_grpc.InferenceServiceStub:
+        """A stub on a new channel."""
+        return inference_service_pb2_grpc.InferenceServiceStub(self.channel())
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the server's log, for failure messages."""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def tool_path(name: str) -> str | None:
+    """Where grpcurl / grpc_health_probe are (PATH, then $ANANKE_HOME/bin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    home = Path(os.environ.get("ANANKE_HOME", Path.home() / ".cache" / "ananke"))
+    candidate = home / "bin" / name
+    return str(candidate) if candidate.exists() else None
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VLLM_HOST_IP="127.0.0.1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    return env
+
+
+def start_server(extra_args: list[str], log_dir: Path) -> LiveServer:
+    """Starts `ananke-server` on a free port and waits until it is SERVING."""
+    port_file = log_dir / "port"
+    log_path = log_dir / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "ananke_server.cli",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--shutdown-grace-s",
+        "10",
+        *extra_args,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=_server_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not port_file.exists() or not port_file.read_text().strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("server did not bind:\n" + log_path.read_text(errors="replace"))
+        time.sleep(0.2)
+    server = LiveServer(f"127.0.0.1:{port_file.read_text().strip()}", process, log_path)
+    probe = tool_path("grpc_health_probe")
+    with server.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_server(server)
+                raise RuntimeError("server did not become SERVING:\n" + server.log_tail())
+            if probe:
+                code = subprocess.run(
+                    [probe, f"-addr={server.address}", "-connect-timeout=2s", "-rpc-timeout=2s"],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                server.startup_probe_codes.append(code)
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+            except grpc.RpcError:
+                status = health_pb2.HealthCheckResponse.UNKNOWN
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                if probe and server.startup_probe_codes[-1] != 0:
+                    continue  # let the probe see SERVING too
+                return server
+            time.sleep(0.5)
+
+
+def stop_server(server: LiveServer, timeout_s: float = 60.0) -> int:
+    """SIGTERM, then wait; returns the exit code."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[LiveServer]:
+    """The session's one real server."""
+    log_dir = Path(tempfile.mkdtemp(prefix="ananke-test-"))
+    server = start_server(["--max-tokens-cap", "512", "--max-concurrent-requests", "8"], log_dir)
+    try:
+        yield server
+    finally:
+        code = stop_server(server)
+        if code != 0:
+            print(f"server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the live server are marked `engine` automatically."""
+    for item in items:
+        if "live_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.engine)

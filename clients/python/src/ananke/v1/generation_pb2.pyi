@@ -320,7 +320,9 @@ class Usage(_message.Message):
     prompt_tokens: _builtins.int
     """Tokens in the prompt after templating."""
     completion_tokens: _builtins.int
-    """Tokens generated."""
+    """Tokens generated, counting an end-of-sequence token the model produced
+    (TokenChunk.token_ids and GenerateResponse.token_ids leave it out).
+    """
     def __init__(
         self,
         *,

@@ -1846,7 +1846,8 @@ class Usage(betterproto2.Message):
 
     completion_tokens: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
     """
-    Tokens generated.
+    Tokens generated, counting an end-of-sequence token the model produced
+    (TokenChunk.token_ids and GenerateResponse.token_ids leave it out).
     """
 
 

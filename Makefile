@@ -22,8 +22,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 help:  ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-env:  ## Create or refresh the Python environment (shared cache) and link it as .venv.
-	@venv="$$(scripts/setup_env.sh)"; ln -sfn "$$venv" .venv
+env:  ## Create or refresh the Python environments (shared cache + this checkout's .venv).
+	@scripts/setup_env.sh
 
 tools:  ## Install grpcurl and grpc_health_probe (Go module proxy).
 	@scripts/install_tools.sh >/dev/null

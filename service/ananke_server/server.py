@@ -8,18 +8,22 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from .auth import ApiKeyInterceptor, load_api_keys
+from .decoding import DecodeErrors
 from .engine import Engine, VllmEngine
+from .metrics import CallObserver, Metrics, MetricsHttpServer
 from .model_prep import DEFAULT_MODEL_NAME, default_model_dir, prepare_default_model
-from .provenance import placement_from_environment
 from .reflection import enable_reflection
 from .servicer import InferenceServicer
 from .settings import DEFAULT_MODEL, Settings
+from .tls import server_credentials
 
 log = logging.getLogger("ananke.server")
 
@@ -39,6 +43,7 @@ class RunningServer:
     health: HealthServicer
     engine: Engine
     engine_failed: asyncio.Event
+    metrics: Metrics
 
     async def set_serving(self, serving: bool) -> None:
         """Reports SERVING or NOT_SERVING on every health name."""
@@ -51,36 +56,58 @@ class RunningServer:
             await self.health.set(name, status)
 
 
-def build_server(settings: Settings, engine: Engine) -> RunningServer:
-    """A bound, not yet started server; health NOT_SERVING. Port 0 picks a free port."""
-    options = [
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel options: message size limits, and keepalive suited to long streams
+    (server pings idle connections; clients may ping every 10 s, even between calls)."""
+    return [
+        # Larger messages are refused by grpc itself with RESOURCE_EXHAUSTED,
+        # before any handler runs, so they carry no ErrorInfo.
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+
+
+def build_server(
+    settings: Settings, engine: Engine, metrics: Metrics | None = None
+) -> RunningServer:
+    """A bound, not yet started server; health NOT_SERVING. Port 0 picks a free port.
+    Calls pass the observer (metrics, access log), the API-key check if keys are
+    set, then the decode check."""
+    metrics = metrics or Metrics()
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [CallObserver(metrics)]
+    keys = load_api_keys(settings)
+    if keys:
+        interceptors.append(ApiKeyInterceptor(keys, settings.auth_exempt_services))
+    interceptors.append(DecodeErrors())
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     engine_failed = asyncio.Event()
 
     def on_engine_dead(error: BaseException) -> None:
+        if not engine_failed.is_set():
+            metrics.record_engine_error("dead")
         log.error("engine failed: %s", error)
         engine_failed.set()
 
-    servicer = InferenceServicer(
-        settings, engine, placement_from_environment(engine.info.accelerator), on_engine_dead
-    )
+    servicer = InferenceServicer(settings, engine, on_engine_dead, metrics=metrics)
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     enable_reflection(server, [SERVICE_NAME, HEALTH_SERVICE_NAME])
+    credentials = server_credentials(settings)
     try:
-        port = server.add_insecure_port(settings.address)
+        if credentials is None:
+            port = server.add_insecure_port(settings.address)
+        else:
+            port = server.add_secure_port(settings.address, credentials)
     except RuntimeError as error:  # grpcio reports bind failures this way
         raise OSError(f"cannot bind {settings.address}: is the port in use?") from error
-    return RunningServer(server, port, servicer, health, engine, engine_failed)
+    return RunningServer(server, port, servicer, health, engine, engine_failed, metrics)
 
 
 def resolve_model(settings: Settings) -> tuple[str, str]:
@@ -116,6 +143,8 @@ async def _watch_engine(running: RunningServer, interval_s: float = 5.0) -> None
             await running.engine.check_health()
         except Exception as error:
             log.error("engine health check failed: %s", error)
+            if not running.engine_failed.is_set():
+                running.metrics.record_engine_error("dead")
             running.engine_failed.set()
             break
         try:
@@ -133,6 +162,13 @@ async def serve(settings: Settings) -> int:
     log.info(
         "listening on %s:%d (NOT_SERVING until the model is loaded)", settings.host, running.port
     )
+    metrics_http = (
+        MetricsHttpServer(running.metrics, settings.host, settings.metrics_port)
+        if settings.metrics_port > 0
+        else None
+    )
+    if metrics_http is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.host, metrics_http.port)
     if settings.port_file:
         await asyncio.to_thread(Path(settings.port_file).write_text, str(running.port))
     stop = asyncio.Event()
@@ -165,3 +201,5 @@ async def serve(settings: Settings) -> int:
     finally:
         running.servicer.close()
         engine.shutdown()
+        if metrics_http is not None:
+            metrics_http.close()

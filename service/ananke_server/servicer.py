@@ -23,9 +23,11 @@ from google.protobuf import duration_pb2
 
 from .admission import Admission
 from .constraints import SUPPORTED_KINDS, CompiledConstraints, ConstraintCompiler
-from .engine import Engine, EngineDeadError, EngineParams, PromptTokens
+from .engine import Engine, EngineDeadError, EngineParams, EngineRejectedError, PromptTokens
 from .errors import ServiceError, abort, error_from_exception
-from .provenance import Clock, build_provenance
+from .logging_setup import bind_request_id, prompt_fields
+from .metrics import Metrics
+from .provenance import Clock, build_provenance, placement_from_environment
 from .settings import Settings
 from .validation import ValidatedRequest, check_prompt_length, validate_generation
 
@@ -64,24 +66,30 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self,
         settings: Settings,
         engine: Engine,
-        placement: provenance_pb2.Placement,
         on_engine_dead: Callable[[BaseException], None],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
-        self._placement = placement
+        self._placement = provenance_pb2.Placement()
         self._on_engine_dead = on_engine_dead
         self._compiler: ConstraintCompiler | None = None
         self._admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
         self._accepting = True
         self._started = time.monotonic()
         self.counters = Counters()
+        self.metrics = metrics or Metrics()
+        self.metrics.track_admission(
+            lambda: self._admission.running, lambda: self._admission.waiting
+        )
 
     # -- lifecycle ------------------------------------------------------------
 
     def engine_ready(self) -> None:
         """Called once the engine is loaded: builds the constraint compiler."""
         info = self._engine.info
+        self._placement = placement_from_environment(info.accelerator)
         self._compiler = ConstraintCompiler(
             self._engine.llg_tokenizer(),
             vocab_size=info.vocab_size,
@@ -245,9 +253,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         validated = validate_generation(
             request, self._settings, header_request_id=_header(context, "x-request-id")
         )
+        bind_request_id(validated.request_id)
         compile_started = time.perf_counter()
         compiled, cache_hit = await compiler.compile(request.constraints, "request.constraints")
         clock.compiled_seconds = time.perf_counter() - compile_started
+        self.metrics.record_compile(clock.compiled_seconds, cache_hit)
         prompt = self._encode(validated)
         check_prompt_length(
             len(prompt.token_ids),
@@ -274,6 +284,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 ):
                     ids = [t for t in delta.token_ids if t not in self._engine.info.eos_token_ids]
                     generation.token_ids.extend(delta.token_ids)
+                    self.metrics.record_tokens(len(delta.token_ids))
                     if delta.token_ids and clock.first_token is None:
                         clock.first_token = _now()
                     if ids or delta.text:
@@ -318,6 +329,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         )
         clock.check_seconds = time.perf_counter() - started
         clock.finished = _now()
+        self._record_finish(validated, clock, len(generation.token_ids), engine_reason)
         if verdict == provenance_pb2.CHECK_VERDICT_VIOLATED:
             log.error(
                 "request %s: output violates its constraints: %s", validated.request_id, detail
@@ -347,6 +359,25 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         )
         return inference_service_pb2.GenerationFinished(
             finish_reason=reason, usage=usage, provenance=provenance
+        )
+
+    def _record_finish(
+        self, validated: ValidatedRequest, clock: Clock, tokens: int, engine_reason: str
+    ) -> None:
+        """Latency metrics and one log line per finished generation (no prompt
+        text unless log_prompts)."""
+        first = clock.first_token
+        ttft = (first - clock.received).total_seconds() if first else None
+        decode = (clock.finished - first).total_seconds() if first and clock.finished else 0.0
+        self.metrics.record_latency(ttft, decode, tokens)
+        log.info(
+            "generation finished",
+            extra={
+                "completion_tokens": tokens,
+                "engine_finish_reason": engine_reason,
+                "ttft_s": ttft,
+                **prompt_fields(self._settings, validated.prompt, validated.messages),
+            },
         )
 
     def _encode(self, validated: ValidatedRequest) -> PromptTokens:
@@ -386,6 +417,8 @@ class _Outcome:
             counters.failed += 1
         if isinstance(exc, EngineDeadError):
             self._servicer._on_engine_dead(exc)
+        elif isinstance(exc, EngineRejectedError):
+            self._servicer.metrics.record_engine_error("rejected")
         if error.reason == "INTERNAL_ERROR":
             log.exception("unexpected failure", exc_info=exc)
         await abort(self._context, error)

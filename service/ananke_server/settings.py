@@ -15,6 +15,12 @@ import yaml
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from PyPI (model_prep)
 ENV_PREFIX = "ANANKE_"
+# Services callable without an API key unless configured otherwise.
+AUTH_EXEMPT_DEFAULT = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,18 @@ class Settings:
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
     log_prompts: bool = False
+    log_format: str = "json"
     kv_cache_bytes: int = 256 << 20
     enforce_eager: bool = True
     dtype: str = "auto"
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys_file: str = ""
+    auth_exempt_services: tuple[str, ...] = AUTH_EXEMPT_DEFAULT
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
     metrics_port: int = 0  # 0: no metrics endpoint
     port_file: str = ""  # write the bound port here once listening
 
@@ -69,10 +83,18 @@ _HELP: dict[str, str] = {
     "shutdown_grace_s": "how long in-flight streams may finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_prompts": "log prompt text (off: only sizes)",
+    "log_format": "json (one object per line, with the request id) or text",
     "kv_cache_bytes": "KV cache size for the CPU engine, in bytes",
     "enforce_eager": "skip graph compilation (faster start on CPU)",
     "dtype": "model dtype for the engine (auto, bfloat16, float16, float32)",
-    "api_keys": "comma-separated API keys; empty disables authentication",
+    "api_keys": "comma-separated API keys; empty (and no api_keys_file) disables authentication",
+    "api_keys_file": "file with one API key per line (# comments), added to api_keys",
+    "auth_exempt_services": "comma-separated gRPC services callable without a key",
+    "tls_cert_file": "PEM server certificate chain; set with tls_key_file to serve TLS",
+    "tls_key_file": "PEM private key of tls_cert_file",
+    "tls_client_ca_file": "PEM CA bundle; when set, clients must present a certificate it signed",
+    "keepalive_time_s": "seconds between server keepalive pings on idle long streams",
+    "keepalive_timeout_s": "seconds to wait for a keepalive ack before closing the connection",
     "metrics_port": "Prometheus metrics HTTP port (0: off)",
     "port_file": "write the bound port to this file once listening (useful with --port 0)",
 }
@@ -104,6 +126,12 @@ def _coerce(name: str, raw: Any) -> Any:
     return str(raw)
 
 
+def _shown(default: Any) -> str:
+    if isinstance(default, tuple):
+        return repr(",".join(default))
+    return repr(default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `ananke-server` flags; each falls back to ANANKE_<NAME>, then the YAML file."""
     parser = argparse.ArgumentParser(
@@ -118,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in _fields():
         env = ENV_PREFIX + f.name.upper()
         default = getattr(Settings(), f.name)
-        shown = "" if f.name == "api_keys" else f" (default {default!r})"
+        shown = "" if f.name == "api_keys" else f" (default {_shown(default)})"
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(
             flag, dest=f.name, default=None, help=f"{_HELP[f.name]}; env {env}{shown}"
@@ -174,6 +202,18 @@ def validate_settings(settings: Settings) -> None:
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
             "log_level must be DEBUG, INFO, WARNING or ERROR",
         ),
+        (settings.log_format in {"json", "text"}, "log_format must be json or text"),
+        (
+            bool(settings.tls_cert_file) == bool(settings.tls_key_file),
+            "tls_cert_file and tls_key_file must be set together",
+        ),
+        (
+            not settings.tls_client_ca_file or bool(settings.tls_cert_file),
+            "tls_client_ca_file needs tls_cert_file and tls_key_file",
+        ),
+        (settings.keepalive_time_s > 0, "keepalive_time_s must be > 0"),
+        (settings.keepalive_timeout_s > 0, "keepalive_timeout_s must be > 0"),
+        (0 <= settings.metrics_port <= 65535, "metrics_port must be 0..65535"),
     ]
     for ok, message in checks:
         if not ok:

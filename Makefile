@@ -46,9 +46,11 @@ check-generated: generate  ## Fail when the committed stubs differ from proto/.
 	  git status --porcelain -- clients/python/src; git --no-pager diff --stat -- clients/python/src; \
 	  echo "generated stubs are stale: run 'make generate' and commit"; exit 1; fi
 
+PY_SOURCES = $(wildcard service clients/python/src clients/python/examples tests bench scripts modal_deploy)
+
 lint: env  ## ruff.
-	.venv/bin/ruff check service clients/python/src tests bench scripts modal_deploy
-	.venv/bin/ruff format --check service clients/python/src tests bench modal_deploy
+	.venv/bin/ruff check $(PY_SOURCES)
+	.venv/bin/ruff format --check $(PY_SOURCES)
 
 typecheck: env  ## mypy --strict on the service and the client.
 	.venv/bin/mypy service/ananke_server clients/python/src/ananke

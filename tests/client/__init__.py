@@ -1,0 +1,1 @@
+"""Tests of the Python client (a package so its conftest does not shadow tests/conftest.py)."""

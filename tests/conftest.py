@@ -3,9 +3,11 @@ session, started as a subprocess on a free port and stopped at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from ananke.v1 import inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 300.0
@@ -32,9 +36,13 @@ class LiveServer:
     log_path: Path
     # Exit codes grpc_health_probe returned while the server started (4: NOT_SERVING, 0: SERVING).
     startup_probe_codes: list[int] = field(default_factory=list)
+    # TLS credentials for channel(); None: plaintext.
+    credentials: grpc.ChannelCredentials | None = None
 
     def channel(self) -> grpc.Channel:
-        """A new insecure channel to the server."""
+        """A new channel to the server (TLS when the server was started with credentials)."""
+        if self.credentials is not None:
+            return grpc.secure_channel(self.address, self.credentials)
         return grpc.insecure_channel(self.address)
 
     def stub(self) -> inference_service_pb2_grpc.InferenceServiceStub:
@@ -69,8 +77,13 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def start_server(extra_args: list[str], log_dir: Path) -> LiveServer:
-    """Starts `ananke-server` on a free port and waits until it is SERVING."""
+def start_server(
+    extra_args: list[str],
+    log_dir: Path,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> LiveServer:
+    """Starts `ananke-server` on a free port and waits until it is SERVING
+    (checked over TLS with `credentials` when given)."""
     port_file = log_dir / "port"
     log_path = log_dir / "server.log"
     command = [
@@ -96,8 +109,10 @@ def start_server(extra_args: list[str], log_dir: Path) -> LiveServer:
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("server did not bind:\n" + log_path.read_text(errors="replace"))
         time.sleep(0.2)
-    server = LiveServer(f"127.0.0.1:{port_file.read_text().strip()}", process, log_path)
-    probe = tool_path("grpc_health_probe")
+    server = LiveServer(
+        f"127.0.0.1:{port_file.read_text().strip()}", process, log_path, credentials=credentials
+    )
+    probe = tool_path("grpc_health_probe") if credentials is None else None
     with server.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -147,8 +162,92 @@ def live_server() -> Iterator[LiveServer]:
             print(f"server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
 
 
+def free_port() -> int:
+    """A port free right now (for servers that cannot report theirs, e.g. /metrics)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def test_pki() -> Pki:
+    """A throwaway CA with server and client certificates."""
+    return make_pki(Path(tempfile.mkdtemp(prefix="ananke-pki-")))
+
+
+@dataclass
+class GuardedServer:
+    """A second real server with API keys, mTLS, small admission limits
+    (2 running, 0 queued) and a /metrics endpoint."""
+
+    server: LiveServer
+    api_key: str
+    pki: Pki
+    metrics_url: str
+    max_running: int = 2
+
+    def auth(self, key: str | None = None) -> tuple[tuple[str, str], ...]:
+        """Call metadata with `authorization: Bearer <key>` (the valid key by default)."""
+        return (("authorization", f"Bearer {key or self.api_key}"),)
+
+    def stub(self) -> inference_service_pb2_grpc.InferenceServiceStub:
+        """A stub on a new mTLS channel (client certificate from the test CA)."""
+        return self.server.stub()
+
+
+GUARDED_KEY = "ak-test-7f3c9a"
+
+
+@pytest.fixture(scope="session")
+def guarded_server(test_pki: Pki) -> Iterator[GuardedServer]:
+    """Started on first use, shared by the auth/TLS and overload tests."""
+    log_dir = Path(tempfile.mkdtemp(prefix="ananke-guarded-"))
+    keys_file = log_dir / "keys.txt"
+    keys_file.write_text(f"# test keys\n{GUARDED_KEY}\n")
+    metrics_port = free_port()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=test_pki.ca.read_bytes(),
+        private_key=test_pki.client_key.read_bytes(),
+        certificate_chain=test_pki.client_cert.read_bytes(),
+    )
+    server = start_server(
+        [
+            "--max-tokens-cap", "512",
+            "--max-concurrent-requests", "2",
+            "--max-queued-requests", "0",
+            "--api-keys", "ak-other-key",
+            "--api-keys-file", str(keys_file),
+            "--tls-cert-file", str(test_pki.server_cert),
+            "--tls-key-file", str(test_pki.server_key),
+            "--tls-client-ca-file", str(test_pki.ca),
+            "--metrics-port", str(metrics_port),
+        ],
+        log_dir,
+        credentials=credentials,
+    )  # fmt: skip
+    try:
+        yield GuardedServer(
+            server, GUARDED_KEY, test_pki, f"http://127.0.0.1:{metrics_port}/metrics"
+        )
+    finally:
+        code = stop_server(server)
+        if code != 0:
+            print(f"guarded server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+
+
+def server_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its children (the EngineCore)."""
+    parent = psutil.Process(pid)
+    total = parent.memory_info().rss
+    for child in parent.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return int(total)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the live server are marked `engine` automatically."""
     for item in items:
-        if "live_server" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "live_server" in names or "guarded_server" in names:
             item.add_marker(pytest.mark.engine)

@@ -133,13 +133,6 @@ def test_unknown_reason_rejected(reason: str) -> None:
         ServiceError(reason, "x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="errors.py ServiceError.__post_init__ accepts ERROR_REASON_UNSPECIFIED (a valid "
-    "enum name, 'Never sent'), which has no _CODES entry, so .code / to_rpc_status "
-    "raise KeyError later",
-    raises=pytest.fail.Exception,
-)
 def test_unspecified_reason_rejected() -> None:
     with pytest.raises(ValueError, match="ERROR_REASON_UNSPECIFIED"):
         ServiceError("ERROR_REASON_UNSPECIFIED", "x")

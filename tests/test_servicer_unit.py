@@ -425,13 +425,6 @@ async def test_unexpected_engine_error_is_internal(served: Served, engine: FakeE
     assert engine.closed[-1] == engine.started[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation.py validate_sampling / servicer._generate never check top_k against "
-    "the model's vocab_size although generation.proto documents top_k as '1 to the vocab "
-    "size'; top_k=100000 reaches the engine",
-    raises=pytest.fail.Exception,
-)
 async def test_top_k_above_vocab_rejected(served: Served, engine: FakeEngine) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await served.stub.Generate(
@@ -656,12 +649,6 @@ async def test_violating_output_is_reported(served: Served, engine: FakeEngine) 
     assert response.finish_reason == g.FINISH_REASON_END_OF_SEQUENCE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="servicer.py _generate/_finish: an engine delta finished with finish_reason 'abort' (or "
-    "'error') is reported as a successful FINISH_REASON_END_OF_SEQUENCE and counted completed",
-    raises=pytest.fail.Exception,
-)
 async def test_engine_abort_is_not_a_success(served: Served, engine: FakeEngine) -> None:
     engine.script = (EngineDelta(tuple(b"He"), "He", finished=True, finish_reason="abort"),)
     with pytest.raises(grpc.aio.AioRpcError):
@@ -926,13 +913,6 @@ class _DirectContext:
         raise grpc.aio.AbortError()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="servicer.py _Outcome.__aexit__ treats GeneratorExit (the stream generator closed "
-    "while suspended at `yield`, as when a client cancels during a send) as an unexpected "
-    "failure: counted failed, logged as INTERNAL_ERROR and aborted, instead of cancelled",
-    raises=AssertionError,
-)
 async def test_stream_closed_at_yield_counts_as_cancelled() -> None:
     engine = FakeEngine()
     running = build_server(SETTINGS, engine)

@@ -67,7 +67,9 @@ class ServiceError(Exception):
 
     def __post_init__(self) -> None:
         # A typo in a reason must fail loudly in tests, not reach clients.
-        errors_pb2.ErrorReason.Value(self.reason)
+        if self.reason not in _CODES:
+            errors_pb2.ErrorReason.Value(self.reason)  # names the typo
+            raise ValueError(f"{self.reason} is not a reason the service sends")
         super().__init__(self.message)
 
     @property

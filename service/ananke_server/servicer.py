@@ -251,7 +251,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         clock = Clock(received=_now())
         compiler = self._compiler_or_unavailable()
         validated = validate_generation(
-            request, self._settings, header_request_id=_header(context, "x-request-id")
+            request,
+            self._settings,
+            header_request_id=_header(context, "x-request-id"),
+            vocab_size=self._engine.info.vocab_size,
         )
         bind_request_id(validated.request_id)
         compile_started = time.perf_counter()
@@ -293,6 +296,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                             chunk=inference_service_pb2.TokenChunk(text=delta.text, token_ids=ids)
                         )
                     if delta.finished:
+                        if delta.finish_reason in ("abort", "error"):
+                            raise ServiceError(
+                                "ENGINE_UNAVAILABLE",
+                                f"the engine ended the generation ({delta.finish_reason})",
+                                retry_after_s=1.0,
+                            )
                         finish_reason = delta.finish_reason or "stop"
                         stop_string = isinstance(delta.stop_reason, str)
             yield StreamEvent(
@@ -404,7 +413,8 @@ class _Outcome:
         if exc is None:
             counters.completed += 1
             return False
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # The client went away (a closed stream arrives as GeneratorExit at a yield).
             counters.cancelled += 1
             return False  # let it propagate: swallowing it leaks per cancelled stream
         if isinstance(exc, grpc.aio.AbortError):

@@ -173,13 +173,20 @@ def load_settings(
         from_file = loaded
     values: dict[str, Any] = {}
     for f in _fields():
-        raw = getattr(args, f.name)
-        if raw is None:
-            raw = env.get(ENV_PREFIX + f.name.upper())
-        if raw is None:
-            raw = from_file.get(f.name)
+        env_name = ENV_PREFIX + f.name.upper()
+        sources = (
+            ("--" + f.name.replace("_", "-"), getattr(args, f.name)),
+            (env_name, env.get(env_name)),
+            (f"{config_path}: {f.name}", from_file.get(f.name)),
+        )
+        source, raw = next(
+            ((name, value) for name, value in sources if value is not None), ("", None)
+        )
         if raw is not None:
-            values[f.name] = _coerce(f.name, raw)
+            try:
+                values[f.name] = _coerce(f.name, raw)
+            except ValueError as error:
+                raise ValueError(f"{source}: invalid value {raw!r} ({error})") from None
     settings = Settings(**values)
     validate_settings(settings)
     return settings

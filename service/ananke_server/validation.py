@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ananke.v1 import generation_pb2
 
-from .errors import ServiceError, invalid
+from .errors import invalid
 from .settings import Settings
 
 MAX_REQUEST_ID_CHARS = 128
@@ -60,6 +60,7 @@ def validate_generation(
     settings: Settings,
     *,
     header_request_id: str | None,
+    vocab_size: int | None = None,
     field_prefix: str = "request",
 ) -> ValidatedRequest:
     """Checks every field of `request` against its documented range."""
@@ -83,7 +84,7 @@ def validate_generation(
         request_id=request_id,
         prompt=request.prompt if has_prompt else None,
         messages=messages,
-        sampling=validate_sampling(request.sampling, settings, f"{p}.sampling"),
+        sampling=validate_sampling(request.sampling, settings, f"{p}.sampling", vocab_size),
         metadata=dict(request.metadata),
         context=request.context,
     )
@@ -136,9 +137,13 @@ def _validate_metadata(metadata: Mapping[str, str], p: str) -> None:
 
 
 def validate_sampling(
-    sampling: generation_pb2.SamplingParams, settings: Settings, p: str
+    sampling: generation_pb2.SamplingParams,
+    settings: Settings,
+    p: str,
+    vocab_size: int | None = None,
 ) -> Sampling:
-    """Applies defaults and checks ranges of the sampling knobs."""
+    """Applies defaults and checks ranges of the sampling knobs (top_k against
+    `vocab_size` when it is known)."""
     max_tokens = (
         sampling.max_tokens
         if sampling.HasField("max_tokens")
@@ -164,8 +169,11 @@ def validate_sampling(
             "SAMPLING_PARAM_INVALID", f"top_p must be in (0, 1], got {top_p}", f"{p}.top_p"
         )
     top_k = sampling.top_k if sampling.HasField("top_k") else 0
-    if sampling.HasField("top_k") and top_k < 1:
-        raise invalid("SAMPLING_PARAM_INVALID", "top_k must be at least 1 when set", f"{p}.top_k")
+    top_k_limit = vocab_size or top_k
+    if sampling.HasField("top_k") and not 1 <= top_k <= top_k_limit:
+        raise invalid(
+            "SAMPLING_PARAM_INVALID", f"top_k must be 1 to {top_k_limit} when set", f"{p}.top_k"
+        )
     if len(sampling.stop) > MAX_STOP_SEQUENCES:
         raise invalid(
             "SAMPLING_PARAM_INVALID", f"at most {MAX_STOP_SEQUENCES} stop sequences", f"{p}.stop"
@@ -196,13 +204,11 @@ def check_prompt_length(
 ) -> None:
     """Rejects a prompt that leaves no room for max_tokens in the context."""
     if prompt_tokens + max_tokens > context_length:
-        raise ServiceError(
+        raise invalid(
             "PROMPT_TOO_LONG",
             f"the prompt is {prompt_tokens} tokens; with max_tokens {max_tokens} it exceeds "
             f"the model's context of {context_length} tokens",
-            metadata={
-                "field": field_path,
-                "prompt_tokens": str(prompt_tokens),
-                "context_length": str(context_length),
-            },
+            field_path,
+            prompt_tokens=str(prompt_tokens),
+            context_length=str(context_length),
         )

@@ -1,0 +1,192 @@
+//! Builders for [`ConstraintIr`], one per constraint kind.
+//!
+//! ```
+//! use ananke_client::constraint;
+//!
+//! let header_then_body = constraint::sequence([
+//!     constraint::regex(r"// [a-z ]+\n"),
+//!     constraint::json_schema(r#"{"type": "object"}"#),
+//! ])
+//! .named("header+body")
+//! .with_priority(10);
+//! assert_eq!(header_then_body.name, "header+body");
+//! ```
+
+use crate::pb::constraint_ir::Kind;
+use crate::pb::{
+    ChoiceConstraint, Combinator, CompositeConstraint, ConstraintIr, GrammarConstraint,
+    GrammarSyntax, JsonSchemaConstraint, JsonSchemaOptions, RegexConstraint, TokenMaskConstraint,
+};
+
+fn of_kind(kind: Kind) -> ConstraintIr {
+    ConstraintIr {
+        name: String::new(),
+        priority: 0,
+        kind: Some(kind),
+    }
+}
+
+/// The output is one JSON value valid against `schema` (JSON Schema as text).
+pub fn json_schema(schema: impl Into<String>) -> ConstraintIr {
+    json_schema_with_options(schema, JsonSchemaOptions::default())
+}
+
+/// Like [`json_schema`], with rendering and strictness options.
+pub fn json_schema_with_options(
+    schema: impl Into<String>,
+    options: JsonSchemaOptions,
+) -> ConstraintIr {
+    of_kind(Kind::JsonSchema(JsonSchemaConstraint {
+        schema: schema.into(),
+        options: Some(options),
+    }))
+}
+
+/// The whole output matches `pattern` (Rust `regex` syntax, anchored at both
+/// ends).
+pub fn regex(pattern: impl Into<String>) -> ConstraintIr {
+    of_kind(Kind::Regex(RegexConstraint {
+        pattern: pattern.into(),
+    }))
+}
+
+/// The output is a sentence of a grammar written in `syntax`.
+pub fn grammar(syntax: GrammarSyntax, text: impl Into<String>) -> ConstraintIr {
+    of_kind(Kind::Grammar(GrammarConstraint {
+        syntax: syntax.into(),
+        text: text.into(),
+    }))
+}
+
+/// A Lark grammar (`start: ...`), as llguidance reads it.
+pub fn lark(text: impl Into<String>) -> ConstraintIr {
+    grammar(GrammarSyntax::Lark, text)
+}
+
+/// A GBNF grammar (`root ::= ...`).
+pub fn gbnf(text: impl Into<String>) -> ConstraintIr {
+    grammar(GrammarSyntax::Gbnf, text)
+}
+
+/// The output is exactly one of `options`.
+pub fn choice<I, S>(options: I) -> ConstraintIr
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    of_kind(Kind::Choice(ChoiceConstraint {
+        options: options.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Only `allowed` token ids may be generated (when non-empty) and `forbidden`
+/// ones never are.
+pub fn token_mask(
+    allowed: impl IntoIterator<Item = u32>,
+    forbidden: impl IntoIterator<Item = u32>,
+) -> ConstraintIr {
+    of_kind(Kind::TokenMask(TokenMaskConstraint {
+        allowed_token_ids: allowed.into_iter().collect(),
+        forbidden_token_ids: forbidden.into_iter().collect(),
+    }))
+}
+
+/// Several constraints combined with `combinator`.
+pub fn composite(
+    combinator: Combinator,
+    parts: impl IntoIterator<Item = ConstraintIr>,
+) -> ConstraintIr {
+    of_kind(Kind::Composite(CompositeConstraint {
+        combinator: combinator.into(),
+        parts: parts.into_iter().collect(),
+    }))
+}
+
+/// The concatenation of one output of each part, in order.
+pub fn sequence(parts: impl IntoIterator<Item = ConstraintIr>) -> ConstraintIr {
+    composite(Combinator::Sequence, parts)
+}
+
+/// The output satisfies at least one part.
+pub fn any_of(parts: impl IntoIterator<Item = ConstraintIr>) -> ConstraintIr {
+    composite(Combinator::AnyOf, parts)
+}
+
+/// The output satisfies every part.
+pub fn all_of(parts: impl IntoIterator<Item = ConstraintIr>) -> ConstraintIr {
+    composite(Combinator::AllOf, parts)
+}
+
+impl ConstraintIr {
+    /// Sets the label echoed in provenance and error field paths.
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the priority (larger is more important).
+    #[must_use]
+    pub fn with_priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_each_kind() {
+        match json_schema("{}").kind {
+            Some(Kind::JsonSchema(c)) => {
+                assert_eq!(c.schema, "{}");
+                assert_eq!(c.options, Some(JsonSchemaOptions::default()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match gbnf("root ::= \"a\"").kind {
+            Some(Kind::Grammar(g)) => {
+                assert_eq!(g.syntax(), GrammarSyntax::Gbnf);
+                assert_eq!(g.text, "root ::= \"a\"");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match lark("start: \"a\"").kind {
+            Some(Kind::Grammar(g)) => assert_eq!(g.syntax(), GrammarSyntax::Lark),
+            other => panic!("unexpected {other:?}"),
+        }
+        match choice(["yes", "no"]).kind {
+            Some(Kind::Choice(c)) => assert_eq!(c.options, ["yes", "no"]),
+            other => panic!("unexpected {other:?}"),
+        }
+        match token_mask([1, 2], [3]).kind {
+            Some(Kind::TokenMask(m)) => {
+                assert_eq!(m.allowed_token_ids, [1, 2]);
+                assert_eq!(m.forbidden_token_ids, [3]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn composites_keep_parts_and_combinator() {
+        let c = all_of([regex("a+"), regex("a{2}")])
+            .named("two")
+            .with_priority(3);
+        assert_eq!((c.name.as_str(), c.priority), ("two", 3));
+        match c.kind {
+            Some(Kind::Composite(comp)) => {
+                assert_eq!(comp.combinator(), Combinator::AllOf);
+                assert_eq!(comp.parts, [regex("a+"), regex("a{2}")]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            any_of([]).kind,
+            Some(Kind::Composite(CompositeConstraint { combinator, .. }))
+                if combinator == Combinator::AnyOf as i32
+        ));
+    }
+}

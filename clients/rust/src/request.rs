@@ -1,0 +1,176 @@
+//! Builder methods on the generated [`GenerationRequest`].
+
+use crate::pb::{
+    ChatMessage, ChatRole, ConstraintIr, GenerationContext, GenerationRequest, SamplingParams,
+};
+
+impl GenerationRequest {
+    /// A request that continues `prompt` as is (no chat template).
+    pub fn from_prompt(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A request rendered with the model's chat template.
+    pub fn from_messages(messages: impl IntoIterator<Item = ChatMessage>) -> Self {
+        Self {
+            messages: messages.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a constraint; all of a request's constraints apply together.
+    #[must_use]
+    pub fn with_constraint(mut self, constraint: ConstraintIr) -> Self {
+        self.constraints.push(constraint);
+        self
+    }
+
+    /// Adds several constraints.
+    #[must_use]
+    pub fn with_constraints(mut self, constraints: impl IntoIterator<Item = ConstraintIr>) -> Self {
+        self.constraints.extend(constraints);
+        self
+    }
+
+    /// Sets the caller's request id, echoed in events and provenance.
+    #[must_use]
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = request_id.into();
+        self
+    }
+
+    fn sampling_mut(&mut self) -> &mut SamplingParams {
+        self.sampling.get_or_insert_with(SamplingParams::default)
+    }
+
+    /// Sets the most tokens to generate.
+    #[must_use]
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.sampling_mut().max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets the temperature (0 is greedy, the default).
+    #[must_use]
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.sampling_mut().temperature = Some(temperature);
+        self
+    }
+
+    /// Sets the nucleus sampling mass.
+    #[must_use]
+    pub fn with_top_p(mut self, top_p: f32) -> Self {
+        self.sampling_mut().top_p = Some(top_p);
+        self
+    }
+
+    /// Sets top-k sampling.
+    #[must_use]
+    pub fn with_top_k(mut self, top_k: u32) -> Self {
+        self.sampling_mut().top_k = Some(top_k);
+        self
+    }
+
+    /// Sets the sampling seed.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.sampling_mut().seed = Some(seed);
+        self
+    }
+
+    /// Adds a stop sequence.
+    #[must_use]
+    pub fn with_stop(mut self, stop: impl Into<String>) -> Self {
+        self.sampling_mut().stop.push(stop.into());
+        self
+    }
+
+    /// Records where the output goes (informational, kept in provenance).
+    #[must_use]
+    pub fn with_context(
+        mut self,
+        current_file: impl Into<String>,
+        language: impl Into<String>,
+    ) -> Self {
+        let context = self.context.get_or_insert_with(GenerationContext::default);
+        context.current_file = current_file.into();
+        context.language = language.into();
+        self
+    }
+
+    /// Adds a metadata label, echoed in provenance.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: ChatRole, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(ChatRole::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(ChatRole::User, content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(ChatRole::Assistant, content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::constraint;
+
+    #[test]
+    fn builder_fills_fields() {
+        let req = GenerationRequest::from_prompt("p")
+            .with_constraint(constraint::regex("a"))
+            .with_max_tokens(7)
+            .with_temperature(0.5)
+            .with_seed(42)
+            .with_stop("\n")
+            .with_context("src/main.rs", "rust")
+            .with_metadata("k", "v")
+            .with_request_id("r1");
+        assert_eq!(req.prompt, "p");
+        assert_eq!(req.constraints.len(), 1);
+        let sampling = req.sampling.expect("sampling set");
+        assert_eq!(sampling.max_tokens, Some(7));
+        assert_eq!(sampling.temperature, Some(0.5));
+        assert_eq!(sampling.seed, Some(42));
+        assert_eq!(sampling.top_p, None);
+        assert_eq!(sampling.stop, ["\n"]);
+        let context = req.context.expect("context set");
+        assert_eq!(context.current_file, "src/main.rs");
+        assert_eq!(context.language, "rust");
+        assert_eq!(req.metadata["k"], "v");
+        assert_eq!(req.request_id, "r1");
+    }
+
+    #[test]
+    fn chat_messages_have_roles() {
+        let req =
+            GenerationRequest::from_messages([ChatMessage::system("s"), ChatMessage::user("u")]);
+        assert!(req.prompt.is_empty());
+        assert_eq!(req.messages[0].role(), ChatRole::System);
+        assert_eq!(req.messages[1].role(), ChatRole::User);
+    }
+}

@@ -1,13 +1,30 @@
 """Constraint compilation: ConstraintIR list -> one validated llguidance Lark
 grammar (plus token-id masks that no grammar can express), cached in a bounded
 LRU and compiled off the event loop. Also the independent re-check of an
-output with fresh matchers."""
+output with fresh matchers.
+
+How constraints combine (the rule documented in GenerationRequest.constraints):
+the top-level list is an intersection (all_of) ordered by descending priority.
+An intersection folds into one grammar where the kinds allow it (regexes into
+one `&` terminal, JSON schemas into one `allOf`; a lone grammar is itself);
+then a single grammar without token masks goes to the engine's built-in
+structured outputs. Anything else (two or more grammars that do not fold, or a
+grammar together with a token mask) is enforced by the engine's intersection
+logits processor, which runs one llguidance matcher per grammar and allows a
+token only when every matcher and every token mask allows it. A dead end (no
+token allowed) is CONSTRAINT_UNSATISFIABLE: at compile time when the empty
+output already has one, otherwise when generation reaches one. Sequence and
+any_of always become one grammar; an intersection that needs the processor
+can only apply to the whole output, not inside a sequence or any_of.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -19,9 +36,12 @@ from importlib.metadata import version
 from typing import TypeAlias
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from ananke.v1 import constraints_pb2, provenance_pb2
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 from llguidance.gbnf_to_lark import gbnf_to_lark
+from llguidance.numpy import fill_next_token_bitmask
 
 from .errors import FieldViolation, ServiceError, invalid
 
@@ -50,6 +70,9 @@ class CompiledConstraints:
     forbidden_token_ids: frozenset[int]
     warnings: tuple[str, ...]
     compile_seconds: float
+    # Grammars intersected by the engine's logits processor (which then also
+    # applies the token masks); empty when `grammar` or plain masks suffice.
+    intersection: tuple[str, ...] = ()
 
     @property
     def constrained(self) -> bool:
@@ -59,12 +82,18 @@ class CompiledConstraints:
     @property
     def enforcement(self) -> str:
         """How the constraints reach the engine, for provenance."""
-        parts = []
-        if self.grammar is not None:
-            parts.append("grammar")
+        if self.intersection:
+            parts = [f"logits_processor({len(self.intersection)} grammars)"]
+        else:
+            parts = ["grammar"] if self.grammar is not None else []
         if self.allowed_token_ids is not None or self.forbidden_token_ids:
             parts.append("token_mask")
         return "+".join(parts) or "none"
+
+    @property
+    def has_grammar(self) -> bool:
+        """Whether a grammar (built-in or in the processor) decides when the output ends."""
+        return self.grammar is not None or bool(self.intersection)
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,18 @@ class _Piece:
     allowed: frozenset[int] | None = None
     forbidden: frozenset[int] = frozenset()
     warnings: list[str] = field(default_factory=list)
+    # An intersection that does not fold into one grammar: its grammar pieces
+    # (each with lark_body and standalone set); lark_body is then None.
+    conjuncts: tuple[_Piece, ...] = ()
+
+    @property
+    def has_mask(self) -> bool:
+        return self.allowed is not None or bool(self.forbidden)
+
+    @property
+    def needs_processor(self) -> bool:
+        """Whether enforcing this piece needs the intersection logits processor."""
+        return bool(self.conjuncts) or (self.lark_body is not None and self.has_mask)
 
 
 @dataclass(frozen=True)
@@ -320,29 +361,78 @@ class ConstraintCompiler:
             )
             combined = self._combine_all_of(pieces, field_path) if pieces else None
             grammar: str | None = None
-            if combined is not None and combined.lark_body is not None:
+            intersection: tuple[str, ...] = ()
+            if combined is not None and combined.needs_processor:
+                intersection = self._intersection_grammars(combined, field_path)
+            elif combined is not None and combined.lark_body is not None:
                 grammar = LARK_HEADER + self._as_start(combined)
                 self._validate(grammar, K.CONSTRAINT_KIND_ALL_OF, field_path)
-            checks = tuple(
-                (c.name or f"constraints[{i}]", p.standalone)
-                for (i, c), p in zip(ordered, pieces, strict=True)
-                if p.standalone is not None
-            )
+            checks: list[tuple[str, str]] = []
+            for (i, c), p in zip(ordered, pieces, strict=True):
+                name = c.name or f"constraints[{i}]"
+                if p.standalone is not None:
+                    checks.append((name, p.standalone))
+                for j, part in enumerate(p.conjuncts):
+                    checks.append((f"{name}&{j}", self._grammar_of(part, field_path)))
             allowed = combined.allowed if combined else None
             forbidden = combined.forbidden if combined else frozenset()
             warnings = tuple(w for p in pieces for w in p.warnings)
-            return CompiledConstraints(
+            result = CompiledConstraints(
                 digest=constraint_digest(constraints),
                 grammar=grammar,
-                check_grammars=checks,
+                check_grammars=tuple(checks),
                 summaries=summaries,
                 allowed_token_ids=allowed,
                 forbidden_token_ids=forbidden,
                 warnings=warnings,
-                compile_seconds=time.perf_counter() - started,
+                compile_seconds=0.0,
+                intersection=intersection,
             )
+            if intersection and self.dead_end(result, ()):
+                raise _unsatisfiable(field_path, at_start=True)
+            return dataclasses.replace(result, compile_seconds=time.perf_counter() - started)
         except ServiceError as error:
             return error
+
+    def _grammar_of(self, piece: _Piece, path: str) -> str:
+        """The validated standalone grammar string of a grammar piece."""
+        if piece.standalone is None:
+            text = LARK_HEADER + self._as_start(piece)
+            self._validate(text, piece.kind, path)
+            piece.standalone = LLMatcher.grammar_from_lark(text)
+        return piece.standalone
+
+    def _intersection_grammars(self, piece: _Piece, path: str) -> tuple[str, ...]:
+        """The grammars the logits processor intersects for `piece`."""
+        if piece.conjuncts:
+            return tuple(self._grammar_of(part, path) for part in piece.conjuncts)
+        return (self._grammar_of(piece, path),)
+
+    def dead_end(self, compiled: CompiledConstraints, token_ids: Sequence[int]) -> bool:
+        """Whether, after `token_ids`, no token (EOS included) is allowed by every
+        grammar of the intersection and the token masks. Rebuilds fresh matchers,
+        independently of the engine. False when the tokens themselves are refused."""
+        if not compiled.intersection:
+            return False
+        words = math.ceil(self._tokenizer.vocab_size / 32)
+        combined = np.full(words, -1, dtype=np.int32)
+        scratch = np.zeros((1, words), dtype=np.int32)
+        tokens = list(token_ids)
+        for grammar in compiled.intersection:
+            matcher = LLMatcher(self._tokenizer, grammar, log_level=0, limits=self._limits)
+            if tokens and matcher.try_consume_tokens(tokens) < len(tokens):
+                return False
+            if matcher.is_error():
+                return False
+            fill_next_token_bitmask(matcher, scratch, 0)
+            combined &= scratch[0]
+        eos = self._tokenizer.eos_token
+        if compiled.allowed_token_ids is not None:
+            allowed = compiled.allowed_token_ids | {eos}
+            combined &= token_bitmask(allowed, words)
+        if compiled.forbidden_token_ids:
+            combined &= ~token_bitmask(compiled.forbidden_token_ids, words)
+        return not combined.any()
 
     def _validate_now(self, constraints: list[constraints_pb2.ConstraintIR]) -> list[Verdict]:
         verdicts = []
@@ -350,7 +440,9 @@ class ConstraintCompiler:
             path = f"constraints[{index}]"
             try:
                 piece = self._piece(constraint, path, depth=0)
-                if piece.lark_body is not None:
+                if piece.needs_processor:
+                    self._check_not_empty_at_start(piece, path)
+                elif piece.lark_body is not None:
                     self._validate(LARK_HEADER + self._as_start(piece), kind_of(constraint), path)
                 verdicts.append(
                     Verdict(
@@ -360,6 +452,22 @@ class ConstraintCompiler:
             except ServiceError as error:
                 verdicts.append(Verdict(index, constraint.name, kind_of(constraint), error))
         return verdicts
+
+    def _check_not_empty_at_start(self, piece: _Piece, path: str) -> None:
+        """Raises CONSTRAINT_UNSATISFIABLE when an intersection allows no first token."""
+        probe = CompiledConstraints(
+            digest="",
+            grammar=None,
+            check_grammars=(),
+            summaries=(),
+            allowed_token_ids=piece.allowed,
+            forbidden_token_ids=piece.forbidden,
+            warnings=(),
+            compile_seconds=0.0,
+            intersection=self._intersection_grammars(piece, path),
+        )
+        if self.dead_end(probe, ()):
+            raise _unsatisfiable(path, at_start=True)
 
     def _validate(self, grammar: str, kind: Kind, path: str) -> list[str]:
         """Validates a grammar string; returns warnings or raises ServiceError."""
@@ -539,12 +647,14 @@ class ConstraintCompiler:
             combined = self._combine_all_of(parts, path)
         else:
             for i, part in enumerate(parts):
-                if part.lark_body is None:
+                if part.has_mask or part.lark_body is None:
+                    what = "a token mask" if part.has_mask else "an intersection of grammars"
                     raise ServiceError(
                         "CONSTRAINT_UNSUPPORTED",
-                        f"{path}.parts[{i}]: a token mask can only apply to the whole output "
-                        "(top level or all_of), not inside a sequence or any_of",
-                        (FieldViolation(f"{path}.parts[{i}]", "token mask inside a sequence"),),
+                        f"{path}.parts[{i}]: {what} that does not fold into one grammar can "
+                        "only apply to the whole output (top level or all_of), not inside a "
+                        "sequence or any_of",
+                        (FieldViolation(f"{path}.parts[{i}]", f"{what} inside a sequence"),),
                         {"field": f"{path}.parts[{i}]"},
                     )
             joiner = " " if spec.combinator == C.COMBINATOR_SEQUENCE else " | "
@@ -556,61 +666,81 @@ class ConstraintCompiler:
             )
             combined = _Piece(kind=kind, lark_body=body)
         combined.warnings = [w for p in parts for w in p.warnings]
-        if combined.lark_body is not None:
+        if combined.lark_body is not None and combined.standalone is None:
             standalone = LARK_HEADER + self._as_start(combined)
             self._validate(standalone, kind_of_combinator(spec.combinator), path)
             combined.standalone = LLMatcher.grammar_from_lark(standalone)
         return combined
 
     def _combine_all_of(self, parts: list[_Piece], path: str) -> _Piece:
-        """An intersection: folds regexes into one terminal, JSON schemas into
-        allOf, and token masks into one mask; other mixes are not enforceable
-        as one grammar."""
-        masks = [p for p in parts if p.lark_body is None]
-        grammars = [p for p in parts if p.lark_body is not None]
+        """An intersection: token masks into one mask, regexes into one `&`
+        terminal, JSON schemas into one allOf; what remains (two or more
+        grammars) becomes the conjuncts of a processor-enforced intersection."""
         allowed: frozenset[int] | None = None
         forbidden: frozenset[int] = frozenset()
-        for mask in masks:
-            if mask.allowed is not None:
-                allowed = mask.allowed if allowed is None else allowed & mask.allowed
-            forbidden = forbidden | mask.forbidden
-        if len(grammars) <= 1:
-            base = grammars[0] if grammars else _Piece(kind=K.CONSTRAINT_KIND_TOKEN_MASK)
+        grammars: list[_Piece] = []
+        for part in parts:
+            if part.allowed is not None:
+                allowed = part.allowed if allowed is None else allowed & part.allowed
+            forbidden = forbidden | part.forbidden
+            if part.conjuncts:
+                grammars.extend(part.conjuncts)
+            elif part.lark_body is not None:
+                grammars.append(part)
+        regexes = [p for p in grammars if p.regex_terminal is not None]
+        schemas = [p for p in grammars if p.json_schema is not None]
+        others = [p for p in grammars if p.regex_terminal is None and p.json_schema is None]
+        folded: list[_Piece] = []
+        if len(regexes) >= 2:
+            terminal = " & ".join(f"({p.regex_terminal})" for p in regexes)
+            folded.append(
+                _Piece(
+                    kind=K.CONSTRAINT_KIND_ALL_OF,
+                    lark_body=f"ALL_OF\nALL_OF: {terminal}",
+                    warnings=[w for p in regexes for w in p.warnings],
+                )
+            )
+        else:
+            folded.extend(regexes)
+        if len(schemas) >= 2:
+            merged = {
+                "allOf": [p.json_schema for p in schemas],
+                "x-guidance": {"whitespace_flexible": False},
+            }
+            folded.append(
+                _Piece(
+                    kind=K.CONSTRAINT_KIND_ALL_OF,
+                    lark_body="%json " + json.dumps(merged, ensure_ascii=False),
+                    json_schema=merged,
+                    warnings=[w for p in schemas for w in p.warnings],
+                )
+            )
+        else:
+            folded.extend(schemas)
+        folded.extend(others)
+        warnings = [w for p in parts for w in p.warnings]
+        if not folded:
+            return _Piece(kind=K.CONSTRAINT_KIND_TOKEN_MASK, allowed=allowed, forbidden=forbidden)
+        if len(folded) == 1:
+            base = folded[0]
             return _Piece(
-                kind=base.kind,
+                kind=base.kind if len(grammars) == 1 else K.CONSTRAINT_KIND_ALL_OF,
                 lark_body=base.lark_body,
-                regex_terminal=base.regex_terminal,
+                regex_terminal=base.regex_terminal if len(grammars) == 1 else None,
                 json_schema=base.json_schema,
                 standalone=base.standalone,
                 allowed=allowed,
                 forbidden=forbidden,
-                warnings=list(base.warnings),
+                warnings=warnings,
             )
-        if all(p.regex_terminal is not None for p in grammars):
-            terminal = " & ".join(str(p.regex_terminal) for p in grammars)
-            return _Piece(
-                kind=K.CONSTRAINT_KIND_ALL_OF,
-                lark_body=f"ALL_OF\nALL_OF: {terminal}",
-                allowed=allowed,
-                forbidden=forbidden,
-            )
-        if all(p.json_schema is not None for p in grammars):
-            schemas = [p.json_schema for p in grammars]
-            merged = {"allOf": schemas, "x-guidance": {"whitespace_flexible": False}}
-            return _Piece(
-                kind=K.CONSTRAINT_KIND_ALL_OF,
-                lark_body="%json " + json.dumps(merged, ensure_ascii=False),
-                json_schema=merged,
-                allowed=allowed,
-                forbidden=forbidden,
-            )
-        raise ServiceError(
-            "CONSTRAINT_UNSUPPORTED",
-            f"{path}: this server enforces an intersection (all_of, or several top-level "
-            "constraints) only of regexes with regexes, JSON schemas with JSON schemas, or "
-            "either with token masks",
-            (FieldViolation(path, "unsupported intersection"),),
-            {"field": path},
+        for i, piece in enumerate(folded):
+            self._grammar_of(piece, f"{path}&{i}")
+        return _Piece(
+            kind=K.CONSTRAINT_KIND_ALL_OF,
+            allowed=allowed,
+            forbidden=forbidden,
+            warnings=warnings,
+            conjuncts=tuple(folded),
         )
 
     def _inline(self, piece: _Piece) -> str:
@@ -624,6 +754,38 @@ class ConstraintCompiler:
     def _as_start(piece: _Piece) -> str:
         assert piece.lark_body is not None
         return "start: " + piece.lark_body
+
+
+def token_bitmask(ids: frozenset[int] | set[int], words: int) -> npt.NDArray[np.int32]:
+    """An llguidance-style bitmask (int32 words, bit i%32 of word i//32) with `ids` set."""
+    mask = np.zeros(words * 32, dtype=np.uint8)
+    mask[[i for i in ids if i < words * 32]] = 1
+    return np.packbits(mask, bitorder="little").view(np.int32)
+
+
+def _unsatisfiable(path: str, *, at_start: bool) -> ServiceError:
+    where = "the empty output" if at_start else "the output so far"
+    message = (
+        f"{path}: the constraints together allow no token after {where} "
+        "(their intersection is empty)"
+    )
+    return ServiceError(
+        "CONSTRAINT_UNSATISFIABLE",
+        message,
+        (FieldViolation(path, "empty intersection"),),
+        {"field": path},
+    )
+
+
+def unsatisfiable_during_generation(path: str, tokens: int) -> ServiceError:
+    """The error of a generation that reached a dead end after `tokens` tokens."""
+    error = _unsatisfiable(path, at_start=False)
+    return ServiceError(
+        error.reason,
+        error.message + f"; generation stopped after {tokens} tokens",
+        error.violations,
+        {**error.metadata, "tokens": str(tokens)},
+    )
 
 
 def kind_of_combinator(combinator: constraints_pb2.Combinator.ValueType) -> Kind:

@@ -1,10 +1,22 @@
 """The engine: vLLM's async engine (V1 AsyncLLM) with llguidance as its
 structured-output backend. The only module that imports vllm; the rest of the
-service sees the `Engine` protocol."""
+service sees the `Engine` protocol.
+
+Intersections that one grammar cannot express (for example a JSON schema AND a
+regex, or a grammar AND a token mask) are enforced by
+`IntersectionLogitsProcessor`, a vLLM engine-level logits processor registered
+at startup and switched on per request through `SamplingParams.extra_args`
+(key `INTERSECTION_ARG`). It runs in the EngineCore process: one llguidance
+matcher per grammar and request, the AND of their masks and of the token
+masks applied to the logits, sampled tokens consumed from the request's live
+output list. When the AND allows no token it forces the end-of-sequence token
+(never an all -inf row); the servicer then proves the dead end with fresh
+matchers and reports CONSTRAINT_UNSATISFIABLE."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -14,7 +26,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 log = logging.getLogger("ananke.engine")
+
+# SamplingParams.extra_args key that switches the intersection processor on.
+INTERSECTION_ARG = "ananke_intersection"
+PROCESSOR_FQCN = "ananke_server.engine:IntersectionLogitsProcessor"
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,9 @@ class EngineParams:
     grammar: str | None = None  # llguidance Lark text
     allowed_token_ids: frozenset[int] | None = None
     forbidden_token_ids: frozenset[int] = frozenset()
+    # Grammars to intersect in the logits processor (which then also applies
+    # the token masks); when set, `grammar` is None.
+    intersection: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,6 +212,7 @@ class VllmEngine:
             dtype=self._dtype,
             kv_cache_memory_bytes=self._kv_cache_bytes if _on_cpu() else None,
             structured_outputs_config={"backend": "guidance"},
+            logits_processors=[PROCESSOR_FQCN],
             enable_log_requests=False,
         )
         self._llm = AsyncLLM.from_engine_args(args)
@@ -230,6 +253,11 @@ class VllmEngine:
         )
         async for _ in self.generate("ananke-warmup", prompt, params):
             pass
+        # Builds the processor's tokenizer in the EngineCore now, not on the first request.
+        ok = '%llguidance {}\nstart: "ok"'
+        params = dataclasses.replace(params, grammar=None, intersection=(ok, ok))
+        async for _ in self.generate("ananke-warmup-intersection", prompt, params):
+            pass
 
     def llg_tokenizer(self) -> Any:
         """The llguidance tokenizer built like vLLM's backend builds it."""
@@ -260,9 +288,24 @@ class VllmEngine:
 
         structured = StructuredOutputsParams(grammar=params.grammar) if params.grammar else None
         allowed: list[int] | None = None
-        if params.allowed_token_ids is not None:
-            allowed = sorted(params.allowed_token_ids | set(self.info.eos_token_ids))
-        bias = {t: float("-inf") for t in params.forbidden_token_ids} or None
+        bias: dict[int, float] | None = None
+        extra_args: dict[str, Any] | None = None
+        if params.intersection:
+            # The processor sees the whole intersection (masks included) so it can
+            # tell a dead end; nothing goes through the built-in paths.
+            extra_args = {
+                INTERSECTION_ARG: {
+                    "grammars": list(params.intersection),
+                    "allowed": None
+                    if params.allowed_token_ids is None
+                    else sorted(params.allowed_token_ids),
+                    "forbidden": sorted(params.forbidden_token_ids),
+                }
+            }
+        else:
+            if params.allowed_token_ids is not None:
+                allowed = sorted(params.allowed_token_ids | set(self.info.eos_token_ids))
+            bias = {t: float("-inf") for t in params.forbidden_token_ids} or None
         sampling = SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -273,6 +316,7 @@ class VllmEngine:
             structured_outputs=structured,
             allowed_token_ids=allowed,
             logit_bias=bias,
+            extra_args=extra_args,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
         )
@@ -320,6 +364,202 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+@dataclass
+class _RequestMatchers:
+    """One request's state in the intersection processor."""
+
+    matchers: list[Any]  # llguidance.LLMatcher
+    allowed: npt.NDArray[np.int32] | None  # bitmask of allowed ids (EOS included)
+    forbidden: npt.NDArray[np.int32] | None  # bitmask of forbidden ids
+    output_ids: list[int]  # vLLM's live list of the request's output tokens
+    consumed: int = 0
+    dead_end: bool = False
+
+
+class IntersectionMasker:
+    """The logic of the intersection processor, independent of vLLM's classes:
+    per batch row, llguidance matchers whose masks are ANDed into the logits.
+
+    Batch bookkeeping follows vLLM's BatchUpdate contract (as its own
+    `process_dict_updates`): added entries replace the row they land on,
+    removed rows are dropped, moves are one-way (a->b) or swaps (a<->b)."""
+
+    def __init__(self, tokenizer_factory: Any) -> None:
+        self._tokenizer_factory = tokenizer_factory
+        self._tokenizer: Any = None
+        self._limits: Any = None
+        self.rows: dict[int, _RequestMatchers] = {}
+        self.dead_ends = 0  # requests ended by a forced EOS since start
+
+    def tokenizer(self) -> Any:
+        """The llguidance tokenizer, built on first use (in the EngineCore process)."""
+        if self._tokenizer is None:
+            from llguidance import LLParserLimits
+
+            self._tokenizer = self._tokenizer_factory()
+            self._limits = LLParserLimits(verbose_errors=False)
+        return self._tokenizer
+
+    def new_state(self, extra_args: dict[str, Any] | None, output_ids: list[int]) -> Any:
+        """The row state for a request, or None when it does not use the processor."""
+        spec = (extra_args or {}).get(INTERSECTION_ARG)
+        if not spec:
+            return None
+        from llguidance import LLMatcher
+
+        tokenizer = self.tokenizer()
+        words = (tokenizer.vocab_size + 31) // 32
+        matchers = [
+            LLMatcher(tokenizer, grammar, log_level=0, limits=self._limits)
+            for grammar in spec["grammars"]
+        ]
+        allowed = None
+        if spec.get("allowed") is not None:
+            allowed = _bitmask({*spec["allowed"], *tokenizer.eos_tokens}, words)
+        forbidden = _bitmask(set(spec["forbidden"]), words) if spec.get("forbidden") else None
+        state = _RequestMatchers(matchers, allowed, forbidden, output_ids)
+        state.dead_end = any(m.is_error() for m in matchers)
+        return state
+
+    def update(self, added: Any, removed: Any, moved: Any) -> None:
+        """Applies one BatchUpdate's added (index, params, prompt, output), removed
+        (index) and moved (a, b, MoveDirectionality) entries, in that order."""
+        for index, params, _prompt, output_ids in added:
+            state = self.new_state(getattr(params, "extra_args", None), output_ids)
+            if state is not None:
+                self.rows[index] = state
+            else:
+                self.rows.pop(index, None)
+        if not self.rows:
+            return
+        for index in removed:
+            self.rows.pop(index, None)
+        for a, b, direction in moved:
+            # A one-way move (a->b) overwrites b, whose request is gone; a swap keeps both.
+            a_state = self.rows.pop(a, None)
+            b_state = self.rows.pop(b, None)
+            if a_state is not None:
+                self.rows[b] = a_state
+            if b_state is not None and getattr(direction, "name", direction) == "SWAP":
+                self.rows[a] = b_state
+
+    def row_mask(self, state: _RequestMatchers) -> npt.NDArray[np.int32] | None:
+        """Consumes the row's new tokens; the AND of its masks, None at a dead end."""
+        new = state.output_ids[state.consumed :]
+        for token in new:
+            if token < 0:  # an async-scheduling placeholder: wait for the real id
+                break
+            state.consumed += 1
+            if not state.dead_end and not all(m.consume_token(token) for m in state.matchers):
+                state.dead_end = True
+        if state.dead_end:
+            return None
+        from llguidance.numpy import fill_next_token_bitmask
+
+        tokenizer = self.tokenizer()
+        words = (tokenizer.vocab_size + 31) // 32
+        scratch = np.empty((len(state.matchers), words), dtype=np.int32)
+        for i, matcher in enumerate(state.matchers):
+            fill_next_token_bitmask(matcher, scratch, i)
+        mask: npt.NDArray[np.int32] = np.bitwise_and.reduce(scratch, axis=0)
+        if state.allowed is not None:
+            mask &= state.allowed
+        if state.forbidden is not None:
+            mask &= ~state.forbidden
+        if not mask.any():
+            state.dead_end = True
+            return None
+        return mask
+
+    def apply(self, logits: Any) -> Any:
+        """Masks each processed row of `logits` (a torch tensor [batch, vocab]) in place."""
+        if not self.rows:
+            return logits
+        import torch
+
+        width = int(logits.shape[1])
+        for index, state in self.rows.items():
+            was_dead = state.dead_end
+            mask = self.row_mask(state)
+            row = logits[index]
+            if mask is None:
+                eos = int(self.tokenizer().eos_token)
+                row.fill_(float("-inf"))
+                row[eos] = 0.0
+                if not was_dead:
+                    self.dead_ends += 1
+                    log.warning(
+                        "intersection dead end after %d tokens: forcing EOS", state.consumed
+                    )
+                continue
+            bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[:width]
+            if bits.shape[0] < width:
+                bits = np.concatenate([bits, np.zeros(width - bits.shape[0], dtype=np.uint8)])
+            forbid = torch.from_numpy(bits == 0).to(row.device)
+            row.masked_fill_(forbid, float("-inf"))
+        return logits
+
+
+def _bitmask(ids: set[int], words: int) -> npt.NDArray[np.int32]:
+    bits = np.zeros(words * 32, dtype=np.uint8)
+    bits[[i for i in ids if 0 <= i < words * 32]] = 1
+    return np.packbits(bits, bitorder="little").view(np.int32)
+
+
+def _build_processor_class() -> type:
+    """IntersectionLogitsProcessor, defined on first use so that importing this
+    module does not import vllm."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+    class IntersectionLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
+        """Engine-level logits processor enforcing an intersection of grammars
+        (and token masks) for the requests that carry INTERSECTION_ARG."""
+
+        def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+            model_config = vllm_config.model_config
+
+            def factory() -> Any:
+                from llguidance.hf import from_tokenizer
+                from vllm.tokenizers.registry import cached_tokenizer_from_config
+
+                tokenizer = cached_tokenizer_from_config(model_config)
+                vocab = int(model_config.get_vocab_size())
+                # Built as vLLM's guidance backend builds it, so masks agree.
+                return from_tokenizer(tokenizer, max(vocab, len(tokenizer)))
+
+            self.masker = IntersectionMasker(factory)
+
+        @classmethod
+        def validate_params(cls, sampling_params: Any) -> None:
+            spec = (sampling_params.extra_args or {}).get(INTERSECTION_ARG)
+            if spec is None:
+                return
+            if not isinstance(spec, dict) or not isinstance(spec.get("grammars"), list):
+                raise ValueError(f"{INTERSECTION_ARG} must be a dict with a 'grammars' list")
+
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def update_state(self, batch_update: BatchUpdate | None) -> None:
+            if batch_update is not None:
+                self.masker.update(batch_update.added, batch_update.removed, batch_update.moved)
+
+        def apply(self, logits: Any) -> Any:
+            return self.masker.apply(logits)
+
+    IntersectionLogitsProcessor.__module__ = __name__
+    return IntersectionLogitsProcessor
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy module attribute: vLLM loads the processor by PROCESSOR_FQCN."""
+    if name == "IntersectionLogitsProcessor":
+        cls = _build_processor_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)
 
 
 def _on_cpu() -> bool:

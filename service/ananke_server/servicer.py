@@ -22,7 +22,12 @@ from ananke.v1 import (
 from google.protobuf import duration_pb2
 
 from .admission import Admission
-from .constraints import SUPPORTED_KINDS, CompiledConstraints, ConstraintCompiler
+from .constraints import (
+    SUPPORTED_KINDS,
+    CompiledConstraints,
+    ConstraintCompiler,
+    unsatisfiable_during_generation,
+)
 from .engine import Engine, EngineDeadError, EngineParams, EngineRejectedError, PromptTokens
 from .errors import ServiceError, abort, error_from_exception
 from .logging_setup import bind_request_id, prompt_fields
@@ -337,6 +342,17 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             self._engine.info.eos_token_ids,
         )
         clock.check_seconds = time.perf_counter() - started
+        if (
+            compiled.intersection
+            and verdict == provenance_pb2.CHECK_VERDICT_INCOMPLETE
+            and engine_reason == "stop"
+            and not stop_string
+        ):
+            # The intersection processor forces EOS only at a dead end: prove it
+            # with fresh matchers before reporting the request unsatisfiable.
+            tokens = [t for t in generation.token_ids if t not in self._engine.info.eos_token_ids]
+            if await asyncio.to_thread(self._compiler.dead_end, compiled, tokens):
+                raise unsatisfiable_during_generation("request.constraints", len(tokens))
         clock.finished = _now()
         self._record_finish(validated, clock, len(generation.token_ids), engine_reason)
         if verdict == provenance_pb2.CHECK_VERDICT_VIOLATED:
@@ -347,7 +363,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             reason = generation_pb2.FINISH_REASON_MAX_TOKENS
         elif stop_string:
             reason = generation_pb2.FINISH_REASON_STOP_SEQUENCE
-        elif compiled.grammar is not None and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
+        elif compiled.has_grammar and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
             reason = generation_pb2.FINISH_REASON_CONSTRAINT_COMPLETE
         else:
             reason = generation_pb2.FINISH_REASON_END_OF_SEQUENCE
@@ -461,6 +477,7 @@ def _engine_params(validated: ValidatedRequest, compiled: CompiledConstraints) -
         seed=sampling.seed,
         stop=sampling.stop,
         grammar=compiled.grammar,
+        intersection=compiled.intersection,
         allowed_token_ids=compiled.allowed_token_ids,
         forbidden_token_ids=compiled.forbidden_token_ids,
     )

@@ -208,6 +208,12 @@ def _position(message: str, kind: Kind) -> tuple[int, int]:
     return 0, 0
 
 
+# llguidance's parser and lexer limit messages (LLParserLimits); not user mistakes.
+_LIMIT_MESSAGE = re.compile(
+    r"too big \(limit|too many items \(limit|too many states|fuel exhausted|lex fuel|"
+    r"too many expressions constructed|schema too large|exceeds capacity of",
+    re.IGNORECASE,
+)
 _EXCERPT = re.compile(r"\n\s+\d+ \|")
 _WRAPPER_POSITION = re.compile(r"^at \d+\(\d+\): ")
 
@@ -478,9 +484,7 @@ class ConstraintCompiler:
             return list(messages)
         message = messages[0] if messages else "invalid grammar"
         reason = _REASON_BY_KIND.get(kind, "COMPOSITE_INVALID")
-        if "limit" in message.lower() and (
-            "exceeded" in message.lower() or "too" in message.lower()
-        ):
+        if _LIMIT_MESSAGE.search(_first_line(message)):
             raise ServiceError(
                 "CONSTRAINT_TOO_LARGE",
                 f"{path}: grammar exceeds the parser's complexity limits: {_first_line(message)}",

@@ -1,0 +1,312 @@
+"""JSON Schema conformance on real data (MaskBench subset in
+../shared/data/maskbench): every schema goes through the service's own compile
+path (ConstraintCompiler, as a GenerationRequest with one JsonSchemaConstraint
+at default options), every labelled test document through a matcher built from
+the grammar the engine would get, tokenized with the default model's
+tokenizer. The same is done with llguidance used directly
+(LLMatcher.grammar_from_json_schema with the project's default options) so
+that any loss due to this project's conversion shows as a disagreement.
+
+A document is accepted iff the matcher consumes all its tokens and is then
+accepting. Documents are rendered the only way the default options allow:
+compact, `json.dumps(data, separators=(",", ":"), ensure_ascii=False)` (no
+whitespace is allowed when whitespace_flexible is false), keys in the
+document's own order. llguidance generates object properties in schema order,
+so a valid document whose keys are in another order is rejected by both sides
+alike; that is a property of llguidance, not a conversion loss.
+
+    .venv/bin/python bench/maskbench_report.py            # markdown table
+    .venv/bin/python bench/maskbench_report.py --json out.json --top 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
+for _path in (ROOT / "service", ROOT / "clients" / "python" / "src"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from ananke.v1 import constraints_pb2  # noqa: E402
+from ananke_server.constraints import CompiledConstraints, ConstraintCompiler  # noqa: E402
+from ananke_server.errors import ServiceError  # noqa: E402
+from llguidance import LLMatcher, LLParserLimits, LLTokenizer  # noqa: E402
+
+DEFAULT_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}  # the project's defaults
+
+
+@dataclass
+class Case:
+    """One schema file of the corpus."""
+
+    name: str
+    schema: Any
+    tests: list[tuple[bool, Any]]  # (valid, data)
+
+
+@dataclass
+class Side:
+    """Results of one compile path."""
+
+    compiled: int = 0
+    valid_accepted: int = 0
+    invalid_rejected: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    compile_seconds: float = 0.0
+    verdicts: dict[tuple[str, int], bool] = field(default_factory=dict)  # accepted?
+    compiled_names: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Report:
+    """Both sides over the whole corpus."""
+
+    schemas: int
+    valid_docs: int
+    invalid_docs: int
+    project: Side
+    direct: Side
+    seconds: float
+
+    def disagreements(self) -> list[tuple[str, int, bool, bool]]:
+        """(schema, test index, project accepted, direct accepted) where they differ,
+        a document of a schema only one side compiled counting as rejected there."""
+        keys = set(self.project.verdicts) | set(self.direct.verdicts)
+        found = []
+        for key in sorted(keys):
+            p = self.project.verdicts.get(key, False)
+            d = self.direct.verdicts.get(key, False)
+            if p != d:
+                found.append((key[0], key[1], p, d))
+        return found
+
+    def compile_mismatches(self) -> tuple[list[str], list[str]]:
+        """Schemas only llguidance compiled, and schemas only the project compiled."""
+        p, d = self.project.compiled_names, self.direct.compiled_names
+        return sorted(d - p), sorted(p - d)
+
+    def as_dict(self, top: int = 10) -> dict[str, Any]:
+        """A JSON-friendly summary."""
+        only_direct, only_project = self.compile_mismatches()
+        return {
+            "schemas": self.schemas,
+            "valid_docs": self.valid_docs,
+            "invalid_docs": self.invalid_docs,
+            "seconds": round(self.seconds, 1),
+            "disagreements": len(self.disagreements()),
+            "compiled_only_by_direct": only_direct,
+            "compiled_only_by_project": only_project,
+            **{
+                name: {
+                    "compiled": side.compiled,
+                    "valid_accepted": side.valid_accepted,
+                    "invalid_rejected": side.invalid_rejected,
+                    "compile_seconds": round(side.compile_seconds, 1),
+                    "errors": side.errors.most_common(top),
+                }
+                for name, side in (("project", self.project), ("direct", self.direct))
+            },
+        }
+
+
+def load_corpus(folder: Path = MASKBENCH) -> list[Case]:
+    """Every schema file, in name order."""
+    cases = []
+    for path in sorted(folder.glob("*.json")):
+        item = json.loads(path.read_text())
+        tests = [(bool(t["valid"]), t["data"]) for t in item.get("tests", [])]
+        cases.append(Case(path.name, item["schema"], tests))
+    return cases
+
+
+def default_tokenizer() -> tuple[LLTokenizer, Any]:
+    """The default model's tokenizer, as llguidance and as Hugging Face sees it
+    (built like vLLM's guidance backend builds it)."""
+    import transformers
+    from ananke_server.model_prep import prepare_default_model
+    from llguidance.hf import from_tokenizer
+
+    folder = prepare_default_model()
+    hf = transformers.AutoTokenizer.from_pretrained(str(folder))
+    config = json.loads((Path(folder) / "config.json").read_text())
+    n_vocab = max(int(config.get("vocab_size", 0)), len(hf))
+    return from_tokenizer(hf, n_vocab), hf
+
+
+def render(data: Any) -> str:
+    """The one rendering the default (compact) options accept."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        text.encode()
+        return text
+    except UnicodeEncodeError:  # a lone surrogate: keep it escaped
+        return json.dumps(data, separators=(",", ":"))
+
+
+_PREFIX = re.compile(r"^constraints\[0\]\.json_schema\.schema: ")
+
+
+def normalize(message: str) -> str:
+    """An error message without the field path and instance details, for counting."""
+    text = _PREFIX.sub("", message.strip().splitlines()[0] if message.strip() else "")
+    text = re.sub(r"^at \d+\(\d+\): ", "", text).removeprefix("failed to compile JSON schema: ")
+    text = re.sub(r'"[^"]*"', '"…"', text)
+    text = re.sub(r"\b\d+\b", "N", text)
+    return text[:120]
+
+
+class Conformance:
+    """Runs the corpus through both compile paths."""
+
+    def __init__(self, tokenizer: LLTokenizer, hf_tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.hf = hf_tokenizer
+        self.limits = LLParserLimits(verbose_errors=False)
+        self.compiler = ConstraintCompiler(
+            tokenizer,
+            vocab_size=tokenizer.vocab_size,
+            tokenizer_id="maskbench",
+            max_constraint_bytes=1 << 20,
+            cache_size=0,
+            timeout_s=60.0,
+            workers=1,
+        )
+
+    def close(self) -> None:
+        self.compiler.close()
+
+    def project_grammar(self, schema: Any) -> str:
+        """The grammar the engine would get for this schema; raises ServiceError."""
+        constraint = constraints_pb2.ConstraintIR(
+            json_schema=constraints_pb2.JsonSchemaConstraint(
+                schema=json.dumps(schema, ensure_ascii=False)
+            )
+        )
+        result = self.compiler._compile_now([constraint], "constraints")
+        if isinstance(result, ServiceError):
+            raise result
+        assert isinstance(result, CompiledConstraints)
+        assert result.grammar is not None
+        return result.grammar
+
+    def direct_grammar(self, schema: Any) -> str:
+        """llguidance alone, the project's default options; raises ValueError."""
+        grammar = LLMatcher.grammar_from_json_schema(schema, defaults=DEFAULT_OPTIONS)  # type: ignore[arg-type]
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(
+            grammar, self.tokenizer, limits=self.limits
+        )
+        if is_error:
+            raise ValueError(messages[0] if messages else "invalid grammar")
+        return grammar
+
+    def accepts(self, matcher: LLMatcher, tokens: Sequence[int]) -> bool:
+        matcher.reset()
+        consumed = matcher.try_consume_tokens(list(tokens))
+        return consumed == len(tokens) and matcher.is_accepting() and not matcher.is_error()
+
+    def run(self, cases: Sequence[Case]) -> Report:
+        started = time.perf_counter()
+        project, direct = Side(), Side()
+        valid_docs = sum(1 for case in cases for valid, _ in case.tests if valid)
+        invalid_docs = sum(1 for case in cases for valid, _ in case.tests if not valid)
+        for case in cases:
+            texts = [render(data) for _, data in case.tests]
+            tokens = [self.hf.encode(t, add_special_tokens=False) for t in texts]
+            for side, build in ((project, self.project_grammar), (direct, self.direct_grammar)):
+                t0 = time.perf_counter()
+                try:
+                    grammar = build(case.schema)
+                except (ServiceError, ValueError) as error:
+                    side.compile_seconds += time.perf_counter() - t0
+                    message = error.message if isinstance(error, ServiceError) else str(error)
+                    side.errors[normalize(message)] += 1
+                    continue
+                side.compile_seconds += time.perf_counter() - t0
+                side.compiled += 1
+                side.compiled_names.add(case.name)
+                matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=self.limits)
+                for index, ((valid, _), ids) in enumerate(zip(case.tests, tokens, strict=True)):
+                    accepted = self.accepts(matcher, ids)
+                    side.verdicts[(case.name, index)] = accepted
+                    if valid and accepted:
+                        side.valid_accepted += 1
+                    elif not valid and not accepted:
+                        side.invalid_rejected += 1
+        return Report(
+            len(cases), valid_docs, invalid_docs, project, direct, time.perf_counter() - started
+        )
+
+
+def markdown(report: Report, top: int = 10) -> str:
+    """The report as markdown tables."""
+    p, d = report.project, report.direct
+
+    def pct(n: int, total: int) -> str:
+        return f"{n:,} / {total:,} ({100 * n / max(total, 1):.1f}%)"
+
+    lines = [
+        f"MaskBench subset: {report.schemas:,} schemas, {report.valid_docs:,} valid and "
+        f"{report.invalid_docs:,} invalid test documents; default model tokenizer; "
+        f"{report.seconds:.0f} s.",
+        "",
+        "| | Ananke (service compile path) | llguidance directly |",
+        "|---|---|---|",
+        f"| schemas compiled | {pct(p.compiled, report.schemas)} | "
+        f"{pct(d.compiled, report.schemas)} |",
+        f"| valid documents accepted | {pct(p.valid_accepted, report.valid_docs)} | "
+        f"{pct(d.valid_accepted, report.valid_docs)} |",
+        f"| invalid documents rejected | {pct(p.invalid_rejected, report.invalid_docs)} | "
+        f"{pct(d.invalid_rejected, report.invalid_docs)} |",
+        f"| compile time (s) | {p.compile_seconds:.1f} | {d.compile_seconds:.1f} |",
+        "",
+        f"Documents where the two disagree: {len(report.disagreements())}. "
+        f"Schemas compiled only by llguidance directly: {len(report.compile_mismatches()[0])}; "
+        f"only by Ananke: {len(report.compile_mismatches()[1])}.",
+        "",
+        f"Compile errors by message (top {top}):",
+        "",
+        "| Ananke | direct | message (quoted names and numbers elided) |",
+        "|---:|---:|---|",
+    ]
+    for message, _count in (p.errors + d.errors).most_common(top):
+        lines.append(f"| {p.errors[message]} | {d.errors[message]} | {message.replace('|', '/')} |")
+    lines.append(f"| {sum(p.errors.values())} | {sum(d.errors.values())} | all compile errors |")
+    return "\n".join(lines)
+
+
+def iter_limit(cases: list[Case], limit: int | None) -> Iterator[Case]:
+    yield from cases[:limit] if limit else cases
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=MASKBENCH)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N schemas")
+    parser.add_argument("--top", type=int, default=10, help="error messages to list")
+    parser.add_argument("--json", type=Path, default=None, help="also write a JSON summary")
+    args = parser.parse_args(argv)
+    tokenizer, hf = default_tokenizer()
+    conformance = Conformance(tokenizer, hf)
+    try:
+        report = conformance.run(list(iter_limit(load_corpus(args.data), args.limit)))
+    finally:
+        conformance.close()
+    print(markdown(report, args.top))
+    if args.json:
+        args.json.write_text(json.dumps(report.as_dict(args.top), indent=2) + "\n")
+    return 0 if not report.disagreements() and not report.compile_mismatches()[0] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

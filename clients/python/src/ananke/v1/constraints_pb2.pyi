@@ -66,7 +66,9 @@ class _CombinatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Combinator
     COMBINATOR_ANY_OF: _Combinator.ValueType  # 2
     """The output satisfies at least one part."""
     COMBINATOR_ALL_OF: _Combinator.ValueType  # 3
-    """The output satisfies every part (an intersection)."""
+    """The output satisfies every part (an intersection), combined as the
+    top-level list of GenerationRequest.constraints is.
+    """
 
 class Combinator(_Combinator, metaclass=_CombinatorEnumTypeWrapper):
     """How the parts of a CompositeConstraint combine."""
@@ -80,7 +82,9 @@ COMBINATOR_SEQUENCE: Combinator.ValueType  # 1
 COMBINATOR_ANY_OF: Combinator.ValueType  # 2
 """The output satisfies at least one part."""
 COMBINATOR_ALL_OF: Combinator.ValueType  # 3
-"""The output satisfies every part (an intersection)."""
+"""The output satisfies every part (an intersection), combined as the
+top-level list of GenerationRequest.constraints is.
+"""
 Global___Combinator: _TypeAlias = Combinator  # noqa: Y015
 
 class _ConstraintKind:
@@ -159,8 +163,10 @@ class ConstraintIR(_message.Message):
     priority: _builtins.int
     """Optional. Larger values are more important. Constraints of a request are
     ordered by descending priority (ties keep request order) before they are
-    compiled; the order decides which constraint reaches the engine's grammar
-    backend first and which error is reported first. Default: 0.
+    compiled. The order decides which error is reported first, which
+    constraint names a merged grammar's parts and the order of the matchers
+    that enforce an intersection. It never relaxes a constraint: all of them
+    hold (see GenerationRequest.constraints for how they combine). Default: 0.
     """
     @_builtins.property
     def json_schema(self) -> Global___JsonSchemaConstraint:

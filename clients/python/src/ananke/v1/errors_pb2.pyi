@@ -83,7 +83,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     CONSTRAINT_UNSUPPORTED: _ErrorReason.ValueType  # 17
     """UNIMPLEMENTED: this server cannot enforce a constraint kind or
-    combination it was given.
+    combination it was given (a token mask, or an all_of that does not fold
+    into one grammar, inside a sequence or an any_of).
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     CONSTRAINT_TOO_LARGE: _ErrorReason.ValueType  # 18
@@ -96,8 +97,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     CONSTRAINT_UNSATISFIABLE: _ErrorReason.ValueType  # 20
-    """FAILED_PRECONDITION: during generation the constraints together left no
-    token allowed (their intersection is empty from the output so far).
+    """FAILED_PRECONDITION: the constraints together allow no token (their
+    intersection is empty), either from the start (when compiling) or from
+    the output generated so far (metadata "tokens": how many were generated).
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     OVERLOADED: _ErrorReason.ValueType  # 30
@@ -208,7 +210,8 @@ buf:lint:ignore ENUM_VALUE_PREFIX
 """
 CONSTRAINT_UNSUPPORTED: ErrorReason.ValueType  # 17
 """UNIMPLEMENTED: this server cannot enforce a constraint kind or
-combination it was given.
+combination it was given (a token mask, or an all_of that does not fold
+into one grammar, inside a sequence or an any_of).
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 CONSTRAINT_TOO_LARGE: ErrorReason.ValueType  # 18
@@ -221,8 +224,9 @@ CONSTRAINT_COMPILE_TIMEOUT: ErrorReason.ValueType  # 19
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 CONSTRAINT_UNSATISFIABLE: ErrorReason.ValueType  # 20
-"""FAILED_PRECONDITION: during generation the constraints together left no
-token allowed (their intersection is empty from the output so far).
+"""FAILED_PRECONDITION: the constraints together allow no token (their
+intersection is empty), either from the start (when compiling) or from
+the output generated so far (metadata "tokens": how many were generated).
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 OVERLOADED: ErrorReason.ValueType  # 30

@@ -139,6 +139,22 @@ class GenerationRequest(_message.Message):
         """Optional. Constraints the output must satisfy. They all apply together
         (an ALL_OF), ordered by descending priority; see ConstraintIR.priority.
         Empty means unconstrained generation. At most 64 top-level constraints.
+
+        How they combine: token masks merge into one (allowed lists intersect,
+        forbidden lists unite). Grammars fold into one where the kinds allow it:
+        regexes into one regex intersection, JSON schemas into one `allOf`. If one
+        grammar and no token mask remains, the engine's built-in structured output
+        enforces it. Otherwise (grammars that do not fold, such as a JSON schema
+        and a regex, or any grammar together with a token mask) every grammar and
+        mask is enforced together token by token, each token allowed only when all
+        of them allow it (provenance enforcement "logits_processor(N grammars)").
+        When no token is allowed, the call fails with FAILED_PRECONDITION
+        CONSTRAINT_UNSATISFIABLE: at once when the empty output already has no
+        allowed token, or as soon as generation reaches such a dead end (a stream
+        then ends with that error after the chunks it sent). The same rule applies
+        to a CompositeConstraint with COMBINATOR_ALL_OF; inside a sequence or an
+        any_of, only an all_of that folds into one grammar is accepted
+        (CONSTRAINT_UNSUPPORTED otherwise).
         """
 
     @_builtins.property

@@ -222,7 +222,8 @@ class Combinator(betterproto2.Enum):
 
     ALL_OF = 3
     """
-    The output satisfies every part (an intersection).
+    The output satisfies every part (an intersection), combined as the
+    top-level list of GenerationRequest.constraints is.
     """
 
     @classmethod
@@ -431,7 +432,8 @@ class ErrorReason(betterproto2.Enum):
     CONSTRAINT_UNSUPPORTED = 17
     """
     UNIMPLEMENTED: this server cannot enforce a constraint kind or
-    combination it was given.
+    combination it was given (a token mask, or an all_of that does not fold
+    into one grammar, inside a sequence or an any_of).
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -450,8 +452,9 @@ class ErrorReason(betterproto2.Enum):
 
     CONSTRAINT_UNSATISFIABLE = 20
     """
-    FAILED_PRECONDITION: during generation the constraints together left no
-    token allowed (their intersection is empty from the output so far).
+    FAILED_PRECONDITION: the constraints together allow no token (their
+    intersection is empty), either from the start (when compiling) or from
+    the output generated so far (metadata "tokens": how many were generated).
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -813,8 +816,10 @@ class ConstraintIr(betterproto2.Message):
     """
     Optional. Larger values are more important. Constraints of a request are
     ordered by descending priority (ties keep request order) before they are
-    compiled; the order decides which constraint reaches the engine's grammar
-    backend first and which error is reported first. Default: 0.
+    compiled. The order decides which error is reported first, which
+    constraint names a merged grammar's parts and the order of the matchers
+    that enforce an intersection. It never relaxes a constraint: all of them
+    hold (see GenerationRequest.constraints for how they combine). Default: 0.
     """
 
     json_schema: "JsonSchemaConstraint | None" = betterproto2.field(
@@ -1202,6 +1207,22 @@ class GenerationRequest(betterproto2.Message):
     Optional. Constraints the output must satisfy. They all apply together
     (an ALL_OF), ordered by descending priority; see ConstraintIR.priority.
     Empty means unconstrained generation. At most 64 top-level constraints.
+
+    How they combine: token masks merge into one (allowed lists intersect,
+    forbidden lists unite). Grammars fold into one where the kinds allow it:
+    regexes into one regex intersection, JSON schemas into one `allOf`. If one
+    grammar and no token mask remains, the engine's built-in structured output
+    enforces it. Otherwise (grammars that do not fold, such as a JSON schema
+    and a regex, or any grammar together with a token mask) every grammar and
+    mask is enforced together token by token, each token allowed only when all
+    of them allow it (provenance enforcement "logits_processor(N grammars)").
+    When no token is allowed, the call fails with FAILED_PRECONDITION
+    CONSTRAINT_UNSATISFIABLE: at once when the empty output already has no
+    allowed token, or as soon as generation reaches such a dead end (a stream
+    then ends with that error after the chunks it sent). The same rule applies
+    to a CompositeConstraint with COMBINATOR_ALL_OF; inside a sequence or an
+    any_of, only an all_of that folds into one grammar is accepted
+    (CONSTRAINT_UNSUPPORTED otherwise).
     """
 
     sampling: "SamplingParams | None" = betterproto2.field(

@@ -191,7 +191,15 @@ def constraint_digest(constraints: Sequence[constraints_pb2.ConstraintIR]) -> st
     return hasher.hexdigest()
 
 
-_LARK_POSITION = re.compile(r"at (\d+)\((\d+)\)")
+# llguidance writes "at L(C): ..." or, for Lark syntax errors, "L(C): ...".
+_LARK_POSITION = re.compile(r"^(?:at )?(\d+)\((\d+)\)")
+# The name an error is about: `Invalid type: foo`, `Unknown format: x`,
+# `Unimplemented keys: ["a"]`, `unknown name: "r"`, GBNF `Rule 'r' not found`.
+_NAMED = re.compile(
+    r"(?:Invalid type|Unknown format|Unimplemented keys|unknown name|Rule)\W*"
+    r"(?P<name>[A-Za-z0-9_$.-][A-Za-z0-9_$./:-]*)"
+)
+_GBNF_LINE = re.compile(r"at line (\d+)")
 _REGEX_CARET = re.compile(r"regex parse error:\n {4}(?P<text>.*)\n {4}(?P<caret> *)\^")
 
 
@@ -206,6 +214,28 @@ def _position(message: str, kind: Kind) -> tuple[int, int]:
         if found:
             return int(found.group(1)), int(found.group(2))
     return 0, 0
+
+
+def _locate(message: str, source: str | None, kind: Kind) -> tuple[int, int]:
+    """Where in the user's text the name an error is about first appears (line,
+    column from 1); (0, 0) when the message names nothing findable."""
+    if not source:
+        return 0, 0
+    found = _NAMED.search(message)
+    if found is None:
+        return 0, 0
+    name = found.group("name")
+    if kind == K.CONSTRAINT_KIND_JSON_SCHEMA:
+        pattern = re.escape(json.dumps(name))
+    else:
+        pattern = r"(?<![\w-])" + re.escape(name) + r"(?![\w-])"
+    hits = list(re.finditer(pattern, source))
+    if not hits:
+        return 0, 0
+    # An undefined rule: its first use; a JSON value: its first occurrence.
+    offset = hits[0].start()
+    line = source.count("\n", 0, offset) + 1
+    return line, offset - (source.rfind("\n", 0, offset) + 1) + 1
 
 
 # llguidance's parser and lexer limit messages (LLParserLimits); not user mistakes.
@@ -300,10 +330,18 @@ class ConstraintCompiler:
     async def validate(self, constraints: Sequence[constraints_pb2.ConstraintIR]) -> list[Verdict]:
         """A verdict for every constraint, compiled one by one (no cache)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(
-            loop.run_in_executor(self._pool, self._validate_now, list(constraints)),
-            self._timeout_s * max(1, len(constraints)),
-        )
+        timeout_s = self._timeout_s * max(1, len(constraints))
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._pool, self._validate_now, list(constraints)),
+                timeout_s,
+            )
+        except TimeoutError:
+            raise ServiceError(
+                "CONSTRAINT_COMPILE_TIMEOUT",
+                f"validating the constraints took longer than {timeout_s:g} s",
+                metadata={"timeout_s": f"{timeout_s:g}"},
+            ) from None
 
     def check_output(
         self, compiled: CompiledConstraints, token_ids: Sequence[int], eos_ids: Sequence[int]
@@ -475,8 +513,11 @@ class ConstraintCompiler:
         if self.dead_end(probe, ()):
             raise _unsatisfiable(path, at_start=True)
 
-    def _validate(self, grammar: str, kind: Kind, path: str) -> list[str]:
-        """Validates a grammar string; returns warnings or raises ServiceError."""
+    def _validate(
+        self, grammar: str, kind: Kind, path: str, source: str | None = None
+    ) -> list[str]:
+        """Validates a grammar string; returns warnings or raises ServiceError.
+        `source` is the user's text, to find where a named error points."""
         is_error, messages = LLMatcher.validate_grammar_with_warnings(
             grammar, self._tokenizer, limits=self._limits
         )
@@ -493,6 +534,8 @@ class ConstraintCompiler:
                 code_override=grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
         line, column = _position(message, kind)
+        if not line:
+            line, column = _locate(_first_line(message), source, kind)
         metadata = {"field": path}
         if line:
             metadata.update(line=str(line), column=str(column))
@@ -534,10 +577,12 @@ class ConstraintCompiler:
             return self._mask_piece(c.token_mask, f"{path}.token_mask")
         return self._composite_piece(c.composite, f"{path}.composite", depth)
 
-    def _leaf(self, kind: Kind, body: str, path: str, **extra: object) -> _Piece:
+    def _leaf(
+        self, kind: Kind, body: str, path: str, source: str | None = None, **extra: object
+    ) -> _Piece:
         piece = _Piece(kind=kind, lark_body=body, **extra)  # type: ignore[arg-type]
         standalone = LARK_HEADER + self._as_start(piece)
-        piece.warnings.extend(self._validate(standalone, kind, path))
+        piece.warnings.extend(self._validate(standalone, kind, path, source))
         piece.standalone = LLMatcher.grammar_from_lark(standalone)
         return piece
 
@@ -567,7 +612,9 @@ class ConstraintCompiler:
         options = {**_JSON_DEFAULTS, **schema.get("x-guidance", {}), **_json_options(spec.options)}
         schema = {**schema, "x-guidance": options}
         body = "%json " + json.dumps(schema, ensure_ascii=False)
-        return self._leaf(K.CONSTRAINT_KIND_JSON_SCHEMA, body, field_path, json_schema=schema)
+        return self._leaf(
+            K.CONSTRAINT_KIND_JSON_SCHEMA, body, field_path, spec.schema, json_schema=schema
+        )
 
     def _regex_piece(self, pattern: str, path: str) -> _Piece:
         self._check_size(pattern, path)
@@ -592,12 +639,18 @@ class ConstraintCompiler:
             try:
                 text = gbnf_to_lark(text)
             except Exception as error:  # the converter raises bare exceptions
-                raise invalid(
-                    "GRAMMAR_INVALID", f"not a valid GBNF grammar: {error}", text_path
-                ) from None
+                message = f"not a valid GBNF grammar: {error}"
+                line, column = _locate(message, spec.text, kind)
+                at_line = _GBNF_LINE.search(message)
+                if not line and at_line:
+                    line, column = int(at_line.group(1)), 0
+                position = {"line": str(line), "column": str(column)} if line else {}
+                raise invalid("GRAMMAR_INVALID", message, text_path, **position) from None
         piece = _Piece(kind=kind, lark_body="%lark {\n" + text + "\n}")
         # Validate the text as written (no header), so positions refer to it.
-        piece.warnings.extend(self._validate(LLMatcher.grammar_from_lark(text), kind, text_path))
+        piece.warnings.extend(
+            self._validate(LLMatcher.grammar_from_lark(text), kind, text_path, spec.text)
+        )
         piece.standalone = LLMatcher.grammar_from_lark(text)
         return piece
 

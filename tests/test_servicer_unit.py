@@ -438,13 +438,6 @@ async def test_top_k_above_vocab_rejected(served: Served, engine: FakeEngine) ->
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="constraints.py compile cache key ignores field_path: after ValidateConstraints "
-    "cached the CONSTRAINT_UNSATISFIABLE error for a list, Generate with the same list reports "
-    "field 'constraints' instead of 'request.constraints'",
-    raises=AssertionError,
-)
 async def test_cached_error_field_path_over_the_wire(served: Served, engine: FakeEngine) -> None:
     items = [
         c.ConstraintIR(regex=c.RegexConstraint(pattern="b+")),
@@ -784,13 +777,6 @@ async def test_validate_constraints_intersection_ok(served: Served) -> None:
     assert not reply.HasField("combined_error")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="constraints.py validate() raises a bare TimeoutError that servicer."
-    "ValidateConstraints does not catch: the call ends UNKNOWN without an ErrorInfo "
-    "instead of RESOURCE_EXHAUSTED / CONSTRAINT_COMPILE_TIMEOUT",
-    raises=AssertionError,
-)
 async def test_validate_constraints_timeout_is_rich() -> None:
     settings = Settings(host="127.0.0.1", port=0, compile_timeout_s=1e-6)
     big = c.ConstraintIR(choice=c.ChoiceConstraint(options=[f"option-{i}" for i in range(3000)]))

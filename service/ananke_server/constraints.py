@@ -295,7 +295,7 @@ class ConstraintCompiler:
         Returns the result and whether it was a cache hit; raises ServiceError
         for constraints that cannot be enforced."""
         self._check_shape(constraints, field_path)
-        key = self._cache_key(constraints)
+        key = self._cache_key(constraints, field_path)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -303,7 +303,8 @@ class ConstraintCompiler:
                 self._hits += 1
         if cached is not None:
             if isinstance(cached, ServiceError):
-                raise cached
+                # A fresh copy per hit: re-raising one object grows its traceback.
+                raise dataclasses.replace(cached)
             return cached, True
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, self._compile_now, list(constraints), field_path)
@@ -378,8 +379,16 @@ class ConstraintCompiler:
 
     # -- compilation --------------------------------------------------------
 
-    def _cache_key(self, constraints: Sequence[constraints_pb2.ConstraintIR]) -> str:
-        return "|".join([constraint_digest(constraints), self._tokenizer_id, LLGUIDANCE_VERSION])
+    def _cache_key(
+        self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
+    ) -> str:
+        # Request order and field path are part of the key: results name
+        # constraints by their request index and path (errors, check names).
+        hasher = hashlib.sha256(field_path.encode())
+        for constraint in constraints:
+            blob = constraint.SerializeToString(deterministic=True)
+            hasher.update(len(blob).to_bytes(8, "big") + blob)
+        return "|".join([hasher.hexdigest(), self._tokenizer_id, LLGUIDANCE_VERSION])
 
     def _check_shape(
         self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
@@ -608,8 +617,13 @@ class ConstraintCompiler:
             raise invalid(
                 "JSON_SCHEMA_INVALID", "a JSON schema must be an object or a boolean", field_path
             )
+        own_options = schema.get("x-guidance", {})
+        if not isinstance(own_options, dict):
+            raise invalid(
+                "JSON_SCHEMA_INVALID", '"x-guidance" must be an object of options', field_path
+            )
         # Request options win over the schema's own x-guidance, which wins over defaults.
-        options = {**_JSON_DEFAULTS, **schema.get("x-guidance", {}), **_json_options(spec.options)}
+        options = {**_JSON_DEFAULTS, **own_options, **_json_options(spec.options)}
         schema = {**schema, "x-guidance": options}
         body = "%json " + json.dumps(schema, ensure_ascii=False)
         return self._leaf(
@@ -630,8 +644,13 @@ class ConstraintCompiler:
     ) -> _Piece:
         text_path = f"{path}.text"
         self._check_size(spec.text, text_path)
-        if spec.syntax == constraints_pb2.GRAMMAR_SYNTAX_UNSPECIFIED:
-            raise invalid("GRAMMAR_INVALID", "grammar syntax is not set", f"{path}.syntax")
+        if spec.syntax not in (
+            constraints_pb2.GRAMMAR_SYNTAX_LARK,
+            constraints_pb2.GRAMMAR_SYNTAX_GBNF,
+        ):
+            raise invalid(
+                "GRAMMAR_INVALID", "grammar syntax must be LARK or GBNF", f"{path}.syntax"
+            )
         if not spec.text.strip():
             raise invalid("GRAMMAR_INVALID", "the grammar is empty", text_path)
         text = spec.text
@@ -693,8 +712,16 @@ class ConstraintCompiler:
     ) -> _Piece:
         if depth + 1 > MAX_NESTING_DEPTH:
             raise invalid("COMPOSITE_INVALID", f"nested deeper than {MAX_NESTING_DEPTH}", path)
-        if spec.combinator == C.COMBINATOR_UNSPECIFIED:
-            raise invalid("COMPOSITE_INVALID", "combinator is not set", f"{path}.combinator")
+        if spec.combinator not in (
+            C.COMBINATOR_SEQUENCE,
+            C.COMBINATOR_ANY_OF,
+            C.COMBINATOR_ALL_OF,
+        ):
+            raise invalid(
+                "COMPOSITE_INVALID",
+                "combinator must be SEQUENCE, ANY_OF or ALL_OF",
+                f"{path}.combinator",
+            )
         if not spec.parts:
             raise invalid(
                 "COMPOSITE_INVALID", "a composite needs at least one part", f"{path}.parts"

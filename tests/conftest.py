@@ -198,17 +198,15 @@ class GuardedServer:
 GUARDED_KEY = "ak-test-7f3c9a"
 
 
-@pytest.fixture(scope="session")
-def guarded_server(test_pki: Pki) -> Iterator[GuardedServer]:
-    """Started on first use, shared by the auth/TLS and overload tests."""
+def _start_guarded(pki: Pki) -> GuardedServer:
     log_dir = Path(tempfile.mkdtemp(prefix="ananke-guarded-"))
     keys_file = log_dir / "keys.txt"
     keys_file.write_text(f"# test keys\n{GUARDED_KEY}\n")
     metrics_port = free_port()
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=test_pki.ca.read_bytes(),
-        private_key=test_pki.client_key.read_bytes(),
-        certificate_chain=test_pki.client_cert.read_bytes(),
+        root_certificates=pki.ca.read_bytes(),
+        private_key=pki.client_key.read_bytes(),
+        certificate_chain=pki.client_cert.read_bytes(),
     )
     server = start_server(
         [
@@ -217,22 +215,43 @@ def guarded_server(test_pki: Pki) -> Iterator[GuardedServer]:
             "--max-queued-requests", "0",
             "--api-keys", "ak-other-key",
             "--api-keys-file", str(keys_file),
-            "--tls-cert-file", str(test_pki.server_cert),
-            "--tls-key-file", str(test_pki.server_key),
-            "--tls-client-ca-file", str(test_pki.ca),
+            "--tls-cert-file", str(pki.server_cert),
+            "--tls-key-file", str(pki.server_key),
+            "--tls-client-ca-file", str(pki.ca),
             "--metrics-port", str(metrics_port),
         ],
         log_dir,
         credentials=credentials,
     )  # fmt: skip
+    return GuardedServer(server, GUARDED_KEY, pki, f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+@dataclass
+class _GuardedSlot:
+    current: GuardedServer | None = None
+
+
+@pytest.fixture(scope="session")
+def _guarded_slot() -> Iterator[_GuardedSlot]:
+    slot = _GuardedSlot()
     try:
-        yield GuardedServer(
-            server, GUARDED_KEY, test_pki, f"http://127.0.0.1:{metrics_port}/metrics"
-        )
+        yield slot
     finally:
-        code = stop_server(server)
-        if code != 0:
-            print(f"guarded server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+        if slot.current is not None:
+            server = slot.current.server
+            code = stop_server(server)
+            if code != 0:
+                print(f"guarded server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+
+
+@pytest.fixture
+def guarded_server(test_pki: Pki, _guarded_slot: _GuardedSlot) -> GuardedServer:
+    """Started on first use and shared by the auth/TLS, overload, observability and
+    SIGTERM tests; the SIGTERM test ends it, so a later user gets a fresh one."""
+    current = _guarded_slot.current
+    if current is None or current.server.process.poll() is not None:
+        current = _guarded_slot.current = _start_guarded(test_pki)
+    return current
 
 
 def server_rss_bytes(pid: int) -> int:

@@ -126,8 +126,9 @@ MANY_PROPERTIES = json.dumps(
     {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(3000)}}
 )
 
-# (name, method, request message or raw bytes, code, ErrorInfo reason or None)
-CASES: list[tuple[str, str, Any, grpc.StatusCode, str | None]] = [
+# (name, method, request message or raw bytes, code (None: the reason's documented
+# code), ErrorInfo reason ("A|B": either) or None for no ErrorInfo)
+CASES: list[tuple[str, str, Any, grpc.StatusCode | None, str | None]] = [
     # Empty everything.
     ("empty request", STREAM, g.GenerationRequest(), INVALID, "PROMPT_EMPTY"),
     ("empty prompt", STREAM, _req(prompt=""), INVALID, "PROMPT_EMPTY"),
@@ -210,8 +211,9 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode, str | None]] = [
     ("schema over 1 MiB", STREAM, _schema(HUGE_SCHEMA), INVALID, "CONSTRAINT_TOO_LARGE"),
     ("schema nested 10000 deep", STREAM, _schema("[" * 10000 + "]" * 10000), INVALID,
      "JSON_SCHEMA_INVALID"),
-    ("object schema nested 300 deep", STREAM, _schema(_nested_schema(300)),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "CONSTRAINT_TOO_LARGE"),
+    # Either reason is documented for this; the code must be the reason's.
+    ("object schema nested 300 deep", STREAM, _schema(_nested_schema(300)), None,
+     "JSON_SCHEMA_INVALID|CONSTRAINT_TOO_LARGE"),
     # Other constraint kinds.
     ("unbalanced regex", STREAM, _regex("(ab"), INVALID, "REGEX_INVALID"),
     ("regex lookahead", STREAM, _regex("a(?=b)"), INVALID, "REGEX_INVALID"),
@@ -303,7 +305,6 @@ def test_table_has_at_least_40_rows() -> None:
 # Rows the server gets wrong today (strict: they fail loudly once fixed).
 KNOWN_BUGS = {
     "schema nested 10000 deep": "constraints.py: json.loads raises RecursionError -> INTERNAL",
-    "composite combinator 42": "constraints.py: an unknown combinator is treated as ANY_OF",
 }
 
 
@@ -325,22 +326,22 @@ def test_bad_request(
     name: str,
     method: str,
     request_: Any,
-    code: grpc.StatusCode,
+    code: grpc.StatusCode | None,
     reason: str | None,
 ) -> None:
     with live_server.channel() as channel, pytest.raises(grpc.RpcError) as raised:
         _invoke(channel, method, _serialize(method, request_))
     error = raised.value
-    assert error.code() == code, (name, error.details())  # type: ignore[attr-defined]
+    actual, details = error.code(), error.details()  # type: ignore[attr-defined]
+    assert code is None or actual == code, (name, details)
     infos = _error_info(error)
     if reason is None:
         assert infos == []  # documented: grpc's own limit, no ErrorInfo
-    else:
-        assert [(i.reason, i.domain) for i in infos] == [(reason, "ananke.dev")], (
-            name,
-            error.details(),  # type: ignore[attr-defined]
-        )
-        assert _documented(reason, code)
+        return
+    assert len(infos) == 1, (name, details)
+    assert infos[0].domain == "ananke.dev"
+    assert infos[0].reason in reason.split("|"), (name, infos[0].reason, details)
+    assert _documented(infos[0].reason, actual), (name, actual)
 
 
 def test_still_serving_after_the_table(live_server: LiveServer) -> None:

@@ -1,24 +1,21 @@
-"""SIGTERM during streams, on a dedicated real server: the in-flight streams
-complete within the grace period, new calls are refused with UNAVAILABLE,
-health stops reporting SERVING and the process exits 0."""
+"""SIGTERM during streams on a real server: the in-flight streams complete
+within the grace period, new calls are refused with UNAVAILABLE, health stops
+reporting SERVING and the process exits 0. It ends `guarded_server` (this
+module sorts after its other users; a later user would get a fresh one)."""
 
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 from ananke.v1 import constraints_pb2, generation_pb2, inference_service_pb2
-from conftest import LiveServer, start_server, stop_server
+from conftest import GuardedServer, LiveServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-GRACE_S = 30.0
-STREAMS = 3
+GRACE_S = 10.0  # conftest.start_server's --shutdown-grace-s
 LONG = inference_service_pb2.GenerateStreamRequest(
     request=generation_pb2.GenerationRequest(
         prompt="Tell a story about a ship.",
@@ -27,22 +24,9 @@ LONG = inference_service_pb2.GenerateStreamRequest(
                 regex=constraints_pb2.RegexConstraint(pattern="[a-z ,.]{2000}")
             )
         ],
-        sampling=generation_pb2.SamplingParams(max_tokens=64),
+        sampling=generation_pb2.SamplingParams(max_tokens=40),
     )
 )
-
-
-@pytest.fixture(scope="module")
-def draining_server() -> Iterator[LiveServer]:
-    """A server of its own: the test stops it."""
-    server = start_server(
-        ["--shutdown-grace-s", str(GRACE_S), "--max-tokens-cap", "512"],
-        Path(tempfile.mkdtemp(prefix="ananke-sigterm-")),
-    )
-    try:
-        yield server
-    finally:
-        stop_server(server)
 
 
 def _health(server: LiveServer) -> int | grpc.StatusCode:
@@ -57,15 +41,17 @@ def _health(server: LiveServer) -> int | grpc.StatusCode:
         return error.code()  # type: ignore[attr-defined, no-any-return]
 
 
-def test_sigterm_drains_streams_and_exits_0(draining_server: LiveServer) -> None:
-    server = draining_server
-    results: list[list[str] | grpc.RpcError] = [[] for _ in range(STREAMS)]
-    first_chunk = [threading.Event() for _ in range(STREAMS)]
+def test_sigterm_drains_streams_and_exits_0(guarded_server: GuardedServer) -> None:
+    server = guarded_server.server
+    auth = guarded_server.auth()
+    streams = guarded_server.max_running
+    results: list[list[str] | grpc.RpcError] = [[] for _ in range(streams)]
+    first_chunk = [threading.Event() for _ in range(streams)]
 
     def stream(index: int) -> None:
         kinds: list[str] = []
         try:
-            for event in server.stub().GenerateStream(LONG, timeout=GRACE_S + 30):
+            for event in server.stub().GenerateStream(LONG, metadata=auth, timeout=GRACE_S + 30):
                 kinds.append(event.WhichOneof("event"))
                 if kinds[-1] == "chunk":
                     first_chunk[index].set()
@@ -75,7 +61,7 @@ def test_sigterm_drains_streams_and_exits_0(draining_server: LiveServer) -> None
         finally:
             first_chunk[index].set()
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
     for thread in threads:
         thread.start()
     for event in first_chunk:
@@ -88,7 +74,7 @@ def test_sigterm_drains_streams_and_exits_0(draining_server: LiveServer) -> None
 
     # New calls are refused while the old ones drain.
     with pytest.raises(grpc.RpcError) as refused:
-        list(server.stub().GenerateStream(LONG, timeout=10))
+        list(server.stub().GenerateStream(LONG, metadata=auth, timeout=10))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert _health(server) in {
         health_pb2.HealthCheckResponse.NOT_SERVING,
@@ -106,4 +92,4 @@ def test_sigterm_drains_streams_and_exits_0(draining_server: LiveServer) -> None
     assert drained_s < GRACE_S
 
     assert server.process.wait(GRACE_S + 60) == 0
-    print(f"\nSIGTERM: {STREAMS} in-flight streams finished {drained_s:.1f}s after the signal")
+    print(f"\nSIGTERM: {streams} in-flight streams finished {drained_s:.1f}s after the signal")

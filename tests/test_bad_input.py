@@ -303,9 +303,7 @@ def test_table_has_at_least_40_rows() -> None:
 
 
 # Rows the server gets wrong today (strict: they fail loudly once fixed).
-KNOWN_BUGS = {
-    "schema nested 10000 deep": "constraints.py: json.loads raises RecursionError -> INTERNAL",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -872,3 +872,17 @@ async def test_lark_syntax_error_has_position(compiler: ConstraintCompiler) -> N
     assert verdict.error is not None
     assert verdict.error.metadata.get("line") == "1"
     assert int(verdict.error.metadata.get("column", "0")) > 0
+
+
+async def test_deeply_nested_schema_is_invalid_not_internal() -> None:
+    # json.loads raises RecursionError past ~1000 levels; that is bad input, not a crash.
+    compiler = make_compiler(max_constraint_bytes=1 << 20)
+    with pytest.raises(ServiceError) as raised:
+        await compiler.compile([schema("[" * 10000 + "]" * 10000)], P)
+    compiler.close()
+    assert_error(
+        raised.value,
+        "JSON_SCHEMA_INVALID",
+        f"{P}[0].json_schema.schema",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )

@@ -575,7 +575,14 @@ class ConstraintCompiler:
         if which is None:
             raise invalid("CONSTRAINT_EMPTY", f"{path} has no constraint kind set", path)
         if which == "json_schema":
-            return self._json_piece(c.json_schema, f"{path}.json_schema")
+            try:
+                return self._json_piece(c.json_schema, f"{path}.json_schema")
+            except RecursionError:
+                raise invalid(
+                    "JSON_SCHEMA_INVALID",
+                    "the JSON schema is nested too deeply",
+                    f"{path}.json_schema.schema",
+                ) from None
         if which == "regex":
             return self._regex_piece(c.regex.pattern, f"{path}.regex.pattern")
         if which == "grammar":

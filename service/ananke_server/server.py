@@ -194,7 +194,7 @@ async def serve(settings: Settings) -> int:
         exit_code = 1 if running.engine_failed.is_set() else 0
         log.info("shutting down: draining in-flight calls for up to %gs", settings.shutdown_grace_s)
         await running.health.enter_graceful_shutdown()
-        running.servicer.stop_accepting()
+        running.servicer.stop_accepting(engine_failed=running.engine_failed.is_set())
         await running.server.stop(settings.shutdown_grace_s)
         log.info("stopped")
         return exit_code

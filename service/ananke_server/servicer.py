@@ -82,6 +82,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self._compiler: ConstraintCompiler | None = None
         self._admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
         self._accepting = True
+        self._engine_failed = False
         self._started = time.monotonic()
         self.counters = Counters()
         self.metrics = metrics or Metrics()
@@ -110,9 +111,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         if self._compiler is not None:
             self._compiler.close()
 
-    def stop_accepting(self) -> None:
-        """New calls get UNAVAILABLE (SHUTTING_DOWN); running ones go on."""
+    def stop_accepting(self, engine_failed: bool = False) -> None:
+        """New calls get UNAVAILABLE (SHUTTING_DOWN, or ENGINE_UNAVAILABLE when the
+        engine died); running ones go on."""
         self._accepting = False
+        self._engine_failed = engine_failed
 
     @property
     def active_generations(self) -> int:
@@ -121,6 +124,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
     def _compiler_or_unavailable(self) -> ConstraintCompiler:
         if not self._accepting:
+            if self._engine_failed:
+                raise ServiceError(
+                    "ENGINE_UNAVAILABLE",
+                    "the engine failed; the server is restarting; retry elsewhere",
+                    retry_after_s=5.0,
+                )
             raise ServiceError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
         if self._compiler is None:
             raise ServiceError(

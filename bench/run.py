@@ -1,0 +1,232 @@
+"""Runs the benchmark suite and writes bench/results/<timestamp>/ (results.md,
+results.json, PNG plots), then copies the report and plots to bench/figures/.
+
+    .venv/bin/python bench/run.py            # full suite (~25 min on 2 cores)
+    .venv/bin/python bench/run.py --quick    # short run (~6 min)
+    .venv/bin/python bench/run.py --sections masking,compile
+
+Not a test: nothing here asserts on timings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import FIGURES, RESULTS, load_average, log, machine_info
+
+SECTIONS = ("serving", "limit", "masking", "compile", "startup")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Counts for one run of the suite."""
+
+    serving_rounds: int
+    max_tokens: int
+    concurrencies: tuple[int, ...]
+    mask_stride: int
+    mask_docs: int
+    mask_runs: int
+    compile_stride: int
+    compile_runs: int
+    cold_runs: int
+    warm_runs: int
+    peer_runs: int
+    budget_s: float
+
+
+FULL = Plan(
+    serving_rounds=3,
+    max_tokens=128,
+    concurrencies=(1, 4, 16),
+    mask_stride=1,
+    mask_docs=1,
+    mask_runs=3,
+    compile_stride=1,
+    compile_runs=3,
+    cold_runs=2,
+    warm_runs=2,
+    peer_runs=1,
+    budget_s=25 * 60,
+)
+QUICK = Plan(
+    serving_rounds=1,
+    max_tokens=32,
+    concurrencies=(1, 4, 16),
+    mask_stride=16,
+    mask_docs=1,
+    mask_runs=2,
+    compile_stride=8,
+    compile_runs=2,
+    cold_runs=0,
+    warm_runs=1,
+    peer_runs=0,
+    budget_s=6 * 60,
+)
+
+
+def _serving(plan: Plan, out_dir: Path) -> dict[str, Any]:
+    import serving
+
+    return asyncio.run(
+        serving.run_serving(
+            out_dir,
+            rounds=plan.serving_rounds,
+            max_tokens=plan.max_tokens,
+            concurrencies=plan.concurrencies,
+        )
+    )
+
+
+def _mean_load(serving_result: dict[str, Any]) -> float:
+    loads = [run["load1"] for run in serving_result["runs"]]
+    return sum(loads) / max(1, len(loads))
+
+
+def _section(name: str, plan: Plan, out_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Runs one section and returns its raw results."""
+    if name == "serving":
+        return _serving(plan, out_dir)
+    if name == "limit":
+        import limit
+
+        log("limit: measuring memory bandwidth and matmul peak")
+        context = 100.0 + plan.max_tokens / 2
+        if "serving" in results:
+            prompt = [s["prompt_tokens"] for r in results["serving"]["runs"] for s in r["samples"]]
+            context = sorted(prompt)[len(prompt) // 2] + plan.max_tokens / 2
+        return limit.run_limit(context, plan.concurrencies)
+    if name == "masking":
+        import masking
+
+        return masking.run_masking(
+            stride=plan.mask_stride,
+            docs_per_schema=plan.mask_docs,
+            runs=plan.mask_runs,
+            tokenizers=("smollm2-49k", "llama3-128k"),
+        )
+    if name == "compile":
+        compile_bench = __import__("compile")
+        return compile_bench.run_compile(stride=plan.compile_stride, runs=plan.compile_runs)
+    import startup
+
+    return startup.run_startup(
+        out_dir, cold_runs=plan.cold_runs, warm_runs=plan.warm_runs, peer_runs=plan.peer_runs
+    )
+
+
+def run(plan: Plan, sections: tuple[str, ...], mode: str, rerun: str) -> dict[str, Any]:
+    """Runs the sections in order; returns every raw result."""
+    started = time.perf_counter()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = RESULTS / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "mode": mode,
+        "started": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": ".venv/bin/python bench/run.py --quick" if mode == "quick" else "make bench",
+        "machine": machine_info(),
+        "load_start": load_average(),
+        "out_dir": str(out_dir),
+    }
+    log(f"writing to {out_dir}; load average {results['load_start']}")
+    timings: dict[str, float] = {}
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        section_start = time.perf_counter()
+        try:
+            results[section] = _section(section, plan, out_dir, results)
+        except Exception as error:  # one failed section must not lose the others
+            log(f"{section}: FAILED: {error!r}")
+            results.setdefault("errors", {})[section] = traceback.format_exc()
+        timings[section] = time.perf_counter() - section_start
+        results["section_s"] = timings
+        # Raw numbers so far, in case a later section fails or the run is stopped.
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    serving_s = timings.get("serving", 0.0)
+    if "serving" in results:
+        first = results["serving"]
+        loaded = _mean_load(first) > (os.cpu_count() or 1)
+        elapsed = time.perf_counter() - started
+        fits = elapsed + serving_s <= plan.budget_s
+        if rerun == "always" or (rerun == "auto" and loaded and fits):
+            log(f"serving: load was {_mean_load(first):.1f}; running the serving part again")
+            second = _serving(plan, out_dir / "serving-again")
+            keep, other = (
+                (second, first) if _mean_load(second) < _mean_load(first) else (first, second)
+            )
+            results["serving"], results["serving_other_pass"] = keep, other
+        elif loaded:
+            log("serving: load was high but a second pass does not fit the time budget")
+    results["load_end"] = load_average()
+    results["elapsed_s"] = time.perf_counter() - started
+    return results
+
+
+def write(results: dict[str, Any], update_figures: bool) -> Path:
+    """results.json, results.md and the plots; then bench/figures/latest.md + PNGs."""
+    import report
+
+    out_dir = Path(results["out_dir"])
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    text = report.markdown(results)
+    (out_dir / "results.md").write_text(text)
+    pngs = report.plots(results, out_dir)
+    if update_figures:
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        for old in FIGURES.glob("*.png"):
+            old.unlink()
+        (FIGURES / "latest.md").write_text(text)
+        for png in pngs:
+            shutil.copy2(png, FIGURES / png.name)
+    return out_dir / "results.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (about 6 minutes)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--rerun-serving",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="run the serving part again at the end (auto: when the load average exceeded "
+        "the CPU count and the time budget allows)",
+    )
+    parser.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="do not update bench/figures/ (the committed latest report)",
+    )
+    args = parser.parse_args(argv)
+    sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {sorted(unknown)}")
+    plan = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
+    results = run(plan, sections, mode, args.rerun_serving)
+    update = not args.no_figures and set(sections) == set(SECTIONS)
+    path = write(results, update)
+    print(path.read_text())
+    log(f"report: {path}" + (f" (copied to {FIGURES})" if update else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

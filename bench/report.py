@@ -18,6 +18,13 @@ HEADER = (
 COLORS = {"grpc": "#1f77b4", "peer": "#ff7f0e", "inproc": "#2ca02c", "limit": "#7f7f7f"}
 
 
+def _every(stride: int) -> str:
+    if stride == 1:
+        return "every file"
+    suffix = {2: "nd", 3: "rd"}.get(stride, "th")
+    return f"every {stride}{suffix} file"
+
+
 def _spread(data: dict[str, float] | None) -> Spread:
     if not data:
         return Spread(float("nan"), float("nan"), float("nan"), 0)
@@ -240,12 +247,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"{st['kv_cache_bytes'] >> 20} MiB, guidance backend. {st['rounds']} rounds; in each "
             "round every cell runs on the three systems back to back in rotating order. "
             "The ratios are medians of the per-round ratios.",
-            f"Outputs identical on all three for {cons['identical_text_all_systems']} of "
-            f"{cons['prompts']} prompt/mode pairs; prompt token counts identical for "
-            f"{cons['identical_prompt_tokens']}; median tokens per stream: "
+            f"Greedy outputs (first 200 characters) identical on all three systems in "
+            f"{cons['identical_text_all_systems']} of {cons['comparisons']} same-prompt "
+            "comparisons (same cell and round; bf16 batching can flip a near-tie); prompt "
+            f"token counts identical in {cons['identical_prompt_tokens']} of "
+            f"{cons['prompt_comparisons']}; median tokens per stream: "
             f"{fmt(cons['p50_tokens_free'], 0)} unconstrained, {fmt(cons['p50_tokens_json'], 0)} "
-            f"JSON; {cons['constrained_outputs_valid_json']}/{cons['constrained_outputs']} JSON "
-            "outputs parse (the rest hit max_tokens). Load during serving: "
+            f"JSON; {cons['constrained_outputs_valid_json']} of {cons['constrained_outputs']} "
+            "JSON outputs parse. Load during serving: "
             f"{serving['load_start']} -> {serving['load_end']}; idle CPU (cores) "
             + ", ".join(f"{k} {v:.2f}" for k, v in serving["idle_cpu_cores"].items())
             + ".",
@@ -273,8 +282,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## Per-token mask time (CPU time per mask, µs)",
             "",
-            "MaskBench schemas (every "
-            f"{ms['stride']}th file, {ms['docs_per_schema']} valid document each, serialized "
+            f"MaskBench schemas ({_every(ms['stride'])}, {ms['docs_per_schema']} valid document "
+            "each, serialized "
             "compactly and tokenized): the grammar Ananke compiles (ConstraintCompiler's Lark "
             "text, as vLLM receives it) against llguidance's own grammar for the same schema, "
             "both built like vLLM's guidance backend builds them and walked in lockstep over "
@@ -291,7 +300,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## Constraint compile",
             "",
-            f"{cs['schemas']} MaskBench schemas (every {cs['stride']}th file), "
+            f"{cs['schemas']} distinct MaskBench schemas ({_every(cs['stride'])}), "
             f"{compile_['tokenizer']} tokenizer, {cs['runs']} passes with a fresh compiler; "
             "figures over the schemas both sides accept (refused: Ananke "
             f"{compile_['refused']['project']}, llguidance {compile_['refused']['direct']}). "

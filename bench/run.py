@@ -213,7 +213,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not update bench/figures/ (the committed latest report)",
     )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="re-render results.md and the plots from a results.json, then update the figures",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        import serving
+
+        results = json.loads(args.report_only.read_text())
+        results["out_dir"] = str(args.report_only.parent)
+        for key in ("serving", "serving_other_pass"):
+            if results.get(key):
+                results[key]["consistency"] = serving.consistency(results[key]["runs"])
+        path = write(results, not args.no_figures)
+        print(path.read_text())
+        return 0
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     unknown = set(sections) - set(SECTIONS)
     if unknown:

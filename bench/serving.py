@@ -448,7 +448,7 @@ async def run_serving(
         "load_end": load_end,
         "runs": [_run_json(r) for r in runs],
         "summary": summarize(runs),
-        "consistency": consistency(runs),
+        "consistency": consistency([_run_json(r) for r in runs]),
     }
 
 
@@ -511,44 +511,43 @@ def summarize(runs: list[CellRun]) -> dict[str, Any]:
     return {"cells": cells, "constraint_cost": cost}
 
 
-def consistency(runs: list[CellRun]) -> dict[str, Any]:
-    """Whether every system produced the same text and prompt length per prompt."""
-    outputs: dict[tuple[bool, int], dict[str, set[str]]] = {}
-    prompt_tokens: dict[tuple[bool, int], dict[str, set[int]]] = {}
+def consistency(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the three systems produced the same text (first 200 characters) and
+    prompt length for the same prompt in the same cell and round (runs in JSON form)."""
+    texts: dict[tuple[Any, ...], dict[str, str]] = {}
+    prompts: dict[tuple[Any, ...], set[int]] = {}
     for run in runs:
-        for s in run.samples:
-            key = (run.constrained, s.prompt)
-            outputs.setdefault(key, {}).setdefault(run.system, set()).add(s.text)
-            prompt_tokens.setdefault(key, {}).setdefault(run.system, set()).add(s.prompt_tokens)
-    same_text = sum(
-        1
-        for per in outputs.values()
-        if len(set().union(*per.values())) == 1 and len(per) == len(SYSTEMS)
-    )
-    same_prompt = sum(1 for per in prompt_tokens.values() if len(set().union(*per.values())) == 1)
+        for s in run["samples"]:
+            key = (run["constrained"], run["concurrency"], run["round"], s["prompt"])
+            texts.setdefault(key, {})[run["system"]] = s["text"]
+            prompts.setdefault(key, set()).add(s["prompt_tokens"])
+    complete = [per for per in texts.values() if len(per) == len(SYSTEMS)]
+    same_text = sum(1 for per in complete if len(set(per.values())) == 1)
+    json_outputs = [
+        s["text"]
+        for run in runs
+        if run["constrained"] and run["round"] >= 0
+        for s in run["samples"]
+    ]
     valid_json = 0
-    constrained_outputs = 0
-    for (constrained, _), per in outputs.items():
-        if not constrained:
-            continue
-        for texts in per.values():
-            for text in texts:
-                constrained_outputs += 1
-                try:
-                    json.loads(text)
-                    valid_json += 1
-                except ValueError:
-                    pass
+    for text in json_outputs:
+        try:
+            json.loads(text)
+            valid_json += 1
+        except ValueError:
+            pass
+    counted = [run for run in runs if run["round"] >= 0]
     return {
-        "prompts": len(outputs),
+        "comparisons": len(complete),
         "identical_text_all_systems": same_text,
-        "identical_prompt_tokens": same_prompt,
-        "constrained_outputs": constrained_outputs,
+        "identical_prompt_tokens": sum(1 for v in prompts.values() if len(v) == 1),
+        "prompt_comparisons": len(prompts),
+        "constrained_outputs": len(json_outputs),
         "constrained_outputs_valid_json": valid_json,
         "p50_tokens_free": percentile(
-            [s.tokens for r in runs if not r.constrained for s in r.samples], 50
+            [s["tokens"] for r in counted if not r["constrained"] for s in r["samples"]], 50
         ),
         "p50_tokens_json": percentile(
-            [s.tokens for r in runs if r.constrained for s in r.samples], 50
+            [s["tokens"] for r in counted if r["constrained"] for s in r["samples"]], 50
         ),
     }

@@ -64,8 +64,8 @@ unit-test: env  ## Fast tests (no engine).
 test: env tools model check-proto check-generated lint typecheck client-install-test  ## Every check and test, real engine included.
 	PATH="$(TOOLS_BIN):$$PATH" $(PY) -m pytest -q -rs
 
-bench: env model  ## Benchmarks on this machine (prints figures).
-	$(PY) bench/run.py
+bench: env model  ## Benchmarks on this machine (prints figures; BENCH_ARGS=--quick for a short run).
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:  ## Remove build outputs in the checkout (not the shared cache).
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

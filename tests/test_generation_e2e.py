@@ -416,3 +416,23 @@ def test_bad_input_is_invalid_argument(
         timeout=60,
     )
     assert ok.usage.completion_tokens >= 1
+
+
+def test_stop_sequence_cuts_output_and_check_sees_the_cut(live_server: LiveServer) -> None:
+    # The regex forces a ";" that the stop sequence then cuts: the returned text
+    # is a valid prefix of the constraint, not a complete sentence of it.
+    request = _request(
+        prompt="Some words: ",
+        constraints=[
+            constraints_pb2.ConstraintIR(
+                regex=constraints_pb2.RegexConstraint(pattern="[a-z]{2,8};[a-z]{2,8}")
+            )
+        ],
+        sampling=generation_pb2.SamplingParams(max_tokens=32, stop=[";"]),
+    )
+    response = live_server.stub().Generate(
+        inference_service_pb2.GenerateRequest(request=request), timeout=120
+    )
+    assert re.fullmatch("[a-z]{2,8}", response.text), response.text
+    assert response.finish_reason == generation_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert response.provenance.check.verdict == provenance_pb2.CHECK_VERDICT_INCOMPLETE

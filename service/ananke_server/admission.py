@@ -32,9 +32,9 @@ class Admission:
         """Generations waiting for a slot."""
         return self._waiting
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Holds a slot for the body; raises OVERLOADED when the queue is full."""
+    def check_capacity(self) -> None:
+        """Raises OVERLOADED now when a new generation could neither run nor wait,
+        so callers refuse before doing expensive work (compiling, tokenizing)."""
         if self._slots.locked() and self._waiting >= self._max_queued:
             raise ServiceError(
                 "OVERLOADED",
@@ -43,6 +43,11 @@ class Admission:
                 metadata={"running": str(self._running), "waiting": str(self._waiting)},
                 retry_after_s=RETRY_AFTER_S,
             )
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Holds a slot for the body; raises OVERLOADED when the queue is full."""
+        self.check_capacity()
         self._waiting += 1
         try:
             await self._slots.acquire()

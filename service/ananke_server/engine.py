@@ -219,13 +219,19 @@ class VllmEngine:
         self._tokenizer = self._llm.get_tokenizer()
         model_config = self._llm.model_config
         vocab_size = int(model_config.get_vocab_size())
+        # vLLM stops on the tokenizer's EOS plus generation_config's eos ids;
+        # the model config may name others too. All of them end a generation.
         eos = self._tokenizer.eos_token_id
-        generation_eos = getattr(model_config.hf_config, "eos_token_id", None)
         eos_ids = {int(eos)} if eos is not None else set()
-        if isinstance(generation_eos, int):
-            eos_ids.add(generation_eos)
-        elif isinstance(generation_eos, list):
-            eos_ids.update(int(e) for e in generation_eos)
+        generation_config = model_config.try_get_generation_config() or {}
+        for declared in (
+            getattr(model_config.hf_config, "eos_token_id", None),
+            generation_config.get("eos_token_id"),
+        ):
+            if isinstance(declared, int):
+                eos_ids.add(declared)
+            elif isinstance(declared, list):
+                eos_ids.update(int(e) for e in declared)
         self.info = EngineInfo(
             model_id=self._model_id,
             model_revision=self.info.model_revision,

@@ -38,6 +38,7 @@ class Clock:
     """Wall-clock moments of one generation, filled as it proceeds."""
 
     received: datetime
+    waiting: datetime | None = None  # started waiting for an admission slot
     admitted: datetime | None = None
     compiled_seconds: float = 0.0
     first_token: datetime | None = None
@@ -111,7 +112,7 @@ def build_provenance(
             finished_at=_timestamp(clock.finished),
         ),
         timings=provenance_pb2.GenerationTimings(
-            queue=_between(clock.received, clock.admitted),
+            queue=_between(clock.waiting, clock.admitted),
             compile=_duration(clock.compiled_seconds),
             time_to_first_token=_between(clock.received, clock.first_token),
             total=_between(clock.received, clock.finished),

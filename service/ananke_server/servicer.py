@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from ananke.v1 import (
@@ -152,18 +153,20 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.GenerateResponse:
         """Runs one generation and returns all of it."""
         response = inference_service_pb2.GenerateResponse()
+        texts: list[str] = []
         async with self._outcome(context):
             async for event in self._generate(request.request, context):
                 kind = event.WhichOneof("event")
                 if kind == "started":
                     response.request_id = event.started.request_id
                 elif kind == "chunk":
-                    response.text += event.chunk.text
+                    texts.append(event.chunk.text)
                     response.token_ids.extend(event.chunk.token_ids)
                 elif kind == "finished":
                     response.finish_reason = event.finished.finish_reason
                     response.usage.CopyFrom(event.finished.usage)
                     response.provenance.CopyFrom(event.finished.provenance)
+        response.text = "".join(texts)
         return response
 
     async def ValidateConstraints(
@@ -271,17 +274,20 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             vocab_size=self._engine.info.vocab_size,
         )
         bind_request_id(validated.request_id)
+        self._admission.check_capacity()  # refuse before compiling when full
         compile_started = time.perf_counter()
         compiled, cache_hit = await compiler.compile(request.constraints, "request.constraints")
         clock.compiled_seconds = time.perf_counter() - compile_started
         self.metrics.record_compile(clock.compiled_seconds, cache_hit)
-        prompt = self._encode(validated)
+        # Tokenizing (and chat templating) a long prompt must not stall other streams.
+        prompt = await asyncio.to_thread(self._encode, validated)
         check_prompt_length(
             len(prompt.token_ids),
             validated.sampling.max_tokens,
             self._engine.info.context_length,
             "request.prompt" if validated.prompt is not None else "request.messages",
         )
+        clock.waiting = _now()
         async with self._admission.slot():
             clock.admitted = _now()
             yield StreamEvent(
@@ -344,12 +350,20 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.GenerationFinished:
         assert self._compiler is not None
         started = time.perf_counter()
+        checked = generation.token_ids
+        cut_inside_token = False
+        if stop_string:
+            # vLLM cuts the text at a stop sequence but not the token ids: check
+            # only the tokens that lie within the returned text.
+            checked, cut_inside_token = _tokens_within_text(
+                generation.token_ids, "".join(generation.text), self._engine.llg_tokenizer()
+            )
         verdict, detail = await asyncio.to_thread(
-            self._compiler.check_output,
-            compiled,
-            generation.token_ids,
-            self._engine.info.eos_token_ids,
+            self._compiler.check_output, compiled, checked, self._engine.info.eos_token_ids
         )
+        if cut_inside_token and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
+            verdict = provenance_pb2.CHECK_VERDICT_INCOMPLETE
+            detail = "a stop sequence cut the output inside a token"
         clock.check_seconds = time.perf_counter() - started
         if (
             compiled.intersection
@@ -458,6 +472,17 @@ class _Outcome:
             log.exception("unexpected failure", exc_info=exc)
         await abort(self._context, error)
         return False
+
+
+def _tokens_within_text(token_ids: list[int], text: str, tokenizer: Any) -> tuple[list[int], bool]:
+    """The longest prefix of `token_ids` whose bytes lie within `text`, and
+    whether the text ends inside the next token (not on a token boundary)."""
+    target = text.encode()
+    count = len(token_ids)
+    while count and len(tokenizer.decode_bytes(token_ids[:count])) > len(target):
+        count -= 1
+    prefix = token_ids[:count]
+    return prefix, tokenizer.decode_bytes(prefix) != target
 
 
 def _deadline(context: Context) -> AbstractAsyncContextManager[object]:

@@ -117,9 +117,6 @@ class Engine(Protocol):
     ) -> AsyncIterator[EngineDelta]:
         """Streams the generation; closing the iterator or cancelling aborts it."""
 
-    async def abort(self, request_id: str) -> None:
-        """Aborts a running generation (no-op when finished)."""
-
     def unfinished_requests(self) -> int:
         """Generations the engine still holds."""
 
@@ -343,10 +340,6 @@ class VllmEngine:
             raise EngineRejectedError(str(error)) from error
         finally:
             await stream.aclose()
-
-    async def abort(self, request_id: str) -> None:
-        """Aborts a request by id."""
-        await self._llm.abort(request_id)
 
     def unfinished_requests(self) -> int:
         """Requests vLLM's output processor still tracks."""

@@ -30,7 +30,7 @@ from .constraints import (
     unsatisfiable_during_generation,
 )
 from .engine import Engine, EngineDeadError, EngineParams, EngineRejectedError, PromptTokens
-from .errors import ServiceError, abort, error_from_exception
+from .errors import ServiceError, abort, error_from_exception, invalid
 from .logging_setup import bind_request_id, prompt_fields
 from .metrics import Metrics
 from .provenance import Clock, build_provenance, placement_from_environment
@@ -176,10 +176,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         try:
             compiler = self._compiler_or_unavailable()
             if not request.constraints:
-                raise ServiceError(
-                    "CONSTRAINT_EMPTY",
-                    "give at least one constraint to validate",
-                    metadata={"field": "constraints"},
+                raise invalid(
+                    "CONSTRAINT_EMPTY", "give at least one constraint to validate", "constraints"
                 )
             verdicts = await compiler.validate(request.constraints)
             response = inference_service_pb2.ValidateConstraintsResponse(

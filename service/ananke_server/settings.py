@@ -25,7 +25,9 @@ AUTH_EXEMPT_DEFAULT = (
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server reads at startup. Nothing else reads the environment."""
+    """Everything the server reads at startup. Besides it, only the model cache
+    location (ANANKE_HOME, model_prep.py) and Modal's placement variables
+    (provenance.py) come from the environment."""
 
     host: str = "127.0.0.1"
     port: int = 50051

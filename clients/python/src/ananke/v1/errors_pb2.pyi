@@ -51,7 +51,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     CONSTRAINT_EMPTY: _ErrorReason.ValueType  # 10
-    """INVALID_ARGUMENT: a ConstraintIR has no kind set.
+    """INVALID_ARGUMENT: a ConstraintIR has no kind set, or ValidateConstraints
+    got no constraints.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     JSON_SCHEMA_INVALID: _ErrorReason.ValueType  # 11
@@ -124,7 +125,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     MESSAGE_TOO_LARGE: _ErrorReason.ValueType  # 35
-    """RESOURCE_EXHAUSTED: a request message exceeds the size limit.
+    """RESOURCE_EXHAUSTED: a request message exceeds the size limit. Reserved: the
+    gRPC transport itself refuses oversized messages with RESOURCE_EXHAUSTED
+    before any handler runs, so that status carries no ErrorInfo.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     API_KEY_MISSING: _ErrorReason.ValueType  # 40
@@ -178,7 +181,8 @@ REQUEST_FIELD_INVALID: ErrorReason.ValueType  # 6
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 CONSTRAINT_EMPTY: ErrorReason.ValueType  # 10
-"""INVALID_ARGUMENT: a ConstraintIR has no kind set.
+"""INVALID_ARGUMENT: a ConstraintIR has no kind set, or ValidateConstraints
+got no constraints.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 JSON_SCHEMA_INVALID: ErrorReason.ValueType  # 11
@@ -251,7 +255,9 @@ GENERATION_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 34
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 35
-"""RESOURCE_EXHAUSTED: a request message exceeds the size limit.
+"""RESOURCE_EXHAUSTED: a request message exceeds the size limit. Reserved: the
+gRPC transport itself refuses oversized messages with RESOURCE_EXHAUSTED
+before any handler runs, so that status carries no ErrorInfo.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 API_KEY_MISSING: ErrorReason.ValueType  # 40

@@ -99,7 +99,7 @@ class GenerationStarted(_message.Message):
     """The model that generates."""
     constraint_digest: _builtins.str
     """sha256 (hex) of the canonical serialization of the request's
-    constraints; empty when unconstrained.
+    constraints (see ConstraintProvenance.digest); empty when unconstrained.
     """
     def __init__(
         self,

@@ -226,9 +226,10 @@ class ConstraintProvenance(_message.Message):
     CACHE_FIELD_NUMBER: _builtins.int
     ENFORCEMENT_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
-    """sha256 (hex) of the canonical serialization of the ordered constraint
-    list (deterministic protobuf binary of each, in applied order); empty when
-    unconstrained.
+    """sha256 (hex) of the canonical serialization of the constraint list: for
+    each constraint in applied order (descending priority, ties in request
+    order), its length as an 8-byte big-endian integer, then its deterministic
+    protobuf binary. Empty when unconstrained.
     """
     cache: Global___CacheOutcome.ValueType
     """Whether the compiled form came from the compile cache."""
@@ -379,7 +380,9 @@ class GenerationTimings(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def queue(self) -> _duration_pb2.Duration:
-        """From receipt until the engine took the request (admission wait)."""
+        """Waiting for an admission slot (after validation, compilation and
+        tokenization).
+        """
 
     @_builtins.property
     def compile(self) -> _duration_pb2.Duration:

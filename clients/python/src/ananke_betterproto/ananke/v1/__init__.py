@@ -386,7 +386,8 @@ class ErrorReason(betterproto2.Enum):
 
     CONSTRAINT_EMPTY = 10
     """
-    INVALID_ARGUMENT: a ConstraintIR has no kind set.
+    INVALID_ARGUMENT: a ConstraintIR has no kind set, or ValidateConstraints
+    got no constraints.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -491,7 +492,9 @@ class ErrorReason(betterproto2.Enum):
 
     MESSAGE_TOO_LARGE = 35
     """
-    RESOURCE_EXHAUSTED: a request message exceeds the size limit.
+    RESOURCE_EXHAUSTED: a request message exceeds the size limit. Reserved: the
+    gRPC transport itself refuses oversized messages with RESOURCE_EXHAUSTED
+    before any handler runs, so that status carries no ErrorInfo.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -876,9 +879,10 @@ class ConstraintProvenance(betterproto2.Message):
 
     digest: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    sha256 (hex) of the canonical serialization of the ordered constraint
-    list (deterministic protobuf binary of each, in applied order); empty when
-    unconstrained.
+    sha256 (hex) of the canonical serialization of the constraint list: for
+    each constraint in applied order (descending priority, ties in request
+    order), its length as an 8-byte big-endian integer, then its deterministic
+    protobuf binary. Empty when unconstrained.
     """
 
     items: "list[ConstraintSummary]" = betterproto2.field(
@@ -1273,7 +1277,7 @@ class GenerationStarted(betterproto2.Message):
     constraint_digest: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
     sha256 (hex) of the canonical serialization of the request's
-    constraints; empty when unconstrained.
+    constraints (see ConstraintProvenance.digest); empty when unconstrained.
     """
 
 
@@ -1321,7 +1325,8 @@ class GenerationTimings(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
-    From receipt until the engine took the request (admission wait).
+    Waiting for an admission slot (after validation, compilation and
+    tokenization).
     """
 
     compile: "datetime.timedelta | None" = betterproto2.field(

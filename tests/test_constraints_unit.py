@@ -5,10 +5,14 @@ ValidateConstraints verdicts."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
+import threading
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -19,12 +23,14 @@ from ananke_server.constraints import (
     LARK_HEADER,
     MAX_NESTING_DEPTH,
     MAX_TOP_LEVEL_CONSTRAINTS,
+    CompiledConstraints,
     ConstraintCompiler,
     constraint_digest,
     kind_of,
+    kind_of_combinator,
 )
 from ananke_server.errors import ServiceError
-from llguidance import LLTokenizer
+from llguidance import LLMatcher, LLTokenizer
 
 TOKENIZER = LLTokenizer("byte")
 VOCAB = TOKENIZER.vocab_size
@@ -725,7 +731,6 @@ async def test_compile_timeout() -> None:
             await compiler.compile(big, P)
         assert raised.value.reason == "CONSTRAINT_COMPILE_TIMEOUT"
         assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert compiler.stats().size == 0  # a timeout is not cached
     finally:
         compiler.close()
 
@@ -886,3 +891,223 @@ async def test_deeply_nested_schema_is_invalid_not_internal() -> None:
         f"{P}[0].json_schema.schema",
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+
+
+# -- review fixes -------------------------------------------------------------------
+
+
+def engine_accepts(compiled: CompiledConstraints, text: str) -> bool:
+    """Whether what the engine enforces (its grammar or every intersection
+    grammar) accepts `text` as a complete output."""
+    if compiled.grammar is not None:
+        grammars = [LLMatcher.grammar_from_lark(compiled.grammar)]
+    else:
+        grammars = list(compiled.intersection)
+    assert grammars
+    for text_grammar in grammars:
+        matcher = LLMatcher(TOKENIZER, text_grammar, log_level=0)
+        ids = tokens(text)
+        if matcher.try_consume_tokens(ids) < len(ids) or not matcher.is_accepting():
+            return False
+    return True
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+async def test_merged_json_schemas_keep_their_options(compiler: ConstraintCompiler) -> None:
+    spaced = c.JsonSchemaOptions(key_separator=": ")
+    compiled, _ = await compiler.compile([schema(INT_A, spaced), schema(MIN_A, spaced)], P)
+    assert compiled.enforcement == "grammar"
+    assert engine_accepts(compiled, '{"a": 7}')
+    assert not engine_accepts(compiled, '{"a":7}')
+    assert compiler.check_output(compiled, tokens('{"a": 7}'), EOS)[0] == SATISFIED
+    # The same through an all_of composite.
+    nested_all, _ = await compiler.compile(
+        [composite(ALL, schema(INT_A, spaced), schema(MIN_A, spaced))], P
+    )
+    assert engine_accepts(nested_all, '{"a": 7}')
+    assert compiler.check_output(nested_all, tokens('{"a": 7}'), EOS)[0] == SATISFIED
+
+
+async def test_merged_lenient_json_schemas_compile(compiler: ConstraintCompiler) -> None:
+    lenient = c.JsonSchemaOptions(lenient=True)
+    bogus = {"type": "string", "format": "bogus"}
+    compiled, _ = await compiler.compile([schema(bogus, lenient), schema(bogus, lenient)], P)
+    assert compiled.enforcement == "grammar"
+    assert engine_accepts(compiled, '"x"')
+    assert compiler.check_output(compiled, tokens('"x"'), EOS)[0] == SATISFIED
+
+
+async def test_json_schemas_with_different_options_intersect(compiler: ConstraintCompiler) -> None:
+    flexible = c.JsonSchemaOptions(whitespace_flexible=True)
+    spaced = c.JsonSchemaOptions(key_separator=": ")
+    compiled, _ = await compiler.compile([schema(INT_A, flexible), schema(MIN_A, spaced)], P)
+    assert compiled.enforcement == "logits_processor(2 grammars)"
+    assert engine_accepts(compiled, '{"a": 7}')
+    assert compiler.check_output(compiled, tokens('{"a": 7}'), EOS)[0] == SATISFIED
+    assert compiler.check_output(compiled, tokens('{"a":7}'), EOS)[0] == VIOLATED
+    # Explicit llguidance defaults are the same options as unset ones: merged.
+    same, _ = await compiler.compile(
+        [schema(INT_A, c.JsonSchemaOptions(key_separator=":")), schema(MIN_A)], P
+    )
+    assert same.enforcement == "grammar"
+
+
+async def test_json_schemas_with_refs_are_not_merged(compiler: ConstraintCompiler) -> None:
+    # A `#/$defs/...` ref resolves against the document root, which a merge changes.
+    def ref(kind: str) -> c.ConstraintIR:
+        return schema({"$ref": "#/$defs/v", "$defs": {"v": {"type": kind}}})
+
+    compiled, _ = await compiler.compile([ref("integer"), ref("number")], P)
+    assert compiled.enforcement == "logits_processor(2 grammars)"
+    assert engine_accepts(compiled, "12")
+    assert compiler.check_output(compiled, tokens("12"), EOS)[0] == SATISFIED
+
+
+async def test_unbuildable_json_merge_is_json_schema_invalid() -> None:
+    compiler = make_compiler()
+    disjoint = [schema({"type": "string"}), schema({"type": "integer"})]
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await compiler.compile(disjoint, P)
+        assert_error(raised.value, "JSON_SCHEMA_INVALID", P, grpc.StatusCode.INVALID_ARGUMENT)
+        with pytest.raises(ServiceError) as raised:
+            await compiler.compile([composite(ALL, *disjoint)], P)
+        assert_error(
+            raised.value,
+            "JSON_SCHEMA_INVALID",
+            f"{P}[0].composite",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    finally:
+        compiler.close()
+
+
+async def test_concurrent_identical_compiles_share_one() -> None:
+    compiler = make_compiler(workers=4, cache_size=4, max_constraint_bytes=1 << 20)
+    cold = [choice(*(f"option-{i}" for i in range(500)))]
+    try:
+        results = await asyncio.gather(*(compiler.compile(cold, P) for _ in range(5)))
+        assert all(compiled is results[0][0] for compiled, _ in results)
+        stats = compiler.stats()
+        assert (stats.size, stats.misses) == (1, 1)
+    finally:
+        compiler.close()
+
+
+async def test_timed_out_compile_is_counted_and_cached_when_done() -> None:
+    compiler = make_compiler(timeout_s=1e-6, cache_size=4, max_constraint_bytes=1 << 20)
+    big = [choice(*(f"option-{i}" for i in range(3000)))]
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await compiler.compile(big, P)
+        assert raised.value.reason == "CONSTRAINT_COMPILE_TIMEOUT"
+        assert compiler.stats().misses == 1
+        await wait_until(lambda: compiler.stats().size == 1)
+        compiled, hit = await compiler.compile(big, P)
+        assert hit
+        assert compiled.constrained
+        stats = compiler.stats()
+        assert (stats.hits, stats.misses) == (1, 1)
+    finally:
+        compiler.close()
+
+
+async def test_timed_out_caller_does_not_cancel_the_shared_compile() -> None:
+    compiler = make_compiler(timeout_s=0.2, workers=1, cache_size=4)
+    release = threading.Event()
+    try:
+        compiler._pool.submit(release.wait)  # keeps the only compile thread busy
+        with pytest.raises(ServiceError) as raised:
+            await compiler.compile([regex("a+")], P)
+        assert raised.value.reason == "CONSTRAINT_COMPILE_TIMEOUT"
+        # A second caller joins the compile still queued behind the busy thread.
+        joined = asyncio.ensure_future(compiler.compile([regex("a+")], P))
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError):
+            await joined  # it times out too
+        release.set()
+        # The timeouts cancelled nothing: the queued compile runs and is cached.
+        await wait_until(lambda: compiler.stats().size == 1, timeout_s=5.0)
+        compiled, hit = await compiler.compile([regex("a+")], P)
+        assert compiled.constrained
+        assert hit
+        stats = compiler.stats()
+        assert (stats.size, stats.hits, stats.misses) == (1, 1, 1)
+    finally:
+        release.set()
+        compiler.close()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "column"), [("[0-9]+\\", "7"), ("\\", "1"), ("a\\\\\\", "4"), ("a\nb\\", "2")]
+)
+async def test_regex_ending_in_a_lone_backslash_is_invalid(
+    compiler: ConstraintCompiler, pattern: str, column: str
+) -> None:
+    with pytest.raises(ServiceError) as raised:
+        await compiler.compile([regex(pattern)], P)
+    assert_error(
+        raised.value, "REGEX_INVALID", f"{P}[0].regex.pattern", grpc.StatusCode.INVALID_ARGUMENT
+    )
+    line = str(pattern.count("\n") + 1)
+    assert (raised.value.metadata["line"], raised.value.metadata["column"]) == (line, column)
+
+
+async def test_regex_ending_in_an_escaped_backslash_is_valid(compiler: ConstraintCompiler) -> None:
+    compiled, _ = await compiler.compile([regex("a\\\\")], P)
+    assert compiler.check_output(compiled, tokens("a\\"), EOS)[0] == SATISFIED
+    assert compiler.check_output(compiled, tokens("a"), EOS)[0] == INCOMPLETE
+
+
+async def test_validate_applies_the_constraint_limit(compiler: ConstraintCompiler) -> None:
+    with pytest.raises(ServiceError) as raised:
+        await compiler.validate([regex("a")] * (MAX_TOP_LEVEL_CONSTRAINTS + 1))
+    assert_error(
+        raised.value, "CONSTRAINT_TOO_LARGE", "constraints", grpc.StatusCode.INVALID_ARGUMENT
+    )
+    verdicts = await compiler.validate([regex("a")] * MAX_TOP_LEVEL_CONSTRAINTS)
+    assert len(verdicts) == MAX_TOP_LEVEL_CONSTRAINTS
+
+
+async def test_cache_byte_budget() -> None:
+    probe = make_compiler()
+    try:
+        compiled, _ = await probe.compile([regex("a")], P)
+        entry = probe.stats().bytes
+        assert entry == len(compiled.grammar or "") + sum(
+            len(g) for _, g in compiled.check_grammars
+        )
+        assert entry > 0
+        with pytest.raises(ServiceError) as raised:
+            await probe.compile([regex("(")], P)
+        assert probe.stats().bytes == entry + len(raised.value.message)
+    finally:
+        probe.close()
+    compiler = make_compiler(cache_size=64, max_cache_bytes=2 * entry + entry // 2)
+    try:
+        a, b, x = [regex("a")], [regex("b")], [regex("x")]
+        for constraints in (a, b, a, x):  # x evicts b, the least recently used
+            await compiler.compile(constraints, P)
+        stats = compiler.stats()
+        assert (stats.size, stats.bytes) == (2, 2 * entry)
+        assert (await compiler.compile(a, P))[1] is True
+        assert (await compiler.compile(b, P))[1] is False
+        # An entry bigger than the whole budget is not cached (and evicts nothing).
+        before = compiler.stats()
+        assert (await compiler.compile([regex("a" * 4 * entry)], P))[1] is False
+        after = compiler.stats()
+        assert (after.size, after.bytes) == (before.size, before.bytes)
+    finally:
+        compiler.close()
+
+
+def test_kind_of_combinator_agrees_with_kind_of() -> None:
+    for combinator in (SEQ, ANY, ALL, 99):
+        assert kind_of_combinator(combinator) == kind_of(composite(combinator, regex("a")))  # type: ignore[arg-type]
+    assert "compile_seconds" not in {f.name for f in dataclasses.fields(CompiledConstraints)}

@@ -21,17 +21,18 @@ can only apply to the whole output, not inside a sequence or any_of.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import math
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import version
 from typing import TypeAlias
 
@@ -50,6 +51,7 @@ MAX_TOP_LEVEL_CONSTRAINTS = 64
 MAX_NESTING_DEPTH = 16
 MAX_NAME_CHARS = 128
 MAX_CHOICE_OPTIONS = 10_000
+DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
 # Forces Lark detection in vLLM's guidance backend (it sniffs for this or `start:`).
 LARK_HEADER = "%llguidance {}\n"
 
@@ -69,7 +71,6 @@ class CompiledConstraints:
     allowed_token_ids: frozenset[int] | None
     forbidden_token_ids: frozenset[int]
     warnings: tuple[str, ...]
-    compile_seconds: float
     # Grammars intersected by the engine's logits processor (which then also
     # applies the token masks); empty when `grammar` or plain masks suffice.
     intersection: tuple[str, ...] = ()
@@ -140,7 +141,8 @@ class CacheStats:
     size: int
     capacity: int
     hits: int
-    misses: int
+    misses: int  # compiles started (timed-out ones included)
+    bytes: int = 0  # estimated size of the cached entries (see _entry_bytes)
 
 
 def kind_of(constraint: constraints_pb2.ConstraintIR) -> Kind:
@@ -159,12 +161,20 @@ def kind_of(constraint: constraints_pb2.ConstraintIR) -> Kind:
     if which == "token_mask":
         return K.CONSTRAINT_KIND_TOKEN_MASK
     if which == "composite":
-        return {
-            C.COMBINATOR_SEQUENCE: K.CONSTRAINT_KIND_SEQUENCE,
-            C.COMBINATOR_ANY_OF: K.CONSTRAINT_KIND_ANY_OF,
-            C.COMBINATOR_ALL_OF: K.CONSTRAINT_KIND_ALL_OF,
-        }.get(constraint.composite.combinator, K.CONSTRAINT_KIND_UNSPECIFIED)
+        return kind_of_combinator(constraint.composite.combinator)
     return K.CONSTRAINT_KIND_UNSPECIFIED
+
+
+_KIND_BY_COMBINATOR: dict[constraints_pb2.Combinator.ValueType, Kind] = {
+    C.COMBINATOR_SEQUENCE: K.CONSTRAINT_KIND_SEQUENCE,
+    C.COMBINATOR_ANY_OF: K.CONSTRAINT_KIND_ANY_OF,
+    C.COMBINATOR_ALL_OF: K.CONSTRAINT_KIND_ALL_OF,
+}
+
+
+def kind_of_combinator(combinator: constraints_pb2.Combinator.ValueType) -> Kind:
+    """The ConstraintKind for a composite's combinator (UNSPECIFIED when unknown)."""
+    return _KIND_BY_COMBINATOR.get(combinator, K.CONSTRAINT_KIND_UNSPECIFIED)
 
 
 SUPPORTED_KINDS: tuple[Kind, ...] = tuple(
@@ -253,8 +263,15 @@ def _first_line(message: str) -> str:
     return _EXCERPT.split(message.strip())[0].strip()[:2000]
 
 
+_Result: TypeAlias = CompiledConstraints | ServiceError
+
+
 class ConstraintCompiler:
-    """Compiles ConstraintIR lists for one tokenizer; thread-safe; caches results."""
+    """Compiles ConstraintIR lists for one tokenizer; thread-safe; caches results.
+
+    The cache is an LRU bounded by entry count and by an estimate of its size
+    in bytes. Concurrent requests for the same key share one compile; a compile
+    that outlives its callers' timeout still finishes and is cached."""
 
     def __init__(
         self,
@@ -266,6 +283,7 @@ class ConstraintCompiler:
         cache_size: int,
         timeout_s: float,
         workers: int,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
     ) -> None:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size
@@ -273,7 +291,11 @@ class ConstraintCompiler:
         self._max_bytes = max_constraint_bytes
         self._capacity = cache_size
         self._timeout_s = timeout_s
-        self._cache: OrderedDict[str, CompiledConstraints | ServiceError] = OrderedDict()
+        self._max_cache_bytes = max_cache_bytes
+        self._cache: OrderedDict[str, _Result] = OrderedDict()
+        self._cache_bytes = 0
+        # Compiles under way, by cache key: later callers await the same one.
+        self._in_flight: dict[str, concurrent.futures.Future[_Result]] = {}
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -285,51 +307,60 @@ class ConstraintCompiler:
     def stats(self) -> CacheStats:
         """A snapshot of the cache counters."""
         with self._lock:
-            return CacheStats(len(self._cache), self._capacity, self._hits, self._misses)
+            return CacheStats(
+                len(self._cache), self._capacity, self._hits, self._misses, self._cache_bytes
+            )
 
     async def compile(
         self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
     ) -> tuple[CompiledConstraints, bool]:
         """Compiles (or finds in the cache) a request's constraints.
 
-        Returns the result and whether it was a cache hit; raises ServiceError
-        for constraints that cannot be enforced."""
+        Returns the result and whether it was a cache hit (not when the call
+        joined an identical compile under way); raises ServiceError for
+        constraints that cannot be enforced. A caller that times out leaves
+        the compile running for the others and for the cache."""
         self._check_shape(constraints, field_path)
         key = self._cache_key(constraints, field_path)
+        started: concurrent.futures.Future[_Result] | None = None
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 self._hits += 1
-        if cached is not None:
-            if isinstance(cached, ServiceError):
-                # A fresh copy per hit: re-raising one object grows its traceback.
-                raise dataclasses.replace(cached)
-            return cached, True
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._compile_now, list(constraints), field_path)
-        try:
-            result: CompiledConstraints | ServiceError = await asyncio.wait_for(
-                future, self._timeout_s
-            )
-        except TimeoutError:
-            raise ServiceError(
-                "CONSTRAINT_COMPILE_TIMEOUT",
-                f"compiling the constraints took longer than {self._timeout_s:g} s",
-                metadata={"timeout_s": f"{self._timeout_s:g}"},
-            ) from None
-        with self._lock:
-            self._misses += 1
-            if self._capacity > 0:
-                self._cache[key] = result
-                while len(self._cache) > self._capacity:
-                    self._cache.popitem(last=False)
-        if isinstance(result, ServiceError):
-            raise result
-        return result, False
+                shared = None
+            else:
+                shared = self._in_flight.get(key)
+                if shared is None:
+                    self._misses += 1
+                    shared = started = self._pool.submit(
+                        self._compile_now, list(constraints), field_path
+                    )
+                    self._in_flight[key] = started
+        if started is not None:
+            # Outside the lock: a future already done runs the callback at once.
+            started.add_done_callback(partial(self._compiled, key))
+        if shared is not None:
+            try:
+                # shield: a caller that times out must not cancel the shared compile.
+                cached = await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(shared)), self._timeout_s
+                )
+            except TimeoutError:
+                raise ServiceError(
+                    "CONSTRAINT_COMPILE_TIMEOUT",
+                    f"compiling the constraints took longer than {self._timeout_s:g} s",
+                    metadata={"timeout_s": f"{self._timeout_s:g}"},
+                ) from None
+        assert cached is not None
+        if isinstance(cached, ServiceError):
+            # A fresh copy per caller: re-raising one object grows its traceback.
+            raise dataclasses.replace(cached)
+        return cached, shared is None
 
     async def validate(self, constraints: Sequence[constraints_pb2.ConstraintIR]) -> list[Verdict]:
         """A verdict for every constraint, compiled one by one (no cache)."""
+        self._check_shape(constraints, "constraints")
         loop = asyncio.get_running_loop()
         timeout_s = self._timeout_s * max(1, len(constraints))
         try:
@@ -377,6 +408,33 @@ class ConstraintCompiler:
         """Stops the compile threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    # -- cache ----------------------------------------------------------------
+
+    def _compiled(self, key: str, future: concurrent.futures.Future[_Result]) -> None:
+        """Done callback of a compile: caches its result, even when every caller
+        has already timed out (a cancelled or crashed compile is not cached)."""
+        with self._lock:
+            if self._in_flight.get(key) is future:
+                del self._in_flight[key]
+            if future.cancelled() or future.exception() is not None:
+                return
+            self._store(key, future.result())
+
+    def _store(self, key: str, result: _Result) -> None:
+        """Adds an entry, then evicts the least recently used ones while the
+        cache holds too many entries or bytes. Call with the lock held."""
+        size = _entry_bytes(result)
+        if self._capacity <= 0 or size > self._max_cache_bytes:
+            return
+        previous = self._cache.pop(key, None)
+        if previous is not None:
+            self._cache_bytes -= _entry_bytes(previous)
+        self._cache[key] = result
+        self._cache_bytes += size
+        while len(self._cache) > self._capacity or self._cache_bytes > self._max_cache_bytes:
+            _, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= _entry_bytes(evicted)
+
     # -- compilation --------------------------------------------------------
 
     def _cache_key(
@@ -404,7 +462,6 @@ class ConstraintCompiler:
     def _compile_now(
         self, constraints: list[constraints_pb2.ConstraintIR], field_path: str
     ) -> CompiledConstraints | ServiceError:
-        started = time.perf_counter()
         try:
             ordered = order_by_priority(constraints)
             pieces = [self._piece(c, f"{field_path}[{i}]", depth=0) for i, c in ordered]
@@ -419,7 +476,9 @@ class ConstraintCompiler:
                 intersection = self._intersection_grammars(combined, field_path)
             elif combined is not None and combined.lark_body is not None:
                 grammar = LARK_HEADER + self._as_start(combined)
-                self._validate(grammar, K.CONSTRAINT_KIND_ALL_OF, field_path)
+                if combined.standalone != LLMatcher.grammar_from_lark(grammar):
+                    # (A standalone grammar of the same text is validated already.)
+                    self._validate(grammar, K.CONSTRAINT_KIND_ALL_OF, field_path)
             checks: list[tuple[str, str]] = []
             for (i, c), p in zip(ordered, pieces, strict=True):
                 name = c.name or f"constraints[{i}]"
@@ -438,12 +497,11 @@ class ConstraintCompiler:
                 allowed_token_ids=allowed,
                 forbidden_token_ids=forbidden,
                 warnings=warnings,
-                compile_seconds=0.0,
                 intersection=intersection,
             )
             if intersection and self.dead_end(result, ()):
                 raise _unsatisfiable(field_path, at_start=True)
-            return dataclasses.replace(result, compile_seconds=time.perf_counter() - started)
+            return result
         except ServiceError as error:
             return error
 
@@ -516,7 +574,6 @@ class ConstraintCompiler:
             allowed_token_ids=piece.allowed,
             forbidden_token_ids=piece.forbidden,
             warnings=(),
-            compile_seconds=0.0,
             intersection=self._intersection_grammars(piece, path),
         )
         if self.dead_end(probe, ()):
@@ -641,6 +698,18 @@ class ConstraintCompiler:
         self._check_size(pattern, path)
         if not pattern:
             raise invalid("REGEX_INVALID", "the regex is empty", path)
+        if (len(pattern) - len(pattern.rstrip("\\"))) % 2:
+            # llguidance would silently drop it: `[0-9]+\` would compile as `[0-9]+`.
+            offset = len(pattern) - 1
+            line = pattern.count("\n", 0, offset) + 1
+            column = offset - (pattern.rfind("\n", 0, offset) + 1) + 1
+            raise invalid(
+                "REGEX_INVALID",
+                "the regex ends with an incomplete escape (a lone backslash)",
+                path,
+                line=str(line),
+                column=str(column),
+            )
         # Reuse llguidance's own escaping of the pattern into a Lark terminal.
         lark = json.loads(LLMatcher.grammar_from_regex(pattern))["grammars"][0]["lark_grammar"]
         terminal = lark.removeprefix("start: ")
@@ -793,19 +862,24 @@ class ConstraintCompiler:
             )
         else:
             folded.extend(regexes)
-        if len(schemas) >= 2:
-            merged = {
-                "allOf": [p.json_schema for p in schemas],
-                "x-guidance": {"whitespace_flexible": False},
-            }
-            folded.append(
-                _Piece(
-                    kind=K.CONSTRAINT_KIND_ALL_OF,
-                    lark_body="%json " + json.dumps(merged, ensure_ascii=False),
-                    json_schema=merged,
-                    warnings=[w for p in schemas for w in p.warnings],
-                )
+        options = _common_json_options(schemas) if len(schemas) >= 2 else None
+        if options is not None:
+            # llguidance reads x-guidance only at the top of the schema, so the
+            # merge carries the options every part has; parts whose options
+            # differ stay separate grammars of the intersection.
+            merged = {"allOf": [p.json_schema for p in schemas], "x-guidance": options}
+            merged_piece = _Piece(
+                kind=K.CONSTRAINT_KIND_ALL_OF,
+                lark_body="%json " + json.dumps(merged, ensure_ascii=False),
+                json_schema=merged,
+                warnings=[w for p in schemas for w in p.warnings],
             )
+            # Validated as a JSON schema here, so an allOf llguidance cannot
+            # build is JSON_SCHEMA_INVALID on the list, not COMPOSITE_INVALID.
+            standalone = LARK_HEADER + self._as_start(merged_piece)
+            self._validate(standalone, K.CONSTRAINT_KIND_JSON_SCHEMA, path)
+            merged_piece.standalone = LLMatcher.grammar_from_lark(standalone)
+            folded.append(merged_piece)
         else:
             folded.extend(schemas)
         folded.extend(others)
@@ -847,6 +921,17 @@ class ConstraintCompiler:
         return "start: " + piece.lark_body
 
 
+def _entry_bytes(entry: _Result) -> int:
+    """An estimate of a cache entry's size: its grammar strings (an error: its message)."""
+    if isinstance(entry, ServiceError):
+        return len(entry.message)
+    return (
+        len(entry.grammar or "")
+        + sum(len(grammar) for _, grammar in entry.check_grammars)
+        + sum(len(grammar) for grammar in entry.intersection)
+    )
+
+
 def token_bitmask(ids: frozenset[int] | set[int], words: int) -> npt.NDArray[np.int32]:
     """An llguidance-style bitmask (int32 words, bit i%32 of word i//32) with `ids` set."""
     mask = np.zeros(words * 32, dtype=np.uint8)
@@ -879,14 +964,6 @@ def unsatisfiable_during_generation(path: str, tokens: int) -> ServiceError:
     )
 
 
-def kind_of_combinator(combinator: constraints_pb2.Combinator.ValueType) -> Kind:
-    """The ConstraintKind for a composite's combinator."""
-    return {
-        C.COMBINATOR_SEQUENCE: K.CONSTRAINT_KIND_SEQUENCE,
-        C.COMBINATOR_ANY_OF: K.CONSTRAINT_KIND_ANY_OF,
-    }.get(combinator, K.CONSTRAINT_KIND_ALL_OF)
-
-
 _JSON_DEFAULTS: dict[str, object] = {"whitespace_flexible": False}
 
 _REASON_BY_KIND: dict[Kind, str] = {
@@ -897,6 +974,48 @@ _REASON_BY_KIND: dict[Kind, str] = {
     K.CONSTRAINT_KIND_CHOICE: "CHOICE_INVALID",
     K.CONSTRAINT_KIND_TOKEN_MASK: "TOKEN_MASK_INVALID",
 }
+
+
+# llguidance's own defaults for the options it reads from x-guidance.
+_LLGUIDANCE_JSON_DEFAULTS: dict[str, object] = {
+    "item_separator": ",",
+    "key_separator": ":",
+    "lenient": False,
+    "coerce_one_of": False,
+}
+
+
+def _common_json_options(schemas: Sequence[_Piece]) -> dict[str, object] | None:
+    """The x-guidance options of JSON schema pieces when all are equal (llguidance
+    defaults filled in) and no part has a `$ref` (refs resolve against the root,
+    which a merge changes); None when they cannot fold into one allOf."""
+    owns: list[dict[str, object]] = []
+    for piece in schemas:
+        schema = piece.json_schema
+        if not isinstance(schema, dict) or _has_ref(schema):
+            return None
+        own = schema.get("x-guidance", {})
+        if not isinstance(own, dict):
+            return None
+        owns.append(own)
+    effective = [{**_LLGUIDANCE_JSON_DEFAULTS, **own} for own in owns]
+    if not owns or any(options != effective[0] for options in effective[1:]):
+        return None
+    return dict(owns[0])
+
+
+def _has_ref(value: object) -> bool:
+    """Whether a JSON value has a `$ref` key anywhere."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "$ref" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _json_options(options: constraints_pb2.JsonSchemaOptions) -> dict[str, object]:

@@ -220,6 +220,22 @@ class AsyncAnankeClient(ClientBase):
                     raise error from None
                 await asyncio.sleep(delay)
 
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[_T]],
+        request: object,
+        kind: CallKind,
+        timeout: float | None,
+        call_metadata: CallMetadata,
+    ) -> _T:
+        """One unary InferenceService call with this client's metadata, deadline and retries."""
+        md = self._call_metadata(call_metadata)
+        return await self._unary(
+            lambda t: method(request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready),
+            kind,
+            timeout,
+        )
+
     def generate_stream(
         self,
         prompt: str | None = None,
@@ -303,14 +319,8 @@ class AsyncAnankeClient(ClientBase):
                 metadata=metadata,
             )
         )
-        md = self._call_metadata(call_metadata)
-        stub = self._stub
-        response = await self._unary(
-            lambda t: stub.Generate(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.GENERATE,
-            timeout,
+        response = await self._call(
+            self._stub.Generate, request, CallKind.GENERATE, timeout, call_metadata
         )
         return GenerationResult.from_response(response)
 
@@ -323,14 +333,8 @@ class AsyncAnankeClient(ClientBase):
     ) -> inference_service_pb2.ValidateConstraintsResponse:
         """Compile constraints without generating; one verdict per constraint."""
         request = self._validate_request(constraints)
-        md = self._call_metadata(call_metadata)
-        stub = self._stub
-        return await self._unary(
-            lambda t: stub.ValidateConstraints(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.IDEMPOTENT,
-            timeout,
+        return await self._call(
+            self._stub.ValidateConstraints, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
     async def model_info(
@@ -338,14 +342,8 @@ class AsyncAnankeClient(ClientBase):
     ) -> inference_service_pb2.GetModelInfoResponse:
         """The model, engine and limits of the server."""
         request = inference_service_pb2.GetModelInfoRequest()
-        md = self._call_metadata(call_metadata)
-        stub = self._stub
-        return await self._unary(
-            lambda t: stub.GetModelInfo(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.IDEMPOTENT,
-            timeout,
+        return await self._call(
+            self._stub.GetModelInfo, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
     async def server_stats(
@@ -353,14 +351,8 @@ class AsyncAnankeClient(ClientBase):
     ) -> inference_service_pb2.GetServerStatsResponse:
         """The server process's load and compile cache counters."""
         request = inference_service_pb2.GetServerStatsRequest()
-        md = self._call_metadata(call_metadata)
-        stub = self._stub
-        return await self._unary(
-            lambda t: stub.GetServerStats(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.IDEMPOTENT,
-            timeout,
+        return await self._call(
+            self._stub.GetServerStats, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
     async def health(

@@ -213,6 +213,22 @@ class AnankeClient(ClientBase):
                     raise error from None
                 time.sleep(delay)
 
+    def _call(
+        self,
+        method: Callable[..., _T],
+        request: object,
+        kind: CallKind,
+        timeout: float | None,
+        call_metadata: CallMetadata,
+    ) -> _T:
+        """One unary InferenceService call with this client's metadata, deadline and retries."""
+        md = self._call_metadata(call_metadata)
+        return self._unary(
+            lambda t: method(request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready),
+            kind,
+            timeout,
+        )
+
     def generate_stream(
         self,
         prompt: str | None = None,
@@ -299,13 +315,8 @@ class AnankeClient(ClientBase):
                 metadata=metadata,
             )
         )
-        md = self._call_metadata(call_metadata)
-        response = self._unary(
-            lambda t: self._stub.Generate(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.GENERATE,
-            timeout,
+        response = self._call(
+            self._stub.Generate, request, CallKind.GENERATE, timeout, call_metadata
         )
         return GenerationResult.from_response(response)
 
@@ -321,13 +332,8 @@ class AnankeClient(ClientBase):
         Constraints that do not compile are reported in the verdicts, not raised.
         """
         request = self._validate_request(constraints)
-        md = self._call_metadata(call_metadata)
-        return self._unary(
-            lambda t: self._stub.ValidateConstraints(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.IDEMPOTENT,
-            timeout,
+        return self._call(
+            self._stub.ValidateConstraints, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
     def model_info(
@@ -335,13 +341,8 @@ class AnankeClient(ClientBase):
     ) -> inference_service_pb2.GetModelInfoResponse:
         """The model, engine and limits of the server."""
         request = inference_service_pb2.GetModelInfoRequest()
-        md = self._call_metadata(call_metadata)
-        return self._unary(
-            lambda t: self._stub.GetModelInfo(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.IDEMPOTENT,
-            timeout,
+        return self._call(
+            self._stub.GetModelInfo, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
     def server_stats(
@@ -349,14 +350,8 @@ class AnankeClient(ClientBase):
     ) -> inference_service_pb2.GetServerStatsResponse:
         """The server process's load and compile cache counters."""
         request = inference_service_pb2.GetServerStatsRequest()
-        md = self._call_metadata(call_metadata)
-        stub = self._stub
-        return self._unary(
-            lambda t: stub.GetServerStats(
-                request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready
-            ),
-            CallKind.IDEMPOTENT,
-            timeout,
+        return self._call(
+            self._stub.GetServerStats, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
     def health(

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .constraints import token_bitmask
+
 log = logging.getLogger("ananke.engine")
 
 # SamplingParams.extra_args key that switches the intersection processor on.
@@ -416,8 +418,8 @@ class IntersectionMasker:
         ]
         allowed = None
         if spec.get("allowed") is not None:
-            allowed = _bitmask({*spec["allowed"], *tokenizer.eos_tokens}, words)
-        forbidden = _bitmask(set(spec["forbidden"]), words) if spec.get("forbidden") else None
+            allowed = token_bitmask({*spec["allowed"], *tokenizer.eos_tokens}, words)
+        forbidden = token_bitmask(set(spec["forbidden"]), words) if spec.get("forbidden") else None
         state = _RequestMatchers(matchers, allowed, forbidden, output_ids)
         state.dead_end = any(m.is_error() for m in matchers)
         return state
@@ -499,12 +501,6 @@ class IntersectionMasker:
             forbid = torch.from_numpy(bits == 0).to(row.device)
             row.masked_fill_(forbid, float("-inf"))
         return logits
-
-
-def _bitmask(ids: set[int], words: int) -> npt.NDArray[np.int32]:
-    bits = np.zeros(words * 32, dtype=np.uint8)
-    bits[[i for i in ids if 0 <= i < words * 32]] = 1
-    return np.packbits(bits, bitorder="little").view(np.int32)
 
 
 def _build_processor_class() -> type:

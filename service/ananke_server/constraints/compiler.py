@@ -1,0 +1,217 @@
+"""ConstraintCompiler: the entry point that compiles a request's constraint
+list (through the cache), validates constraints one by one, and re-checks outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ananke.v1 import constraints_pb2, provenance_pb2
+from llguidance import LLMatcher, LLParserLimits, LLTokenizer
+
+from ..errors import ServiceError, invalid
+from .cache import CompileCache, timeout_error
+from .check import check_output, dead_end
+from .core import (
+    DEFAULT_MAX_CACHE_BYTES,
+    LARK_HEADER,
+    LLGUIDANCE_VERSION,
+    MAX_TOP_LEVEL_CONSTRAINTS,
+    CacheStats,
+    CompiledConstraints,
+    K,
+    Piece,
+    Verdict,
+    as_start,
+    constraint_digest,
+    kind_of,
+    order_by_priority,
+)
+from .diagnostics import GrammarValidator, unsatisfiable
+from .folding import combine_all_of, grammar_of, intersection_grammars
+from .lowering import Lowerer
+
+
+class ConstraintCompiler:
+    """Compiles ConstraintIR lists for one tokenizer; thread-safe; caches results.
+
+    The cache is an LRU bounded by entry count and by an estimate of its size
+    in bytes. Concurrent requests for the same key share one compile; a compile
+    that outlives its callers' timeout still finishes and is cached."""
+
+    def __init__(
+        self,
+        tokenizer: LLTokenizer,
+        *,
+        vocab_size: int,
+        tokenizer_id: str,
+        max_constraint_bytes: int,
+        cache_size: int,
+        timeout_s: float,
+        workers: int,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._tokenizer_id = tokenizer_id
+        self._timeout_s = timeout_s
+        self._limits = LLParserLimits(verbose_errors=False)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile")
+        self._cache = CompileCache(
+            self._pool, capacity=cache_size, max_bytes=max_cache_bytes, timeout_s=timeout_s
+        )
+        self._validate = GrammarValidator(tokenizer, self._limits)
+        self._lowerer = Lowerer(
+            self._validate, vocab_size=vocab_size, max_bytes=max_constraint_bytes
+        )
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the cache counters."""
+        return self._cache.stats()
+
+    async def compile(
+        self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
+    ) -> tuple[CompiledConstraints, bool]:
+        """Compiles (or finds in the cache) a request's constraints.
+
+        Returns the result and whether it was a cache hit (not when the call
+        joined an identical compile under way); raises ServiceError for
+        constraints that cannot be enforced. A caller that times out leaves
+        the compile running for the others and for the cache."""
+        self._check_shape(constraints, field_path)
+        key = self._cache_key(constraints, field_path)
+        listed = list(constraints)
+        return await self._cache.get_or_compile(key, lambda: self._compile_now(listed, field_path))
+
+    async def validate(self, constraints: Sequence[constraints_pb2.ConstraintIR]) -> list[Verdict]:
+        """A verdict for every constraint, compiled one by one (no cache)."""
+        self._check_shape(constraints, "constraints")
+        loop = asyncio.get_running_loop()
+        timeout_s = self._timeout_s * max(1, len(constraints))
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._pool, self._validate_now, list(constraints)),
+                timeout_s,
+            )
+        except TimeoutError:
+            raise timeout_error("validating", timeout_s) from None
+
+    def check_output(
+        self, compiled: CompiledConstraints, token_ids: Sequence[int], eos_ids: Sequence[int]
+    ) -> tuple[provenance_pb2.CheckVerdict.ValueType, str]:
+        """Re-checks generated tokens with fresh matchers, one per top-level constraint."""
+        return check_output(self._tokenizer, self._limits, compiled, token_ids, eos_ids)
+
+    def dead_end(self, compiled: CompiledConstraints, token_ids: Sequence[int]) -> bool:
+        """Whether, after `token_ids`, no token (EOS included) is allowed by every
+        grammar of the intersection and the token masks (fresh matchers)."""
+        return dead_end(self._tokenizer, self._limits, compiled, token_ids)
+
+    def close(self) -> None:
+        """Stops the compile threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- compilation --------------------------------------------------------
+
+    def _cache_key(
+        self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
+    ) -> str:
+        # Request order and field path are part of the key: results name
+        # constraints by their request index and path (errors, check names).
+        hasher = hashlib.sha256(field_path.encode())
+        for constraint in constraints:
+            blob = constraint.SerializeToString(deterministic=True)
+            hasher.update(len(blob).to_bytes(8, "big") + blob)
+        return "|".join([hasher.hexdigest(), self._tokenizer_id, LLGUIDANCE_VERSION])
+
+    def _check_shape(
+        self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str
+    ) -> None:
+        if len(constraints) > MAX_TOP_LEVEL_CONSTRAINTS:
+            raise invalid(
+                "CONSTRAINT_TOO_LARGE",
+                f"at most {MAX_TOP_LEVEL_CONSTRAINTS} constraints per request, "
+                f"got {len(constraints)}",
+                field_path,
+            )
+
+    def _compile_now(
+        self, constraints: list[constraints_pb2.ConstraintIR], field_path: str
+    ) -> CompiledConstraints | ServiceError:
+        try:
+            ordered = order_by_priority(constraints)
+            pieces = [self._lowerer.piece(c, f"{field_path}[{i}]", 0) for i, c in ordered]
+            summaries = tuple(
+                provenance_pb2.ConstraintSummary(name=c.name, kind=kind_of(c), priority=c.priority)
+                for _, c in ordered
+            )
+            combined = combine_all_of(pieces, field_path, self._validate) if pieces else None
+            grammar: str | None = None
+            intersection: tuple[str, ...] = ()
+            if combined is not None and combined.needs_processor:
+                intersection = intersection_grammars(combined, field_path, self._validate)
+            elif combined is not None and combined.lark_body is not None:
+                grammar = LARK_HEADER + as_start(combined)
+                if combined.standalone != LLMatcher.grammar_from_lark(grammar):
+                    # (A standalone grammar of the same text is validated already.)
+                    self._validate(grammar, K.CONSTRAINT_KIND_ALL_OF, field_path)
+            checks: list[tuple[str, str]] = []
+            for (i, c), p in zip(ordered, pieces, strict=True):
+                name = c.name or f"constraints[{i}]"
+                if p.standalone is not None:
+                    checks.append((name, p.standalone))
+                for j, part in enumerate(p.conjuncts):
+                    checks.append((f"{name}&{j}", grammar_of(part, field_path, self._validate)))
+            allowed = combined.allowed if combined else None
+            forbidden = combined.forbidden if combined else frozenset()
+            warnings = tuple(w for p in pieces for w in p.warnings)
+            result = CompiledConstraints(
+                digest=constraint_digest(constraints),
+                grammar=grammar,
+                check_grammars=tuple(checks),
+                summaries=summaries,
+                allowed_token_ids=allowed,
+                forbidden_token_ids=forbidden,
+                warnings=warnings,
+                intersection=intersection,
+            )
+            if intersection and self.dead_end(result, ()):
+                raise unsatisfiable(field_path, at_start=True)
+            return result
+        except ServiceError as error:
+            return error
+
+    def _validate_now(self, constraints: list[constraints_pb2.ConstraintIR]) -> list[Verdict]:
+        verdicts = []
+        for index, constraint in enumerate(constraints):
+            path = f"constraints[{index}]"
+            try:
+                piece = self._lowerer.piece(constraint, path, 0)
+                if piece.needs_processor:
+                    self._check_not_empty_at_start(piece, path)
+                elif piece.lark_body is not None:
+                    self._validate(LARK_HEADER + as_start(piece), kind_of(constraint), path)
+                verdicts.append(
+                    Verdict(
+                        index, constraint.name, kind_of(constraint), None, tuple(piece.warnings)
+                    )
+                )
+            except ServiceError as error:
+                verdicts.append(Verdict(index, constraint.name, kind_of(constraint), error))
+        return verdicts
+
+    def _check_not_empty_at_start(self, piece: Piece, path: str) -> None:
+        """Raises CONSTRAINT_UNSATISFIABLE when an intersection allows no first token."""
+        probe = CompiledConstraints(
+            digest="",
+            grammar=None,
+            check_grammars=(),
+            summaries=(),
+            allowed_token_ids=piece.allowed,
+            forbidden_token_ids=piece.forbidden,
+            warnings=(),
+            intersection=intersection_grammars(piece, path, self._validate),
+        )
+        if self.dead_end(probe, ()):
+            raise unsatisfiable(path, at_start=True)

@@ -1,0 +1,174 @@
+"""Constraint compilation's data types, limits and kind/digest helpers (a leaf of the package)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import TypeAlias
+
+from ananke.v1 import constraints_pb2, provenance_pb2
+
+from ..errors import ServiceError
+
+LLGUIDANCE_VERSION = version("llguidance")
+MAX_TOP_LEVEL_CONSTRAINTS = 64
+MAX_NESTING_DEPTH = 16
+MAX_NAME_CHARS = 128
+MAX_CHOICE_OPTIONS = 10_000
+DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
+# Forces Lark detection in vLLM's guidance backend (it sniffs for this or `start:`).
+LARK_HEADER = "%llguidance {}\n"
+
+Kind: TypeAlias = constraints_pb2.ConstraintKind.ValueType
+K = constraints_pb2.ConstraintKind
+C = constraints_pb2.Combinator
+
+
+@dataclass(frozen=True)
+class CompiledConstraints:
+    """The immutable result of compiling a request's constraint list."""
+
+    digest: str
+    grammar: str | None  # Lark text for the engine; None when no grammar applies
+    check_grammars: tuple[tuple[str, str], ...]  # (constraint name, grammar) per top-level item
+    summaries: tuple[provenance_pb2.ConstraintSummary, ...]
+    allowed_token_ids: frozenset[int] | None
+    forbidden_token_ids: frozenset[int]
+    warnings: tuple[str, ...]
+    # Grammars intersected by the engine's logits processor (which then also
+    # applies the token masks); empty when `grammar` or plain masks suffice.
+    intersection: tuple[str, ...] = ()
+
+    @property
+    def constrained(self) -> bool:
+        """Whether anything restricts the output."""
+        return bool(self.summaries)
+
+    @property
+    def enforcement(self) -> str:
+        """How the constraints reach the engine, for provenance."""
+        if self.intersection:
+            parts = [f"logits_processor({len(self.intersection)} grammars)"]
+        else:
+            parts = ["grammar"] if self.grammar is not None else []
+        if self.allowed_token_ids is not None or self.forbidden_token_ids:
+            parts.append("token_mask")
+        return "+".join(parts) or "none"
+
+    @property
+    def has_grammar(self) -> bool:
+        """Whether a grammar (built-in or in the processor) decides when the output ends."""
+        return self.grammar is not None or bool(self.intersection)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One constraint's compile verdict (ValidateConstraints)."""
+
+    index: int
+    name: str
+    kind: Kind
+    error: ServiceError | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class Piece:
+    """A compiled sub-constraint: Lark rule body or token masks."""
+
+    kind: Kind
+    lark_body: str | None = None  # right-hand side of a rule
+    regex_terminal: str | None = None  # `/.../` when the piece is one regex
+    json_schema: object | None = None  # parsed schema when the piece is one JSON schema
+    standalone: str | None = None  # its own grammar, for the re-check
+    allowed: frozenset[int] | None = None
+    forbidden: frozenset[int] = frozenset()
+    warnings: list[str] = field(default_factory=list)
+    # An intersection that does not fold into one grammar: its grammar pieces
+    # (each with lark_body and standalone set); lark_body is then None.
+    conjuncts: tuple[Piece, ...] = ()
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the piece restricts tokens by id."""
+        return self.allowed is not None or bool(self.forbidden)
+
+    @property
+    def needs_processor(self) -> bool:
+        """Whether enforcing this piece needs the intersection logits processor."""
+        return bool(self.conjuncts) or (self.lark_body is not None and self.has_mask)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of the compile cache."""
+
+    size: int
+    capacity: int
+    hits: int
+    misses: int  # compiles started (timed-out ones included)
+    bytes: int = 0  # estimated size of the cached entries (see entry_bytes)
+
+
+def kind_of(constraint: constraints_pb2.ConstraintIR) -> Kind:
+    """The ConstraintKind of a ConstraintIR (UNSPECIFIED when no kind is set)."""
+    which = constraint.WhichOneof("kind")
+    if which == "json_schema":
+        return K.CONSTRAINT_KIND_JSON_SCHEMA
+    if which == "regex":
+        return K.CONSTRAINT_KIND_REGEX
+    if which == "grammar":
+        if constraint.grammar.syntax == constraints_pb2.GRAMMAR_SYNTAX_GBNF:
+            return K.CONSTRAINT_KIND_GRAMMAR_GBNF
+        return K.CONSTRAINT_KIND_GRAMMAR_LARK
+    if which == "choice":
+        return K.CONSTRAINT_KIND_CHOICE
+    if which == "token_mask":
+        return K.CONSTRAINT_KIND_TOKEN_MASK
+    if which == "composite":
+        return kind_of_combinator(constraint.composite.combinator)
+    return K.CONSTRAINT_KIND_UNSPECIFIED
+
+
+_KIND_BY_COMBINATOR: dict[constraints_pb2.Combinator.ValueType, Kind] = {
+    C.COMBINATOR_SEQUENCE: K.CONSTRAINT_KIND_SEQUENCE,
+    C.COMBINATOR_ANY_OF: K.CONSTRAINT_KIND_ANY_OF,
+    C.COMBINATOR_ALL_OF: K.CONSTRAINT_KIND_ALL_OF,
+}
+
+
+def kind_of_combinator(combinator: constraints_pb2.Combinator.ValueType) -> Kind:
+    """The ConstraintKind for a composite's combinator (UNSPECIFIED when unknown)."""
+    return _KIND_BY_COMBINATOR.get(combinator, K.CONSTRAINT_KIND_UNSPECIFIED)
+
+
+SUPPORTED_KINDS: tuple[Kind, ...] = tuple(
+    k for k in K.values() if k != K.CONSTRAINT_KIND_UNSPECIFIED
+)
+
+
+def order_by_priority(
+    constraints: Sequence[constraints_pb2.ConstraintIR],
+) -> list[tuple[int, constraints_pb2.ConstraintIR]]:
+    """(request index, constraint) by descending priority; ties keep request order."""
+    return sorted(enumerate(constraints), key=lambda pair: -pair[1].priority)
+
+
+def constraint_digest(constraints: Sequence[constraints_pb2.ConstraintIR]) -> str:
+    """sha256 over the deterministic serialization of the ordered list."""
+    if not constraints:
+        return ""
+    hasher = hashlib.sha256()
+    for _, constraint in order_by_priority(constraints):
+        blob = constraint.SerializeToString(deterministic=True)
+        hasher.update(len(blob).to_bytes(8, "big"))
+        hasher.update(blob)
+    return hasher.hexdigest()
+
+
+def as_start(piece: Piece) -> str:
+    """A piece's body as the start rule of a grammar."""
+    assert piece.lark_body is not None
+    return "start: " + piece.lark_body

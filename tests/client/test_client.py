@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import grpc
 import pytest
 from ananke import (
@@ -141,6 +143,24 @@ def test_request_needs_exactly_one_of_prompt_and_messages() -> None:
     with pytest.raises(ValueError, match="role"):
         build_generation_request(messages=[("robot", "y")])  # type: ignore[list-item]
     assert not build_generation_request("x").HasField("sampling")
+    with pytest.raises(TypeError, match="max_token"):
+        build_generation_request("x", max_token=3)  # type: ignore[call-arg]
+
+
+def test_both_clients_take_the_same_generation_arguments() -> None:
+    from ananke.request import GenerationArgs
+
+    names = set(GenerationArgs.__annotations__)
+    for method in (
+        AnankeClient.generate,
+        AnankeClient.generate_stream,
+        AsyncAnankeClient.generate,
+        AsyncAnankeClient.generate_stream,
+    ):
+        params = inspect.signature(method).parameters
+        assert list(params)[:2] == ["self", "prompt"]
+        assert {"timeout", "call_metadata", "args"} <= set(params)
+        assert names.isdisjoint(params)  # each generation option is declared once
 
 
 def test_api_key_and_call_metadata_are_sent(fake_server) -> None:

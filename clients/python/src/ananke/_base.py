@@ -1,18 +1,32 @@
-"""Settings shared by the sync and asyncio clients."""
+"""The core shared by the sync and asyncio clients: connection settings, call
+options, request building, and the event logic of a generation stream. The
+two clients add only the blocking or awaiting loop around it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 
 from ananke.constraints import ConstraintIR
 from ananke.errors import AnankeError
-from ananke.retry import RetryPolicy
+from ananke.request import GenerationArgs, build_generation_request
+from ananke.results import (
+    GenerationFinished,
+    GenerationResult,
+    GenerationStarted,
+    StreamEvent,
+    TokenChunk,
+)
+from ananke.retry import Attempts, CallKind, RetryPolicy
 from ananke.transport import DEFAULT_ADDRESS, ConnectionConfig, PemSource
 from ananke.v1 import inference_service_pb2
 
-__all__ = ["ClientBase", "health_status_name", "incomplete_stream_error"]
+__all__ = ["CallMetadata", "ClientBase", "StreamEvents", "StreamView", "health_status_name"]
+
+# Extra gRPC metadata for one call: a mapping or (key, value) pairs.
+CallMetadata = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
 class ClientBase:
@@ -58,16 +72,34 @@ class ClientBase:
         """Open the channel and stubs (each client does its own)."""
         raise NotImplementedError
 
-    def _timeout(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+    def _attempts(self, kind: CallKind, timeout: float | None) -> Attempts:
+        """The attempts of one call under this client's retry policy and deadline."""
+        return Attempts(self.retry, kind, self.timeout if timeout is None else timeout)
 
-    def _call_metadata(
-        self, extra: Mapping[str, str] | Iterable[tuple[str, str]] | None
-    ) -> tuple[tuple[str, str], ...]:
-        if not extra:
-            return self._metadata
-        items = extra.items() if isinstance(extra, Mapping) else extra
-        return self._metadata + tuple(items)
+    def _call_options(self, call_metadata: CallMetadata, *, probe: bool = False) -> dict[str, Any]:
+        """The stub keyword arguments every call gets, bar its timeout. A health
+        `probe` reports what it finds at once, so it never waits for ready."""
+        metadata = self._metadata
+        if call_metadata:
+            items = call_metadata.items() if isinstance(call_metadata, Mapping) else call_metadata
+            metadata = metadata + tuple(items)
+        return {"metadata": metadata, "wait_for_ready": None if probe else self._wait_for_ready}
+
+    @staticmethod
+    def _generate_request(
+        prompt: str | None, args: GenerationArgs
+    ) -> inference_service_pb2.GenerateRequest:
+        return inference_service_pb2.GenerateRequest(
+            request=build_generation_request(prompt, **args)
+        )
+
+    @staticmethod
+    def _stream_request(
+        prompt: str | None, args: GenerationArgs
+    ) -> inference_service_pb2.GenerateStreamRequest:
+        return inference_service_pb2.GenerateStreamRequest(
+            request=build_generation_request(prompt, **args)
+        )
 
     @staticmethod
     def _validate_request(
@@ -78,15 +110,96 @@ class ClientBase:
         return inference_service_pb2.ValidateConstraintsRequest(constraints=list(constraints))
 
 
+class StreamEvents:
+    """What a generation stream has received, and the events to hand on.
+
+    The started event is held back until the first token, so a stream retried
+    before its first token still yields exactly one; `produced` says whether a
+    token has reached the caller (after which the call is never retried).
+    """
+
+    def __init__(self) -> None:
+        self.started: GenerationStarted | None = None
+        self.chunks: list[TokenChunk] = []
+        self.finished: GenerationFinished | None = None
+        self.produced = False
+        self._held: GenerationStarted | None = None
+
+    def restart(self) -> None:
+        """A new attempt begins: drop a started event that was never handed on."""
+        self._held = None
+
+    def feed(self, response: inference_service_pb2.GenerateStreamResponse) -> list[StreamEvent]:
+        """The events to yield for one response of the stream."""
+        kind = response.WhichOneof("event")
+        if kind == "started":
+            self._held = response.started
+            return []
+        events: list[StreamEvent] = []
+        if self._held is not None:
+            self.started, self._held = self._held, None
+            events.append(self.started)
+        self.produced = True
+        if kind == "chunk":
+            self.chunks.append(response.chunk)
+            events.append(response.chunk)
+        elif kind == "finished":
+            self.finished = response.finished
+            events.append(response.finished)
+        return events
+
+    def end(self) -> list[StreamEvent]:
+        """The events left when the stream ends; raises if it never finished."""
+        events: list[StreamEvent] = []
+        if self._held is not None:
+            self.started, self._held = self._held, None
+            events.append(self.started)
+        if self.finished is None:
+            raise AnankeError(
+                grpc.StatusCode.UNKNOWN, "the stream ended without a GenerationFinished event"
+            )
+        return events
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(c.text for c in self.chunks)
+
+    def result(self, hint: str) -> GenerationResult:
+        """The finished generation; raises (with `hint`) if the stream has not finished."""
+        if self.finished is None:
+            raise RuntimeError(f"the stream has not finished; {hint}")
+        return GenerationResult.from_stream(self.started, self.chunks, self.finished)
+
+
+class StreamView:
+    """The received parts of a stream, read from its `StreamEvents` (both clients)."""
+
+    _events_state: StreamEvents
+
+    @property
+    def started(self) -> GenerationStarted | None:
+        """The started event, once the first token arrived (or the stream ended)."""
+        return self._events_state.started
+
+    @property
+    def chunks(self) -> list[TokenChunk]:
+        """The chunks received so far."""
+        return self._events_state.chunks
+
+    @property
+    def finished(self) -> GenerationFinished | None:
+        """The finished event, once received."""
+        return self._events_state.finished
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return self._events_state.text
+
+
 def health_status_name(status: int) -> str:
     """A `grpc.health.v1` serving status as its name, for example "SERVING"."""
     from grpc_health.v1 import health_pb2
 
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
-
-
-def incomplete_stream_error() -> AnankeError:
-    """The error for a stream that ended without its GenerationFinished event."""
-    return AnankeError(
-        grpc.StatusCode.UNKNOWN, "the stream ended without a GenerationFinished event"
-    )

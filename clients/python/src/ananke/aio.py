@@ -7,47 +7,32 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from ananke._base import ClientBase, health_status_name, incomplete_stream_error
+from ananke._base import CallMetadata, ClientBase, StreamEvents, StreamView, health_status_name
 from ananke.constraints import ConstraintIR
-from ananke.errors import from_rpc_error
-from ananke.request import Message, build_generation_request
-from ananke.results import (
-    GenerationFinished,
-    GenerationResult,
-    GenerationStarted,
-    StreamEvent,
-    TokenChunk,
-)
-from ananke.retry import CallKind, Deadline, RetryPolicy
-from ananke.v1 import generation_pb2, inference_service_pb2, inference_service_pb2_grpc
+from ananke.results import GenerationResult, StreamEvent, TokenChunk
+from ananke.retry import Attempts, CallKind
+from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
 
 if TYPE_CHECKING:
-    from typing import Self  # Python 3.11+; the package supports 3.10
+    from typing import Self, Unpack  # Python 3.11+; the package supports 3.10
+
+    from ananke.request import GenerationArgs
 
 __all__ = ["AsyncAnankeClient", "AsyncGenerationStream"]
 
 _T = TypeVar("_T")
-CallMetadata = Mapping[str, str] | Iterable[tuple[str, str]] | None
 _StreamCall = grpc.aio.UnaryStreamCall[
     inference_service_pb2.GenerateStreamRequest, inference_service_pb2.GenerateStreamResponse
 ]
 
 
-class AsyncGenerationStream(AsyncIterator[StreamEvent]):
+class AsyncGenerationStream(StreamView, AsyncIterator[StreamEvent]):
     """The events of one `GenerateStream` call, as they arrive (asyncio).
 
     `async for` yields `GenerationStarted`, `TokenChunk`s, then one
@@ -56,19 +41,11 @@ class AsyncGenerationStream(AsyncIterator[StreamEvent]):
     event, `result` holds the whole generation. Retries as `GenerationStream`.
     """
 
-    def __init__(
-        self,
-        start: Callable[[float | None], _StreamCall],
-        retry: RetryPolicy,
-        deadline: Deadline,
-    ) -> None:
+    def __init__(self, start: Callable[[float | None], _StreamCall], attempts: Attempts) -> None:
         self._start = start
-        self._retry = retry
-        self._deadline = deadline
+        self._attempts = attempts
         self._call: _StreamCall | None = None
-        self.started: GenerationStarted | None = None
-        self.chunks: list[TokenChunk] = []
-        self.finished: GenerationFinished | None = None
+        self._events_state = StreamEvents()
         self._events = self._run()
 
     def __aiter__(self) -> Self:
@@ -98,16 +75,9 @@ class AsyncGenerationStream(AsyncIterator[StreamEvent]):
             self._call.cancel()
 
     @property
-    def text(self) -> str:
-        """The text received so far."""
-        return "".join(c.text for c in self.chunks)
-
-    @property
     def result(self) -> GenerationResult:
         """The finished generation; raises if the stream has not finished."""
-        if self.finished is None:
-            raise RuntimeError("the stream has not finished; iterate it or await collect()")
-        return GenerationResult.from_stream(self.started, self.chunks, self.finished)
+        return self._events_state.result("iterate it or await collect()")
 
     async def collect(self) -> GenerationResult:
         """Read the remaining events and return the finished generation."""
@@ -122,44 +92,21 @@ class AsyncGenerationStream(AsyncIterator[StreamEvent]):
                 yield event.text
 
     async def _run(self) -> AsyncGenerator[StreamEvent, None]:
-        attempt = 0
+        state = self._events_state
         while True:
-            attempt += 1
-            self._call = self._start(self._deadline.remaining())
-            held: GenerationStarted | None = None
-            produced = False
+            self._call = self._start(self._attempts.start())
+            state.restart()
             try:
                 async for response in self._call:
-                    kind = response.WhichOneof("event")
-                    if kind == "started":
-                        held = response.started
-                        continue
-                    if held is not None:
-                        self.started, held = held, None
-                        yield self.started
-                    produced = True
-                    if kind == "chunk":
-                        self.chunks.append(response.chunk)
-                        yield response.chunk
-                    elif kind == "finished":
-                        self.finished = response.finished
-                        yield response.finished
+                    for event in state.feed(response):
+                        yield event
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                delay = (
-                    None if produced else self._retry.delay(error, CallKind.STREAM_START, attempt)
-                )
-                if delay is None or not self._deadline.allows(delay):
-                    raise error from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._attempts.pause_after(exc, retryable=not state.produced))
                 continue
             finally:
                 self._cancel()
-            if held is not None:
-                self.started = held
-                yield held
-            if self.finished is None:
-                raise incomplete_stream_error()
+            for event in state.end():
+                yield event
             return
 
 
@@ -201,25 +148,6 @@ class AsyncAnankeClient(ClientBase):
     ) -> None:
         await self.close()
 
-    async def _unary(
-        self,
-        method: Callable[[float | None], Awaitable[_T]],
-        kind: CallKind,
-        timeout: float | None,
-    ) -> _T:
-        deadline = Deadline(self._timeout(timeout))
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await method(deadline.remaining())
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                delay = self.retry.delay(error, kind, attempt)
-                if delay is None or not deadline.allows(delay):
-                    raise error from None
-                await asyncio.sleep(delay)
-
     async def _call(
         self,
         method: Callable[..., Awaitable[_T]],
@@ -227,98 +155,49 @@ class AsyncAnankeClient(ClientBase):
         kind: CallKind,
         timeout: float | None,
         call_metadata: CallMetadata,
+        *,
+        probe: bool = False,
     ) -> _T:
-        """One unary InferenceService call with this client's metadata, deadline and retries."""
-        md = self._call_metadata(call_metadata)
-        return await self._unary(
-            lambda t: method(request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready),
-            kind,
-            timeout,
-        )
+        """One unary call with this client's metadata, deadline and retries."""
+        attempts = self._attempts(kind, timeout)
+        options = self._call_options(call_metadata, probe=probe)
+        while True:
+            try:
+                return await method(request, timeout=attempts.start(), **options)
+            except grpc.RpcError as exc:
+                await asyncio.sleep(attempts.pause_after(exc))
 
     def generate_stream(
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[Message] | None = None,
-        constraints: ConstraintIR | Iterable[ConstraintIR] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        request_id: str | None = None,
-        context: generation_pb2.GenerationContext | None = None,
-        metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
         call_metadata: CallMetadata = None,
+        **args: Unpack[GenerationArgs],
     ) -> AsyncGenerationStream:
         """Start a streamed generation; `async for` over the result for events.
 
         Arguments as `AnankeClient.generate_stream`. The call starts on the
         first iteration.
         """
-        request = inference_service_pb2.GenerateStreamRequest(
-            request=build_generation_request(
-                prompt,
-                messages=messages,
-                constraints=constraints,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                request_id=request_id,
-                context=context,
-                metadata=metadata,
-            )
-        )
-        md = self._call_metadata(call_metadata)
+        request = self._stream_request(prompt, args)
+        options = self._call_options(call_metadata)
 
         def start(remaining: float | None) -> _StreamCall:
-            return self._stub.GenerateStream(
-                request, timeout=remaining, metadata=md, wait_for_ready=self._wait_for_ready
-            )
+            return self._stub.GenerateStream(request, timeout=remaining, **options)
 
-        return AsyncGenerationStream(start, self.retry, Deadline(self._timeout(timeout)))
+        return AsyncGenerationStream(start, self._attempts(CallKind.STREAM_START, timeout))
 
     async def generate(
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[Message] | None = None,
-        constraints: ConstraintIR | Iterable[ConstraintIR] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        request_id: str | None = None,
-        context: generation_pb2.GenerationContext | None = None,
-        metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
         call_metadata: CallMetadata = None,
+        **args: Unpack[GenerationArgs],
     ) -> GenerationResult:
         """Generate and return the whole output (arguments as `generate_stream`)."""
-        request = inference_service_pb2.GenerateRequest(
-            request=build_generation_request(
-                prompt,
-                messages=messages,
-                constraints=constraints,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                request_id=request_id,
-                context=context,
-                metadata=metadata,
-            )
-        )
+        request = self._generate_request(prompt, args)
         response = await self._call(
             self._stub.Generate, request, CallKind.GENERATE, timeout, call_metadata
         )
@@ -367,10 +246,7 @@ class AsyncAnankeClient(ClientBase):
 
         stub = health_pb2_grpc.HealthStub(self.channel)
         request = health_pb2.HealthCheckRequest(service=service)
-        md = self._call_metadata(call_metadata)
-        response: Any = await self._unary(
-            lambda t: stub.Check(request, timeout=t, metadata=md),
-            CallKind.IDEMPOTENT,
-            timeout,
+        response: Any = await self._call(
+            stub.Check, request, CallKind.IDEMPOTENT, timeout, call_metadata, probe=True
         )
         return health_status_name(response.status)

@@ -3,40 +3,32 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from ananke._base import ClientBase, health_status_name, incomplete_stream_error
+from ananke._base import CallMetadata, ClientBase, StreamEvents, StreamView, health_status_name
 from ananke.constraints import ConstraintIR
-from ananke.errors import from_rpc_error
-from ananke.request import Message, build_generation_request
-from ananke.results import (
-    GenerationFinished,
-    GenerationResult,
-    GenerationStarted,
-    StreamEvent,
-    TokenChunk,
-)
-from ananke.retry import CallKind, Deadline, RetryPolicy
-from ananke.v1 import (
-    generation_pb2,
-    inference_service_pb2,
-    inference_service_pb2_grpc,
-)
+from ananke.results import GenerationResult, StreamEvent, TokenChunk
+from ananke.retry import Attempts, CallKind
+from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
 
 if TYPE_CHECKING:
-    from typing import Self  # Python 3.11+; the package supports 3.10
+    from typing import Self, Unpack  # Python 3.11+; the package supports 3.10
+
+    from ananke.request import GenerationArgs
+
+    # grpc.CallIterator exists only in the type stubs.
+    _StreamCall = grpc.CallIterator[inference_service_pb2.GenerateStreamResponse]
 
 __all__ = ["AnankeClient", "GenerationStream"]
 
 _T = TypeVar("_T")
-CallMetadata = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 
-class GenerationStream(Iterator[StreamEvent]):
+class GenerationStream(StreamView, Iterator[StreamEvent]):
     """The events of one `GenerateStream` call, as they arrive.
 
     Iterate for `GenerationStarted`, then `TokenChunk`s, then one
@@ -49,21 +41,11 @@ class GenerationStream(Iterator[StreamEvent]):
     token so that a retried stream still yields exactly one.
     """
 
-    def __init__(
-        self,
-        start: Callable[
-            [float | None], grpc.CallIterator[inference_service_pb2.GenerateStreamResponse]
-        ],
-        retry: RetryPolicy,
-        deadline: Deadline,
-    ) -> None:
+    def __init__(self, start: Callable[[float | None], _StreamCall], attempts: Attempts) -> None:
         self._start = start
-        self._retry = retry
-        self._deadline = deadline
-        self._call: grpc.CallIterator[inference_service_pb2.GenerateStreamResponse] | None = None
-        self.started: GenerationStarted | None = None
-        self.chunks: list[TokenChunk] = []
-        self.finished: GenerationFinished | None = None
+        self._attempts = attempts
+        self._call: _StreamCall | None = None
+        self._events_state = StreamEvents()
         self._events = self._run()
 
     def __iter__(self) -> Self:
@@ -93,16 +75,9 @@ class GenerationStream(Iterator[StreamEvent]):
             self._call.cancel()  # type: ignore[no-untyped-call]
 
     @property
-    def text(self) -> str:
-        """The text received so far."""
-        return "".join(c.text for c in self.chunks)
-
-    @property
     def result(self) -> GenerationResult:
         """The finished generation; raises if the stream has not finished."""
-        if self.finished is None:
-            raise RuntimeError("the stream has not finished; iterate it or call collect()")
-        return GenerationResult.from_stream(self.started, self.chunks, self.finished)
+        return self._events_state.result("iterate it or call collect()")
 
     def collect(self) -> GenerationResult:
         """Read the remaining events and return the finished generation."""
@@ -117,44 +92,19 @@ class GenerationStream(Iterator[StreamEvent]):
                 yield event.text
 
     def _run(self) -> Generator[StreamEvent, None, None]:
-        attempt = 0
+        state = self._events_state
         while True:
-            attempt += 1
-            self._call = self._start(self._deadline.remaining())
-            held: GenerationStarted | None = None
-            produced = False
+            self._call = self._start(self._attempts.start())
+            state.restart()
             try:
                 for response in self._call:
-                    kind = response.WhichOneof("event")
-                    if kind == "started":
-                        held = response.started
-                        continue
-                    if held is not None:
-                        self.started, held = held, None
-                        yield self.started
-                    produced = True
-                    if kind == "chunk":
-                        self.chunks.append(response.chunk)
-                        yield response.chunk
-                    elif kind == "finished":
-                        self.finished = response.finished
-                        yield response.finished
+                    yield from state.feed(response)
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                delay = (
-                    None if produced else self._retry.delay(error, CallKind.STREAM_START, attempt)
-                )
-                if delay is None or not self._deadline.allows(delay):
-                    raise error from None
-                time.sleep(delay)
+                time.sleep(self._attempts.pause_after(exc, retryable=not state.produced))
                 continue
             finally:
                 self._cancel()
-            if held is not None:
-                self.started = held
-                yield held
-            if self.finished is None:
-                raise incomplete_stream_error()
+            yield from state.end()
             return
 
 
@@ -194,25 +144,6 @@ class AnankeClient(ClientBase):
     ) -> None:
         self.close()
 
-    def _unary(
-        self,
-        method: Callable[[float | None], _T],
-        kind: CallKind,
-        timeout: float | None,
-    ) -> _T:
-        deadline = Deadline(self._timeout(timeout))
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return method(deadline.remaining())
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                delay = self.retry.delay(error, kind, attempt)
-                if delay is None or not deadline.allows(delay):
-                    raise error from None
-                time.sleep(delay)
-
     def _call(
         self,
         method: Callable[..., _T],
@@ -220,101 +151,51 @@ class AnankeClient(ClientBase):
         kind: CallKind,
         timeout: float | None,
         call_metadata: CallMetadata,
+        *,
+        probe: bool = False,
     ) -> _T:
-        """One unary InferenceService call with this client's metadata, deadline and retries."""
-        md = self._call_metadata(call_metadata)
-        return self._unary(
-            lambda t: method(request, timeout=t, metadata=md, wait_for_ready=self._wait_for_ready),
-            kind,
-            timeout,
-        )
+        """One unary call with this client's metadata, deadline and retries."""
+        attempts = self._attempts(kind, timeout)
+        options = self._call_options(call_metadata, probe=probe)
+        while True:
+            try:
+                return method(request, timeout=attempts.start(), **options)
+            except grpc.RpcError as exc:
+                time.sleep(attempts.pause_after(exc))
 
     def generate_stream(
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[Message] | None = None,
-        constraints: ConstraintIR | Iterable[ConstraintIR] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        request_id: str | None = None,
-        context: generation_pb2.GenerationContext | None = None,
-        metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
         call_metadata: CallMetadata = None,
+        **args: Unpack[GenerationArgs],
     ) -> GenerationStream:
         """Start a streamed generation; iterate the returned stream for events.
 
         Give exactly one of `prompt` (raw, no chat template) and `messages`
-        (`("user", "...")` pairs or `ChatMessage` protos). `metadata` labels
+        (`("user", "...")` pairs or `ChatMessage` protos); the other keyword
+        arguments are those of `build_generation_request`. `metadata` labels
         are echoed in provenance; `call_metadata` is sent as gRPC metadata.
         """
-        request = inference_service_pb2.GenerateStreamRequest(
-            request=build_generation_request(
-                prompt,
-                messages=messages,
-                constraints=constraints,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                request_id=request_id,
-                context=context,
-                metadata=metadata,
-            )
-        )
-        md = self._call_metadata(call_metadata)
+        request = self._stream_request(prompt, args)
+        options = self._call_options(call_metadata)
 
-        def start(
-            remaining: float | None,
-        ) -> grpc.CallIterator[inference_service_pb2.GenerateStreamResponse]:
-            return self._stub.GenerateStream(
-                request, timeout=remaining, metadata=md, wait_for_ready=self._wait_for_ready
-            )
+        def start(remaining: float | None) -> _StreamCall:
+            return self._stub.GenerateStream(request, timeout=remaining, **options)
 
-        return GenerationStream(start, self.retry, Deadline(self._timeout(timeout)))
+        return GenerationStream(start, self._attempts(CallKind.STREAM_START, timeout))
 
     def generate(
         self,
         prompt: str | None = None,
         *,
-        messages: Sequence[Message] | None = None,
-        constraints: ConstraintIR | Iterable[ConstraintIR] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: Iterable[str] = (),
-        request_id: str | None = None,
-        context: generation_pb2.GenerationContext | None = None,
-        metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
         call_metadata: CallMetadata = None,
+        **args: Unpack[GenerationArgs],
     ) -> GenerationResult:
         """Generate and return the whole output (see `generate_stream` for arguments)."""
-        request = inference_service_pb2.GenerateRequest(
-            request=build_generation_request(
-                prompt,
-                messages=messages,
-                constraints=constraints,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                request_id=request_id,
-                context=context,
-                metadata=metadata,
-            )
-        )
+        request = self._generate_request(prompt, args)
         response = self._call(
             self._stub.Generate, request, CallKind.GENERATE, timeout, call_metadata
         )
@@ -370,10 +251,7 @@ class AnankeClient(ClientBase):
 
         stub = health_pb2_grpc.HealthStub(self._channel)
         request = health_pb2.HealthCheckRequest(service=service)
-        md = self._call_metadata(call_metadata)
-        response = self._unary(
-            lambda t: stub.Check(request, timeout=t, metadata=md),
-            CallKind.IDEMPOTENT,
-            timeout,
+        response: Any = self._call(
+            stub.Check, request, CallKind.IDEMPOTENT, timeout, call_metadata, probe=True
         )
         return health_status_name(response.status)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from ananke.v1 import constraints_pb2, generation_pb2
 
-__all__ = ["Message", "RoleName", "build_generation_request"]
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11+; the package supports 3.10
+
+__all__ = ["GenerationArgs", "Message", "RoleName", "build_generation_request"]
 
 RoleName = Literal["system", "user", "assistant"]
 # A chat message: a proto, or a (role, content) pair such as ("user", "Hi").
@@ -29,32 +32,43 @@ def _message(message: Message) -> generation_pb2.ChatMessage:
     return generation_pb2.ChatMessage(role=_ROLES[role], content=content)
 
 
+class GenerationArgs(TypedDict, total=False):
+    """The keyword arguments of every generate call (both clients) and of
+    `build_generation_request`: one list, so a new option is added once."""
+
+    messages: Sequence[Message] | None
+    constraints: constraints_pb2.ConstraintIR | Iterable[constraints_pb2.ConstraintIR]
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    seed: int | None
+    stop: str | Iterable[str]
+    request_id: str | None
+    context: generation_pb2.GenerationContext | None
+    metadata: Mapping[str, str] | None
+
+
 def build_generation_request(
-    prompt: str | None = None,
-    *,
-    messages: Sequence[Message] | None = None,
-    constraints: constraints_pb2.ConstraintIR | Iterable[constraints_pb2.ConstraintIR] = (),
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    seed: int | None = None,
-    stop: Iterable[str] = (),
-    request_id: str | None = None,
-    context: generation_pb2.GenerationContext | None = None,
-    metadata: Mapping[str, str] | None = None,
+    prompt: str | None = None, **args: Unpack[GenerationArgs]
 ) -> generation_pb2.GenerationRequest:
     """One generation request: exactly one of `prompt` and `messages`.
 
     Sampling fields left as None take the server's defaults.
     """
+    unknown = set(args) - set(GenerationArgs.__annotations__)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    messages = args.get("messages")
     if (prompt is None) == (messages is None):
         raise ValueError("give exactly one of prompt and messages")
+    constraints = args.get("constraints", ())
     if isinstance(constraints, constraints_pb2.ConstraintIR):
         constraints = [constraints]
+    stop = args.get("stop", ())
     if isinstance(stop, str):
         stop = [stop]
-    request = generation_pb2.GenerationRequest(request_id=request_id or "")
+    request = generation_pb2.GenerationRequest(request_id=args.get("request_id") or "")
     if prompt is not None:
         request.prompt = prompt
     else:
@@ -62,21 +76,21 @@ def build_generation_request(
         request.messages.extend(_message(m) for m in messages)
     request.constraints.extend(constraints)
     sampling = request.sampling
-    if max_tokens is not None:
+    if (max_tokens := args.get("max_tokens")) is not None:
         sampling.max_tokens = max_tokens
-    if temperature is not None:
+    if (temperature := args.get("temperature")) is not None:
         sampling.temperature = temperature
-    if top_p is not None:
+    if (top_p := args.get("top_p")) is not None:
         sampling.top_p = top_p
-    if top_k is not None:
+    if (top_k := args.get("top_k")) is not None:
         sampling.top_k = top_k
-    if seed is not None:
+    if (seed := args.get("seed")) is not None:
         sampling.seed = seed
     sampling.stop.extend(stop)
     if not sampling.ListFields():
         request.ClearField("sampling")
-    if context is not None:
+    if (context := args.get("context")) is not None:
         request.context.CopyFrom(context)
-    if metadata:
+    if metadata := args.get("metadata"):
         request.metadata.update(metadata)
     return request

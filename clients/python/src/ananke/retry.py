@@ -9,9 +9,9 @@ from enum import Enum
 
 import grpc
 
-from ananke.errors import AnankeError
+from ananke.errors import AnankeError, from_rpc_error
 
-__all__ = ["NO_RETRY", "CallKind", "Deadline", "RetryPolicy"]
+__all__ = ["NO_RETRY", "Attempts", "CallKind", "Deadline", "RetryPolicy"]
 
 # UNAVAILABLE reasons that mean the server refused the call before generating.
 _REFUSED_REASONS = frozenset({"", "NOT_READY", "SHUTTING_DOWN"})
@@ -102,3 +102,28 @@ class Deadline:
     def allows(self, delay: float) -> bool:
         """Whether pausing `delay` seconds still leaves time for another attempt."""
         return self._end is None or time.monotonic() + delay < self._end
+
+
+class Attempts:
+    """The attempts of one call, shared by the blocking and asyncio clients: the
+    deadline they all share, how many were made, and whether to try again."""
+
+    def __init__(self, policy: RetryPolicy, kind: CallKind, timeout: float | None) -> None:
+        self._policy = policy
+        self._kind = kind
+        self._deadline = Deadline(timeout)
+        self._count = 0
+
+    def start(self) -> float | None:
+        """Begins the next attempt; returns its timeout (the time left, None if unbounded)."""
+        self._count += 1
+        return self._deadline.remaining()
+
+    def pause_after(self, exc: grpc.RpcError, *, retryable: bool = True) -> float:
+        """Seconds to sleep before the next attempt after `exc`; raises it as an
+        AnankeError when the call must not (or can no longer) be retried."""
+        error = from_rpc_error(exc)
+        delay = self._policy.delay(error, self._kind, self._count) if retryable else None
+        if delay is None or not self._deadline.allows(delay):
+            raise error from None
+        return delay

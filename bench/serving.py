@@ -256,7 +256,7 @@ class InProcessSystem:
     name = "inproc"
 
     def __init__(self) -> None:
-        from ananke_server.engine import VllmEngine
+        from ananke_server.vllm_engine import VllmEngine
 
         self.engine = VllmEngine(
             str(model_dir()),
@@ -305,7 +305,7 @@ class InProcessSystem:
 
     async def stream(self, prompt: int, constrained: bool, max_tokens: int) -> StreamSample:
         """One generation through VllmEngine.generate."""
-        from ananke_server.engine import EngineParams
+        from ananke_server.engine_api import EngineParams
 
         params = EngineParams(
             max_tokens=max_tokens,

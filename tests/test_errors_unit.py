@@ -7,10 +7,11 @@ from __future__ import annotations
 import grpc
 import pytest
 from ananke.v1 import errors_pb2
-from ananke_server.engine import EngineDeadError, EngineRejectedError
 from ananke_server.errors import (
     _CODES,
     ERROR_DOMAIN,
+    EngineDeadError,
+    EngineRejectedError,
     FieldViolation,
     ServiceError,
     code_for,

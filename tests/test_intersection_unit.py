@@ -1,4 +1,4 @@
-"""The intersection logits processor's logic (engine.IntersectionMasker) without
+"""The intersection logits processor's logic (intersection.IntersectionMasker) without
 vLLM: batch bookkeeping under vLLM's BatchUpdate contract (added, removed,
 one-way moves, swaps), the AND of several matchers and token masks, tokens
 consumed from the live output list, and a dead end forcing EOS."""
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from ananke_server.engine import INTERSECTION_ARG, IntersectionMasker
+from ananke_server.intersection import INTERSECTION_ARG, IntersectionMasker
 from llguidance import LLMatcher, LLTokenizer
 
 TOKENIZER = LLTokenizer("byte")  # token id = byte value; EOS 261

@@ -20,13 +20,8 @@ from ananke.v1 import generation_pb2 as g
 from ananke.v1 import inference_service_pb2 as s
 from ananke.v1 import inference_service_pb2_grpc, provenance_pb2
 from ananke_server.constraints import constraint_digest
-from ananke_server.engine import (
-    EngineDeadError,
-    EngineDelta,
-    EngineInfo,
-    EngineParams,
-    PromptTokens,
-)
+from ananke_server.engine_api import EngineDelta, EngineInfo, EngineParams, PromptTokens
+from ananke_server.errors import EngineDeadError
 from ananke_server.server import SERVICE_NAME, RunningServer, build_server
 from ananke_server.settings import Settings
 from google.rpc import error_details_pb2, status_pb2

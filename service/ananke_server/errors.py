@@ -16,6 +16,15 @@ from grpc_status import rpc_status
 
 ERROR_DOMAIN = "ananke.dev"
 
+
+class EngineDeadError(RuntimeError):
+    """The engine process died or failed; no request can proceed."""
+
+
+class EngineRejectedError(ValueError):
+    """The engine refused a request as invalid."""
+
+
 _CODES: dict[str, grpc.StatusCode] = {
     "PROMPT_EMPTY": grpc.StatusCode.INVALID_ARGUMENT,
     "PROMPT_INVALID": grpc.StatusCode.INVALID_ARGUMENT,
@@ -137,8 +146,6 @@ async def abort(context: grpc.aio.ServicerContext[object, object], error: Servic
 
 def error_from_exception(exc: BaseException) -> ServiceError:
     """Maps any failure of a call to the ServiceError it is reported as."""
-    from .engine import EngineDeadError, EngineRejectedError
-
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, TimeoutError):

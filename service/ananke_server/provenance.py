@@ -14,7 +14,7 @@ from ananke.v1 import generation_pb2, provenance_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from .constraints import LLGUIDANCE_VERSION, CompiledConstraints
-from .engine import EngineInfo
+from .engine_api import EngineInfo
 from .validation import ValidatedRequest
 
 SERVICE_VERSION = client_version

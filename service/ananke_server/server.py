@@ -17,7 +17,7 @@ from grpc_health.v1._async import HealthServicer
 
 from .auth import ApiKeyInterceptor, load_api_keys
 from .decoding import DecodeErrors
-from .engine import Engine, VllmEngine
+from .engine_api import Engine
 from .metrics import CallObserver, Metrics, MetricsHttpServer
 from .model_prep import DEFAULT_MODEL_NAME, default_model_dir, prepare_default_model
 from .reflection import enable_reflection
@@ -122,8 +122,12 @@ def resolve_model(settings: Settings) -> tuple[str, str]:
     return settings.model, settings.model
 
 
-def build_engine(settings: Settings) -> VllmEngine:
-    """The vLLM engine for the configured model (prepares the default one if needed)."""
+def build_engine(settings: Settings) -> Engine:
+    """The vLLM engine for the configured model (prepares the default one if needed).
+    vllm_engine is imported here, not at the top, so that building a server
+    around another engine (tests) does not import vllm."""
+    from .vllm_engine import VllmEngine
+
     model_path, model_id = resolve_model(settings)
     return VllmEngine(
         model_path,

@@ -8,10 +8,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 import grpc
 from ananke.v1 import (
@@ -23,24 +21,24 @@ from ananke.v1 import (
 from google.protobuf import duration_pb2
 
 from .admission import Admission
-from .constraints import (
-    SUPPORTED_KINDS,
-    CompiledConstraints,
-    ConstraintCompiler,
-    unsatisfiable_during_generation,
+from .constraints import LLGUIDANCE_VERSION, SUPPORTED_KINDS, ConstraintCompiler
+from .engine_api import Engine
+from .errors import (
+    EngineDeadError,
+    EngineRejectedError,
+    ServiceError,
+    abort,
+    error_from_exception,
+    invalid,
 )
-from .engine import Engine, EngineDeadError, EngineParams, EngineRejectedError, PromptTokens
-from .errors import ServiceError, abort, error_from_exception, invalid
-from .logging_setup import bind_request_id, prompt_fields
+from .generation import Generations, StreamEvent
 from .metrics import Metrics
-from .provenance import Clock, build_provenance, placement_from_environment
+from .provenance import SERVICE_VERSION, placement_from_environment
 from .settings import Settings
-from .validation import ValidatedRequest, check_prompt_length, validate_generation
 
 log = logging.getLogger("ananke.servicer")
 
 Context = grpc.aio.ServicerContext[object, object]
-StreamEvent = inference_service_pb2.GenerateStreamResponse
 
 
 @dataclass
@@ -51,18 +49,6 @@ class Counters:
     cancelled: int = 0
     deadline_exceeded: int = 0
     failed: int = 0
-
-
-@dataclass
-class _Generation:
-    """What one finished generation produced (for the last event / response)."""
-
-    token_ids: list[int] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
@@ -81,6 +67,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self._placement = provenance_pb2.Placement()
         self._on_engine_dead = on_engine_dead
         self._compiler: ConstraintCompiler | None = None
+        self._generations: Generations | None = None
         self._admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
         self._accepting = True
         self._engine_failed = False
@@ -105,6 +92,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             cache_size=self._settings.compile_cache_size,
             timeout_s=self._settings.compile_timeout_s,
             workers=self._settings.compile_workers,
+            eos_ids=info.eos_token_ids,
+        )
+        self._generations = Generations(
+            self._settings,
+            self._engine,
+            self._compiler,
+            self._admission,
+            self.metrics,
+            self._placement,
         )
 
     def close(self) -> None:
@@ -210,9 +206,6 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.GetModelInfoResponse:
         """The model, engine, versions and limits."""
         info = self._engine.info
-        from .constraints import LLGUIDANCE_VERSION
-        from .provenance import SERVICE_VERSION
-
         return inference_service_pb2.GetModelInfoResponse(
             model_id=info.model_id,
             model_revision=info.model_revision,
@@ -260,176 +253,16 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     def _outcome(self, context: Context) -> AbstractAsyncContextManager[None]:
         return _Outcome(self, context)
 
-    async def _generate(
+    def _generate(
         self, request: generation_pb2.GenerationRequest, context: Context
     ) -> AsyncIterator[StreamEvent]:
-        clock = Clock(received=_now())
-        compiler = self._compiler_or_unavailable()
-        validated = validate_generation(
+        self._compiler_or_unavailable()
+        assert self._generations is not None
+        return self._generations.stream(
             request,
-            self._settings,
             header_request_id=_header(context, "x-request-id"),
-            vocab_size=self._engine.info.vocab_size,
+            deadline_s=context.time_remaining(),
         )
-        bind_request_id(validated.request_id)
-        self._admission.check_capacity()  # refuse before compiling when full
-        compile_started = time.perf_counter()
-        compiled, cache_hit = await compiler.compile(request.constraints, "request.constraints")
-        clock.compiled_seconds = time.perf_counter() - compile_started
-        self.metrics.record_compile(clock.compiled_seconds, cache_hit)
-        # Tokenizing (and chat templating) a long prompt must not stall other streams.
-        prompt = await asyncio.to_thread(self._encode, validated)
-        check_prompt_length(
-            len(prompt.token_ids),
-            validated.sampling.max_tokens,
-            self._engine.info.context_length,
-            "request.prompt" if validated.prompt is not None else "request.messages",
-        )
-        clock.waiting = _now()
-        async with self._admission.slot():
-            clock.admitted = _now()
-            yield StreamEvent(
-                started=inference_service_pb2.GenerationStarted(
-                    request_id=validated.request_id,
-                    model_id=self._engine.info.model_id,
-                    constraint_digest=compiled.digest,
-                )
-            )
-            generation = _Generation()
-            finish_reason, stop_string = "length", False
-            async with _deadline(context):
-                async for delta in self._engine.generate(
-                    f"{validated.request_id}-{time.monotonic_ns():x}",
-                    prompt,
-                    _engine_params(validated, compiled),
-                ):
-                    ids = [t for t in delta.token_ids if t not in self._engine.info.eos_token_ids]
-                    generation.token_ids.extend(delta.token_ids)
-                    self.metrics.record_tokens(len(delta.token_ids))
-                    if delta.token_ids and clock.first_token is None:
-                        clock.first_token = _now()
-                    if ids or delta.text:
-                        generation.text.append(delta.text)
-                        yield StreamEvent(
-                            chunk=inference_service_pb2.TokenChunk(text=delta.text, token_ids=ids)
-                        )
-                    if delta.finished:
-                        if delta.finish_reason in ("abort", "error"):
-                            raise ServiceError(
-                                "ENGINE_UNAVAILABLE",
-                                f"the engine ended the generation ({delta.finish_reason})",
-                                retry_after_s=1.0,
-                            )
-                        finish_reason = delta.finish_reason or "stop"
-                        stop_string = isinstance(delta.stop_reason, str)
-            yield StreamEvent(
-                finished=await self._finish(
-                    validated,
-                    compiled,
-                    cache_hit,
-                    clock,
-                    prompt,
-                    generation,
-                    finish_reason,
-                    stop_string,
-                )
-            )
-
-    async def _finish(
-        self,
-        validated: ValidatedRequest,
-        compiled: CompiledConstraints,
-        cache_hit: bool,
-        clock: Clock,
-        prompt: PromptTokens,
-        generation: _Generation,
-        engine_reason: str,
-        stop_string: bool,
-    ) -> inference_service_pb2.GenerationFinished:
-        assert self._compiler is not None
-        started = time.perf_counter()
-        checked = generation.token_ids
-        cut_inside_token = False
-        if stop_string:
-            # vLLM cuts the text at a stop sequence but not the token ids: check
-            # only the tokens that lie within the returned text.
-            checked, cut_inside_token = _tokens_within_text(
-                generation.token_ids, "".join(generation.text), self._engine.llg_tokenizer()
-            )
-        verdict, detail = await asyncio.to_thread(
-            self._compiler.check_output, compiled, checked, self._engine.info.eos_token_ids
-        )
-        if cut_inside_token and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
-            verdict = provenance_pb2.CHECK_VERDICT_INCOMPLETE
-            detail = "a stop sequence cut the output inside a token"
-        clock.check_seconds = time.perf_counter() - started
-        if (
-            compiled.intersection
-            and verdict == provenance_pb2.CHECK_VERDICT_INCOMPLETE
-            and engine_reason == "stop"
-            and not stop_string
-        ):
-            # The intersection processor forces EOS only at a dead end: prove it
-            # with fresh matchers before reporting the request unsatisfiable.
-            tokens = [t for t in generation.token_ids if t not in self._engine.info.eos_token_ids]
-            if await asyncio.to_thread(self._compiler.dead_end, compiled, tokens):
-                raise unsatisfiable_during_generation("request.constraints", len(tokens))
-        clock.finished = _now()
-        self._record_finish(validated, clock, len(generation.token_ids), engine_reason)
-        if verdict == provenance_pb2.CHECK_VERDICT_VIOLATED:
-            log.error(
-                "request %s: output violates its constraints: %s", validated.request_id, detail
-            )
-        if engine_reason == "length":
-            reason = generation_pb2.FINISH_REASON_MAX_TOKENS
-        elif stop_string:
-            reason = generation_pb2.FINISH_REASON_STOP_SEQUENCE
-        elif compiled.has_grammar and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
-            reason = generation_pb2.FINISH_REASON_CONSTRAINT_COMPLETE
-        else:
-            reason = generation_pb2.FINISH_REASON_END_OF_SEQUENCE
-        usage = generation_pb2.Usage(
-            prompt_tokens=len(prompt.token_ids), completion_tokens=len(generation.token_ids)
-        )
-        provenance = build_provenance(
-            request=validated,
-            engine=self._engine.info,
-            compiled=compiled,
-            cache_hit=cache_hit,
-            clock=clock,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            finish_reason=reason,
-            check=provenance_pb2.ConstraintCheck(verdict=verdict, detail=detail),
-            placement=self._placement,
-        )
-        return inference_service_pb2.GenerationFinished(
-            finish_reason=reason, usage=usage, provenance=provenance
-        )
-
-    def _record_finish(
-        self, validated: ValidatedRequest, clock: Clock, tokens: int, engine_reason: str
-    ) -> None:
-        """Latency metrics and one log line per finished generation (no prompt
-        text unless log_prompts)."""
-        first = clock.first_token
-        ttft = (first - clock.received).total_seconds() if first else None
-        decode = (clock.finished - first).total_seconds() if first and clock.finished else 0.0
-        self.metrics.record_latency(ttft, decode, tokens)
-        log.info(
-            "generation finished",
-            extra={
-                "completion_tokens": tokens,
-                "engine_finish_reason": engine_reason,
-                "ttft_s": ttft,
-                **prompt_fields(self._settings, validated.prompt, validated.messages),
-            },
-        )
-
-    def _encode(self, validated: ValidatedRequest) -> PromptTokens:
-        if validated.prompt is not None:
-            return self._engine.encode_prompt(validated.prompt)
-        return self._engine.encode_chat(validated.messages)
 
 
 class _Outcome:
@@ -472,47 +305,11 @@ class _Outcome:
         return False
 
 
-def _tokens_within_text(token_ids: list[int], text: str, tokenizer: Any) -> tuple[list[int], bool]:
-    """The longest prefix of `token_ids` whose bytes lie within `text`, and
-    whether the text ends inside the next token (not on a token boundary)."""
-    target = text.encode()
-    count = len(token_ids)
-    while count and len(tokenizer.decode_bytes(token_ids[:count])) > len(target):
-        count -= 1
-    prefix = token_ids[:count]
-    return prefix, tokenizer.decode_bytes(prefix) != target
-
-
-def _deadline(context: Context) -> AbstractAsyncContextManager[object]:
-    """Carries the call's deadline into generation: when it passes, the engine
-    request is aborted (the timeout cancels the loop, closing the generator)."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return nullcontext()
-    return asyncio.timeout(max(remaining, 0.0))
-
-
 def _header(context: Context, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == name:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return None
-
-
-def _engine_params(validated: ValidatedRequest, compiled: CompiledConstraints) -> EngineParams:
-    sampling = validated.sampling
-    return EngineParams(
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        seed=sampling.seed,
-        stop=sampling.stop,
-        grammar=compiled.grammar,
-        intersection=compiled.intersection,
-        allowed_token_ids=compiled.allowed_token_ids,
-        forbidden_token_ids=compiled.forbidden_token_ids,
-    )
 
 
 def _constraint_error(error: ServiceError) -> inference_service_pb2.ConstraintError:

@@ -27,7 +27,6 @@ Modules, one job each (imports one way, top to bottom):
 - compiler: ConstraintCompiler, tying them together.
 """
 
-from .check import token_bitmask
 from .compiler import ConstraintCompiler
 from .core import (
     DEFAULT_MAX_CACHE_BYTES,
@@ -67,6 +66,5 @@ __all__ = [
     "kind_of",
     "kind_of_combinator",
     "order_by_priority",
-    "token_bitmask",
     "unsatisfiable_during_generation",
 ]

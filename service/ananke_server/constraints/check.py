@@ -3,23 +3,13 @@ dead-end probe of an intersection (no token allowed by every part)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import numpy as np
-import numpy.typing as npt
 from ananke.v1 import provenance_pb2
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
-from llguidance.numpy import fill_next_token_bitmask
 
+from ..masks import TokenMasks, intersect, mask_words
 from .core import CompiledConstraints
-
-
-def token_bitmask(ids: frozenset[int] | set[int], words: int) -> npt.NDArray[np.int32]:
-    """An llguidance-style bitmask (int32 words, bit i%32 of word i//32) with `ids` set."""
-    mask = np.zeros(words * 32, dtype=np.uint8)
-    mask[[i for i in ids if i < words * 32]] = 1
-    return np.packbits(mask, bitorder="little").view(np.int32)
 
 
 def check_output(
@@ -61,28 +51,25 @@ def dead_end(
     limits: LLParserLimits,
     compiled: CompiledConstraints,
     token_ids: Sequence[int],
+    eos_ids: Sequence[int],
 ) -> bool:
     """Whether, after `token_ids`, no token (EOS included) is allowed by every
-    grammar of the intersection and the token masks. Rebuilds fresh matchers,
-    independently of the engine. False when the tokens themselves are refused."""
+    grammar of the intersection and the token masks: the engine's mask function
+    (masks.intersect) over fresh matchers, independently of the engine. False
+    when the tokens themselves are refused."""
     if not compiled.intersection:
         return False
-    words = math.ceil(tokenizer.vocab_size / 32)
-    combined = np.full(words, -1, dtype=np.int32)
-    scratch = np.zeros((1, words), dtype=np.int32)
     tokens = list(token_ids)
+    matchers = []
     for grammar in compiled.intersection:
         matcher = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
         if tokens and matcher.try_consume_tokens(tokens) < len(tokens):
             return False
         if matcher.is_error():
             return False
-        fill_next_token_bitmask(matcher, scratch, 0)
-        combined &= scratch[0]
-    eos = tokenizer.eos_token
-    if compiled.allowed_token_ids is not None:
-        allowed = compiled.allowed_token_ids | {eos}
-        combined &= token_bitmask(allowed, words)
-    if compiled.forbidden_token_ids:
-        combined &= ~token_bitmask(compiled.forbidden_token_ids, words)
-    return not combined.any()
+        matchers.append(matcher)
+    words = mask_words(tokenizer.vocab_size)
+    masks = TokenMasks.build(
+        compiled.allowed_token_ids, compiled.forbidden_token_ids, eos_ids, words
+    )
+    return intersect(matchers, masks, words) is None

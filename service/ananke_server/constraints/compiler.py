@@ -52,8 +52,11 @@ class ConstraintCompiler:
         timeout_s: float,
         workers: int,
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        eos_ids: Sequence[int] = (),
     ) -> None:
         self._tokenizer = tokenizer
+        # The engine's EOS set (EngineInfo.eos_token_ids); the tokenizer's own by default.
+        self._eos_ids = tuple(eos_ids) or (int(tokenizer.eos_token),)
         self._tokenizer_id = tokenizer_id
         self._timeout_s = timeout_s
         self._limits = LLParserLimits(verbose_errors=False)
@@ -106,7 +109,7 @@ class ConstraintCompiler:
     def dead_end(self, compiled: CompiledConstraints, token_ids: Sequence[int]) -> bool:
         """Whether, after `token_ids`, no token (EOS included) is allowed by every
         grammar of the intersection and the token masks (fresh matchers)."""
-        return dead_end(self._tokenizer, self._limits, compiled, token_ids)
+        return dead_end(self._tokenizer, self._limits, compiled, token_ids, self._eos_ids)
 
     def close(self) -> None:
         """Stops the compile threads."""

@@ -1,0 +1,122 @@
+"""What the service needs from an engine: the `Engine` protocol and the data
+that crosses it. Nothing here imports vllm (see vllm_engine.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine serves."""
+
+    model_id: str
+    model_revision: str
+    engine_name: str
+    engine_version: str
+    context_length: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    accelerator: str
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """One generation's parameters, already validated and defaulted."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # llguidance Lark text
+    allowed_token_ids: frozenset[int] | None = None
+    forbidden_token_ids: frozenset[int] = frozenset()
+    # Grammars to intersect in the logits processor (which then also applies
+    # the token masks); when set, `grammar` is None.
+    intersection: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineDelta:
+    """New tokens of one generation; the last one has `finished` set."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    stop_reason: str | int | None = None  # the stop string or token that ended it
+
+
+@dataclass
+class PromptTokens:
+    """A prompt as the model sees it."""
+
+    token_ids: list[int]
+    text: str = field(repr=False)
+
+
+class Engine(Protocol):
+    """What the service needs from an engine."""
+
+    info: EngineInfo
+
+    async def start(self) -> None:
+        """Loads the model and warms up."""
+
+    def llg_tokenizer(self) -> Any:
+        """An llguidance LLTokenizer matching the engine's masks."""
+
+    def encode_prompt(self, prompt: str) -> PromptTokens:
+        """Tokenizes a raw prompt (no template)."""
+
+    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> PromptTokens:
+        """Renders chat messages with the model's chat template and tokenizes."""
+
+    def generate(
+        self, request_id: str, prompt: PromptTokens, params: EngineParams
+    ) -> AsyncIterator[EngineDelta]:
+        """Streams the generation; closing the iterator or cancelling aborts it."""
+
+    def unfinished_requests(self) -> int:
+        """Generations the engine still holds."""
+
+    async def check_health(self) -> None:
+        """Raises EngineDeadError when the engine is not usable."""
+
+    def shutdown(self) -> None:
+        """Stops the engine process."""
+
+
+def package_version(*names: str) -> str:
+    """The installed version of the first distribution found among `names`."""
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def model_revision(model_path: str) -> str:
+    """For a local folder, a sha256 over its config, tokenizer and weight files
+    (sizes, plus contents of the small ones); for a hub id, the id."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return "hub:" + model_path
+    hasher = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        item = path / name
+        if item.is_file() and name.endswith((".json", ".safetensors", ".jinja")):
+            size = item.stat().st_size
+            hasher.update(f"{name}:{size}".encode())
+            if size < (16 << 20):
+                hasher.update(item.read_bytes())
+    return "sha256:" + hasher.hexdigest()[:16]

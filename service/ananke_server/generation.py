@@ -1,0 +1,300 @@
+"""One generation, independent of the gRPC call that asked for it: validated
+request -> compiled constraints -> engine -> stream events -> the independent
+re-check -> provenance. The servicer supplies what the call carries (the
+request-id header, the deadline); the rules that turn engine outcomes into a
+finish reason and a verdict are pure functions at the bottom."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+from ananke.v1 import generation_pb2, inference_service_pb2, provenance_pb2
+
+from .admission import Admission
+from .constraints import CompiledConstraints, ConstraintCompiler, unsatisfiable_during_generation
+from .engine_api import Engine, EngineParams, PromptTokens
+from .errors import ServiceError
+from .logging_setup import bind_request_id, prompt_fields
+from .metrics import Metrics
+from .provenance import Clock, build_provenance
+from .settings import Settings
+from .validation import ValidatedRequest, check_prompt_length, validate_generation
+
+log = logging.getLogger("ananke.generation")
+
+StreamEvent = inference_service_pb2.GenerateStreamResponse
+Verdict: TypeAlias = provenance_pb2.CheckVerdict.ValueType
+Reason: TypeAlias = generation_pb2.FinishReason.ValueType
+
+
+@dataclass
+class _Output:
+    """What the engine produced so far."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    engine_reason: str = "length"  # vLLM's finish reason: "stop" | "length"
+    stop_string: bool = False  # ended by one of the request's stop sequences
+
+
+def now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+class Generations:
+    """Runs generations on one engine with one constraint compiler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        compiler: ConstraintCompiler,
+        admission: Admission,
+        metrics: Metrics,
+        placement: provenance_pb2.Placement,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._compiler = compiler
+        self._admission = admission
+        self._metrics = metrics
+        self._placement = placement
+        self._eos = frozenset(engine.info.eos_token_ids)
+
+    async def stream(
+        self,
+        request: generation_pb2.GenerationRequest,
+        *,
+        header_request_id: str | None,
+        deadline_s: float | None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The events of one generation: started, chunks, finished. Raises
+        ServiceError (or engine errors) for the caller to map to a status."""
+        clock = Clock(received=now())
+        info = self._engine.info
+        validated = validate_generation(
+            request, self._settings, header_request_id=header_request_id, vocab_size=info.vocab_size
+        )
+        bind_request_id(validated.request_id)
+        self._admission.check_capacity()  # refuse before compiling when full
+        compile_started = time.perf_counter()
+        compiled, cache_hit = await self._compiler.compile(
+            request.constraints, "request.constraints"
+        )
+        clock.compiled_seconds = time.perf_counter() - compile_started
+        self._metrics.record_compile(clock.compiled_seconds, cache_hit)
+        # Tokenizing (and chat templating) a long prompt must not stall other streams.
+        prompt = await asyncio.to_thread(self._encode, validated)
+        check_prompt_length(
+            len(prompt.token_ids),
+            validated.sampling.max_tokens,
+            info.context_length,
+            "request.prompt" if validated.prompt is not None else "request.messages",
+        )
+        clock.waiting = now()
+        async with self._admission.slot():
+            clock.admitted = now()
+            yield StreamEvent(
+                started=inference_service_pb2.GenerationStarted(
+                    request_id=validated.request_id,
+                    model_id=info.model_id,
+                    constraint_digest=compiled.digest,
+                )
+            )
+            output = _Output()
+            async with _deadline(deadline_s):
+                async for delta in self._engine.generate(
+                    f"{validated.request_id}-{time.monotonic_ns():x}",
+                    prompt,
+                    engine_params(validated, compiled),
+                ):
+                    ids = [t for t in delta.token_ids if t not in self._eos]
+                    output.token_ids.extend(delta.token_ids)
+                    self._metrics.record_tokens(len(delta.token_ids))
+                    if delta.token_ids and clock.first_token is None:
+                        clock.first_token = now()
+                    if ids or delta.text:
+                        output.text.append(delta.text)
+                        yield StreamEvent(
+                            chunk=inference_service_pb2.TokenChunk(text=delta.text, token_ids=ids)
+                        )
+                    if delta.finished:
+                        if delta.finish_reason in ("abort", "error"):
+                            raise ServiceError(
+                                "ENGINE_UNAVAILABLE",
+                                f"the engine ended the generation ({delta.finish_reason})",
+                                retry_after_s=1.0,
+                            )
+                        output.engine_reason = delta.finish_reason or "stop"
+                        output.stop_string = isinstance(delta.stop_reason, str)
+            yield StreamEvent(
+                finished=await self._finish(validated, compiled, cache_hit, clock, prompt, output)
+            )
+
+    async def _finish(
+        self,
+        validated: ValidatedRequest,
+        compiled: CompiledConstraints,
+        cache_hit: bool,
+        clock: Clock,
+        prompt: PromptTokens,
+        output: _Output,
+    ) -> inference_service_pb2.GenerationFinished:
+        started = time.perf_counter()
+        checked = output.token_ids
+        cut_inside_token = False
+        if output.stop_string:
+            # vLLM cuts the text at a stop sequence but not the token ids: check
+            # only the tokens that lie within the returned text.
+            checked, cut_inside_token = tokens_within_text(
+                output.token_ids, "".join(output.text), self._engine.llg_tokenizer()
+            )
+        verdict, detail = await asyncio.to_thread(
+            self._compiler.check_output, compiled, checked, self._engine.info.eos_token_ids
+        )
+        verdict, detail = verdict_after_stop(verdict, detail, cut_inside_token=cut_inside_token)
+        clock.check_seconds = time.perf_counter() - started
+        if may_be_dead_end(compiled, verdict, output.engine_reason, output.stop_string):
+            # The intersection processor forces EOS only at a dead end: prove it
+            # with fresh matchers before reporting the request unsatisfiable.
+            tokens = [t for t in output.token_ids if t not in self._eos]
+            if await asyncio.to_thread(self._compiler.dead_end, compiled, tokens):
+                raise unsatisfiable_during_generation("request.constraints", len(tokens))
+        clock.finished = now()
+        self._record_finish(validated, clock, len(output.token_ids), output.engine_reason)
+        if verdict == provenance_pb2.CHECK_VERDICT_VIOLATED:
+            log.error(
+                "request %s: output violates its constraints: %s", validated.request_id, detail
+            )
+        reason = finish_reason(
+            output.engine_reason, output.stop_string, compiled.has_grammar, verdict
+        )
+        usage = generation_pb2.Usage(
+            prompt_tokens=len(prompt.token_ids), completion_tokens=len(output.token_ids)
+        )
+        provenance = build_provenance(
+            request=validated,
+            engine=self._engine.info,
+            compiled=compiled,
+            cache_hit=cache_hit,
+            clock=clock,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            finish_reason=reason,
+            check=provenance_pb2.ConstraintCheck(verdict=verdict, detail=detail),
+            placement=self._placement,
+        )
+        return inference_service_pb2.GenerationFinished(
+            finish_reason=reason, usage=usage, provenance=provenance
+        )
+
+    def _record_finish(
+        self, validated: ValidatedRequest, clock: Clock, tokens: int, engine_reason: str
+    ) -> None:
+        """Latency metrics and one log line per finished generation (no prompt
+        text unless log_prompts)."""
+        first = clock.first_token
+        ttft = (first - clock.received).total_seconds() if first else None
+        decode = (clock.finished - first).total_seconds() if first and clock.finished else 0.0
+        self._metrics.record_latency(ttft, decode, tokens)
+        log.info(
+            "generation finished",
+            extra={
+                "completion_tokens": tokens,
+                "engine_finish_reason": engine_reason,
+                "ttft_s": ttft,
+                **prompt_fields(self._settings, validated.prompt, validated.messages),
+            },
+        )
+
+    def _encode(self, validated: ValidatedRequest) -> PromptTokens:
+        if validated.prompt is not None:
+            return self._engine.encode_prompt(validated.prompt)
+        return self._engine.encode_chat(validated.messages)
+
+
+def engine_params(validated: ValidatedRequest, compiled: CompiledConstraints) -> EngineParams:
+    """What the engine needs of a validated request and its compiled constraints."""
+    sampling = validated.sampling
+    return EngineParams(
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        seed=sampling.seed,
+        stop=sampling.stop,
+        grammar=compiled.grammar,
+        intersection=compiled.intersection,
+        allowed_token_ids=compiled.allowed_token_ids,
+        forbidden_token_ids=compiled.forbidden_token_ids,
+    )
+
+
+def finish_reason(
+    engine_reason: str, stop_string: bool, has_grammar: bool, verdict: Verdict
+) -> Reason:
+    """Why a generation ended, as the contract names it: the token budget, a stop
+    sequence, a grammar reaching its end, or the model's own end of sequence."""
+    if engine_reason == "length":
+        return generation_pb2.FINISH_REASON_MAX_TOKENS
+    if stop_string:
+        return generation_pb2.FINISH_REASON_STOP_SEQUENCE
+    if has_grammar and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
+        return generation_pb2.FINISH_REASON_CONSTRAINT_COMPLETE
+    return generation_pb2.FINISH_REASON_END_OF_SEQUENCE
+
+
+def verdict_after_stop(
+    verdict: Verdict, detail: str, *, cut_inside_token: bool
+) -> tuple[Verdict, str]:
+    """A stop sequence that cut the text inside a token leaves an output whose
+    last token is only partly returned: not a complete match."""
+    if cut_inside_token and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
+        return (
+            provenance_pb2.CHECK_VERDICT_INCOMPLETE,
+            "a stop sequence cut the output inside a token",
+        )
+    return verdict, detail
+
+
+def may_be_dead_end(
+    compiled: CompiledConstraints, verdict: Verdict, engine_reason: str, stop_string: bool
+) -> bool:
+    """Whether an intersection's incomplete output ended by EOS, which the
+    processor forces only at a dead end (to be proved before it is reported)."""
+    return (
+        bool(compiled.intersection)
+        and verdict == provenance_pb2.CHECK_VERDICT_INCOMPLETE
+        and engine_reason == "stop"
+        and not stop_string
+    )
+
+
+def tokens_within_text(token_ids: list[int], text: str, tokenizer: Any) -> tuple[list[int], bool]:
+    """The longest prefix of `token_ids` whose bytes lie within `text`, and
+    whether the text ends inside the next token (not on a token boundary)."""
+    target = text.encode()
+    count = len(token_ids)
+    while count and len(tokenizer.decode_bytes(token_ids[:count])) > len(target):
+        count -= 1
+    prefix = token_ids[:count]
+    return prefix, tokenizer.decode_bytes(prefix) != target
+
+
+def _deadline(deadline_s: float | None) -> AbstractAsyncContextManager[object]:
+    """Carries the call's deadline into generation: when it passes, the engine
+    request is aborted (the timeout cancels the loop, closing the generator)."""
+    if deadline_s is None:
+        return nullcontext()
+    return asyncio.timeout(max(deadline_s, 0.0))
+
+
+__all__ = ["Generations", "engine_params", "finish_reason", "now", "tokens_within_text"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -9,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ananke_server.server import build_server
+from ananke_server.settings import Settings
+from pki import Pki
 
 pytestmark = pytest.mark.engine
 
@@ -27,7 +32,7 @@ def _env(address: str) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], env: dict[str, str]) -> None:
+def _run(args: list[str], env: dict[str, str]) -> str:
     """Runs `args` in clients/rust and fails with its output unless it exits 0."""
     proc = subprocess.run(
         args,
@@ -42,6 +47,7 @@ def _run(args: list[str], env: dict[str, str]) -> None:
     if proc.returncode != 0:
         print(proc.stdout)
         pytest.fail(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-20000:]}")
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +67,73 @@ def test_cargo_test_against_live_server(cargo_env: dict[str, str]) -> None:
 def test_c_abi_under_valgrind(cargo_env: dict[str, str]) -> None:
     """The C program calls the live server through the C ABI and leaks nothing."""
     _run(["./run_c_test.sh"], {**cargo_env, "RUN_VALGRIND": "1"})
+
+
+async def _health_runs(pki: Pki, binary: str, runs: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Runs the `health` example once per entry of `runs` (extra environment)
+    against an in-process server with mTLS and an API key (no engine: health
+    answers, other calls get past authentication and then fail)."""
+    settings = dataclasses.replace(
+        Settings(),
+        host="127.0.0.1",
+        port=0,
+        tls_cert_file=str(pki.server_cert),
+        tls_key_file=str(pki.server_key),
+        tls_client_ca_file=str(pki.ca),
+        api_keys=("rust-key-1",),
+    )
+    running = build_server(settings, engine=None)  # type: ignore[arg-type]  # health only
+    await running.set_serving(True)
+    await running.server.start()
+    outcomes: dict[str, Any] = {}
+    try:
+        for name, extra in runs.items():
+            env = {**os.environ, "ANANKE_ROOT_CERTIFICATES": str(pki.ca), **extra}
+            outcomes[name] = await asyncio.to_thread(
+                subprocess.run,
+                [binary, f"https://127.0.0.1:{running.port}"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+    finally:
+        await running.server.stop(0)
+    return outcomes
+
+
+def test_rust_client_mtls_and_api_key(test_pki: Pki) -> None:
+    """The Rust client trusts a custom CA, presents a client certificate, and its
+    channel interceptor sends the API key on every call."""
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo is not on PATH")
+    env = _env("127.0.0.1:1")
+    _run(["cargo", "build", "--features", "tls", "--example", "health"], env)
+    binary = str(Path(env["CARGO_TARGET_DIR"]) / "debug" / "examples" / "health")
+    identity = {
+        "ANANKE_CLIENT_CERTIFICATE": str(test_pki.client_cert),
+        "ANANKE_CLIENT_KEY": str(test_pki.client_key),
+    }
+    outcomes = asyncio.run(
+        _health_runs(
+            test_pki,
+            binary,
+            {
+                "mtls+key": {**identity, "ANANKE_API_KEY": "rust-key-1"},
+                "mtls": identity,
+                "no client certificate": {},
+            },
+        )
+    )
+    authed = outcomes["mtls+key"]
+    assert authed.returncode == 0, authed.stdout + authed.stderr
+    assert "health: SERVING" in authed.stdout
+    assert "API_KEY" not in authed.stdout  # GetModelInfo got past authentication
+    keyless = outcomes["mtls"]
+    assert "health: SERVING" in keyless.stdout  # health is exempt
+    assert "API_KEY_MISSING" in keyless.stdout
+    refused = outcomes["no client certificate"]  # the server ends the handshake
+    assert refused.returncode == 1, refused.stdout
+    assert "SERVING" not in refused.stdout
+    assert refused.stderr.startswith("error:"), refused.stderr

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from ananke import NO_RETRY, AnankeClient, AnankeError, AsyncAnankeClient
 from ananke import constraints as c
+from ananke.v1 import errors_pb2
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,7 @@ def test_error_details_are_parsed(
     assert error.code_name == code.name
     assert error.message == "it failed"
     assert error.reason == reason
+    assert error.error_reason == errors_pb2.ErrorReason.Value(reason)
     assert error.domain == "ananke.dev"
     assert [(v.field, v.description) for v in error.field_violations] == list(violations)
     assert error.retry_delay is None
@@ -86,7 +88,10 @@ def test_connection_failure_is_unavailable_without_reason(dead_address: str) -> 
         client.model_info()
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
     assert info.value.reason == ""
+    assert info.value.error_reason is None
     assert info.value.field_violations == ()
+    unknown = AnankeError(grpc.StatusCode.INTERNAL, "x", reason="FROM_A_NEWER_SERVER")
+    assert unknown.error_reason is None
 
 
 def test_error_pickles() -> None:

@@ -52,10 +52,56 @@
 typedef struct AnankeClient AnankeClient;
 
 /**
- * The outcome of one generation, as Maze's GenerationResult. Allocated by
- * the library; free it with `ananke_generation_result_free` and nothing
- * else. Strings are NUL-terminated UTF-8 (a NUL byte inside the output
- * becomes U+FFFD).
+ * How `ananke_client_new_with_options` connects and calls. Zero/NULL
+ * fields take the defaults. Strings are NUL-terminated UTF-8 owned by the
+ * caller and read only during the call.
+ */
+typedef struct AnankeClientOptions {
+  /**
+   * Nullable. API key, sent as `authorization: Bearer <key>` on every call.
+   */
+  const char *api_key;
+  /**
+   * Default deadline of each call in milliseconds (retries included); 0
+   * for none.
+   */
+  uint64_t timeout_ms;
+  /**
+   * Nullable. PEM of the CA(s) that signed the server's certificate, in
+   * place of the web PKI roots (`https://` addresses, library built with
+   * the `tls` feature).
+   */
+  const char *root_certificates_pem;
+  /**
+   * Nullable. PEM of the client certificate for mutual TLS; needs
+   * `client_key_pem` too.
+   */
+  const char *client_certificate_pem;
+  /**
+   * Nullable. PEM of the client certificate's private key.
+   */
+  const char *client_key_pem;
+  /**
+   * Nullable. The name the server's certificate must carry, when it
+   * differs from the address's host.
+   */
+  const char *server_name;
+  /**
+   * Attempts per call under the retry policy of the Rust and Python
+   * clients (UNAVAILABLE before generation, with backoff); 0 for the
+   * default (4), 1 never retries.
+   */
+  uint32_t max_attempts;
+} AnankeClientOptions;
+
+/**
+ * The outcome of one generation, as Maze's GenerationResult: Maze's five
+ * fields first, in Maze's order (`code`, `success`, `error`,
+ * `tokens_generated`, `generation_time_ms`), so a caller bound to Maze's
+ * layout reads the right offsets; the extras follow. Allocated by the
+ * library; free it with `ananke_generation_result_free` and nothing else.
+ * Strings are NUL-terminated UTF-8 (a NUL byte inside the output becomes
+ * U+FFFD).
  */
 typedef struct AnankeGenerationResult {
   /**
@@ -71,6 +117,14 @@ typedef struct AnankeGenerationResult {
    */
   char *error;
   /**
+   * Tokens generated.
+   */
+  size_t tokens_generated;
+  /**
+   * Wall-clock duration of the call as the client measured it.
+   */
+  uint64_t generation_time_ms;
+  /**
    * The server's ErrorInfo reason, an ErrorReason value name such as
    * "JSON_SCHEMA_INVALID"; NULL on success and for failures with no
    * reason (arguments refused before sending, transport failures).
@@ -81,14 +135,6 @@ typedef struct AnankeGenerationResult {
    * 14 UNAVAILABLE, ...
    */
   int32_t status_code;
-  /**
-   * Tokens generated.
-   */
-  size_t tokens_generated;
-  /**
-   * Wall-clock duration of the call as the client measured it.
-   */
-  uint64_t generation_time_ms;
   /**
    * The generation's provenance as proto3 JSON (see provenance.proto);
    * NULL on failure.
@@ -225,7 +271,8 @@ extern "C" {
  * an unreachable server shows up as UNAVAILABLE results, not here.
  *
  * `api_key` (nullable) is sent as `authorization: Bearer <key>`;
- * `timeout_ms` is the default deadline of each call, 0 for none.
+ * `timeout_ms` is the default deadline of each call, 0 for none. The same
+ * as `ananke_client_new_with_options` with only those two options set.
  *
  * Returns NULL when `addr` is NULL, not UTF-8 or not a valid URI, when
  * `api_key` is not a valid header value, or when the I/O threads cannot
@@ -236,6 +283,25 @@ extern "C" {
  * `addr` and `api_key` are NULL or NUL-terminated strings.
  */
 struct AnankeClient *ananke_client_new(const char *addr, const char *api_key, uint64_t timeout_ms);
+
+/**
+ * Creates a client of the server at `addr` with `options` (nullable: all
+ * defaults). TLS options need an `https://` address and a library built with
+ * the `tls` feature. The connection opens on the first call.
+ *
+ * Returns NULL when `addr` is NULL, not UTF-8 or not a valid URI, when an
+ * option is invalid (not UTF-8, an API key that is not a valid header
+ * value, a client certificate without its key, TLS options with an
+ * `http://` address or without the `tls` feature), or when the I/O threads
+ * cannot start. Free the client with `ananke_client_free`.
+ *
+ * # Safety
+ *
+ * `addr` is NULL or a NUL-terminated string; `options` is NULL or points to
+ * an `AnankeClientOptions` whose strings are NULL or NUL-terminated.
+ */
+struct AnankeClient *ananke_client_new_with_options(const char *addr,
+                                                    const struct AnankeClientOptions *options);
 
 /**
  * Frees a client from `ananke_client_new`, closing its connection and

@@ -31,14 +31,16 @@ pub fn json_schema(schema: impl Into<String>) -> ConstraintIr {
     json_schema_with_options(schema, JsonSchemaOptions::default())
 }
 
-/// Like [`json_schema`], with rendering and strictness options.
+/// Like [`json_schema`], with rendering and strictness options. Options with
+/// nothing set are left out, as the Python builder does, so the same
+/// constraint serializes (and is digested) the same from either client.
 pub fn json_schema_with_options(
     schema: impl Into<String>,
     options: JsonSchemaOptions,
 ) -> ConstraintIr {
     of_kind(Kind::JsonSchema(JsonSchemaConstraint {
         schema: schema.into(),
-        options: Some(options),
+        options: Some(options).filter(|o| *o != JsonSchemaOptions::default()),
     }))
 }
 
@@ -50,22 +52,36 @@ pub fn regex(pattern: impl Into<String>) -> ConstraintIr {
     }))
 }
 
-/// The output is a sentence of a grammar written in `syntax`.
-pub fn grammar(syntax: GrammarSyntax, text: impl Into<String>) -> ConstraintIr {
+/// Guesses a grammar's syntax: GBNF when it has `::=` rules, else Lark (as
+/// Python's `detect_grammar_syntax`).
+pub fn detect_grammar_syntax(text: &str) -> GrammarSyntax {
+    if text.contains("::=") {
+        GrammarSyntax::Gbnf
+    } else {
+        GrammarSyntax::Lark
+    }
+}
+
+/// The output is a sentence of the grammar `text` written in `syntax`;
+/// `None` detects it with [`detect_grammar_syntax`] (Python's
+/// `grammar(text, syntax=None)`).
+pub fn grammar(text: impl Into<String>, syntax: Option<GrammarSyntax>) -> ConstraintIr {
+    let text = text.into();
+    let syntax = syntax.unwrap_or_else(|| detect_grammar_syntax(&text));
     of_kind(Kind::Grammar(GrammarConstraint {
         syntax: syntax.into(),
-        text: text.into(),
+        text,
     }))
 }
 
 /// A Lark grammar (`start: ...`), as llguidance reads it.
 pub fn lark(text: impl Into<String>) -> ConstraintIr {
-    grammar(GrammarSyntax::Lark, text)
+    grammar(text, Some(GrammarSyntax::Lark))
 }
 
 /// A GBNF grammar (`root ::= ...`).
 pub fn gbnf(text: impl Into<String>) -> ConstraintIr {
-    grammar(GrammarSyntax::Gbnf, text)
+    grammar(text, Some(GrammarSyntax::Gbnf))
 }
 
 /// The output is exactly one of `options`.
@@ -142,7 +158,7 @@ mod tests {
         match json_schema("{}").kind {
             Some(Kind::JsonSchema(c)) => {
                 assert_eq!(c.schema, "{}");
-                assert_eq!(c.options, Some(JsonSchemaOptions::default()));
+                assert_eq!(c.options, None);
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -168,6 +184,25 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn options_only_when_set_and_syntax_detected() {
+        let compact = JsonSchemaOptions {
+            whitespace_flexible: Some(false),
+            ..JsonSchemaOptions::default()
+        };
+        match json_schema_with_options("{}", compact.clone()).kind {
+            Some(Kind::JsonSchema(c)) => assert_eq!(c.options, Some(compact)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            json_schema_with_options("{}", JsonSchemaOptions::default()),
+            json_schema("{}")
+        );
+        assert_eq!(grammar("root ::= \"a\"", None), gbnf("root ::= \"a\""));
+        assert_eq!(grammar("start: \"a\"", None), lark("start: \"a\""));
+        assert_eq!(detect_grammar_syntax("a ::= b"), GrammarSyntax::Gbnf);
     }
 
     #[test]

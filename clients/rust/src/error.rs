@@ -61,6 +61,11 @@ impl Error {
         error
     }
 
+    /// The call's deadline passed before another attempt could start.
+    pub(crate) fn deadline_exceeded() -> Self {
+        Self::new(Code::DeadlineExceeded, "deadline exceeded (client)")
+    }
+
     /// A server reply that breaks the contract.
     pub(crate) fn protocol(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)

@@ -20,10 +20,8 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use crate::pb::{
-    ConstraintIr, GenerateResponse, GenerationContext, GenerationRequest, GrammarSyntax,
-};
-use crate::{Client, ClientOptions, Error, constraint};
+use crate::pb::{ConstraintIr, GenerationContext, GenerationRequest, GrammarSyntax};
+use crate::{Client, ClientOptions, Error, GenerationResult, RetryPolicy, constraint};
 
 /// `AnankeConstraintIR.grammar_syntax`: GBNF when the grammar text contains
 /// `::=`, else Lark.
@@ -106,10 +104,13 @@ pub struct AnankeGenerateOptions {
     pub timeout_ms: u64,
 }
 
-/// The outcome of one generation, as Maze's GenerationResult. Allocated by
-/// the library; free it with `ananke_generation_result_free` and nothing
-/// else. Strings are NUL-terminated UTF-8 (a NUL byte inside the output
-/// becomes U+FFFD).
+/// The outcome of one generation, as Maze's GenerationResult: Maze's five
+/// fields first, in Maze's order (`code`, `success`, `error`,
+/// `tokens_generated`, `generation_time_ms`), so a caller bound to Maze's
+/// layout reads the right offsets; the extras follow. Allocated by the
+/// library; free it with `ananke_generation_result_free` and nothing else.
+/// Strings are NUL-terminated UTF-8 (a NUL byte inside the output becomes
+/// U+FFFD).
 #[repr(C)]
 pub struct AnankeGenerationResult {
     /// The generated text; never NULL (empty when `success` is false).
@@ -118,6 +119,10 @@ pub struct AnankeGenerationResult {
     pub success: bool,
     /// The error message; NULL on success.
     pub error: *mut c_char,
+    /// Tokens generated.
+    pub tokens_generated: usize,
+    /// Wall-clock duration of the call as the client measured it.
+    pub generation_time_ms: u64,
     /// The server's ErrorInfo reason, an ErrorReason value name such as
     /// "JSON_SCHEMA_INVALID"; NULL on success and for failures with no
     /// reason (arguments refused before sending, transport failures).
@@ -125,10 +130,6 @@ pub struct AnankeGenerationResult {
     /// The gRPC status code: 0 OK, 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED,
     /// 14 UNAVAILABLE, ...
     pub status_code: i32,
-    /// Tokens generated.
-    pub tokens_generated: usize,
-    /// Wall-clock duration of the call as the client measured it.
-    pub generation_time_ms: u64,
     /// The generation's provenance as proto3 JSON (see provenance.proto);
     /// NULL on failure.
     pub provenance_json: *mut c_char,
@@ -142,12 +143,41 @@ pub struct AnankeClient {
     runtime: tokio::runtime::Runtime,
 }
 
+/// How `ananke_client_new_with_options` connects and calls. Zero/NULL
+/// fields take the defaults. Strings are NUL-terminated UTF-8 owned by the
+/// caller and read only during the call.
+#[repr(C)]
+pub struct AnankeClientOptions {
+    /// Nullable. API key, sent as `authorization: Bearer <key>` on every call.
+    pub api_key: *const c_char,
+    /// Default deadline of each call in milliseconds (retries included); 0
+    /// for none.
+    pub timeout_ms: u64,
+    /// Nullable. PEM of the CA(s) that signed the server's certificate, in
+    /// place of the web PKI roots (`https://` addresses, library built with
+    /// the `tls` feature).
+    pub root_certificates_pem: *const c_char,
+    /// Nullable. PEM of the client certificate for mutual TLS; needs
+    /// `client_key_pem` too.
+    pub client_certificate_pem: *const c_char,
+    /// Nullable. PEM of the client certificate's private key.
+    pub client_key_pem: *const c_char,
+    /// Nullable. The name the server's certificate must carry, when it
+    /// differs from the address's host.
+    pub server_name: *const c_char,
+    /// Attempts per call under the retry policy of the Rust and Python
+    /// clients (UNAVAILABLE before generation, with backoff); 0 for the
+    /// default (4), 1 never retries.
+    pub max_attempts: u32,
+}
+
 /// Creates a client of the server at `addr` (for example
 /// "http://127.0.0.1:50051"). The connection opens on the first call, so
 /// an unreachable server shows up as UNAVAILABLE results, not here.
 ///
 /// `api_key` (nullable) is sent as `authorization: Bearer <key>`;
-/// `timeout_ms` is the default deadline of each call, 0 for none.
+/// `timeout_ms` is the default deadline of each call, 0 for none. The same
+/// as `ananke_client_new_with_options` with only those two options set.
 ///
 /// Returns NULL when `addr` is NULL, not UTF-8 or not a valid URI, when
 /// `api_key` is not a valid header value, or when the I/O threads cannot
@@ -162,23 +192,51 @@ pub unsafe extern "C" fn ananke_client_new(
     api_key: *const c_char,
     timeout_ms: u64,
 ) -> *mut AnankeClient {
+    let options = AnankeClientOptions {
+        api_key,
+        timeout_ms,
+        root_certificates_pem: ptr::null(),
+        client_certificate_pem: ptr::null(),
+        client_key_pem: ptr::null(),
+        server_name: ptr::null(),
+        max_attempts: 0,
+    };
+    // SAFETY: the caller passes NULL or NUL-terminated strings.
+    unsafe { ananke_client_new_with_options(addr, &options) }
+}
+
+/// Creates a client of the server at `addr` with `options` (nullable: all
+/// defaults). TLS options need an `https://` address and a library built with
+/// the `tls` feature. The connection opens on the first call.
+///
+/// Returns NULL when `addr` is NULL, not UTF-8 or not a valid URI, when an
+/// option is invalid (not UTF-8, an API key that is not a valid header
+/// value, a client certificate without its key, TLS options with an
+/// `http://` address or without the `tls` feature), or when the I/O threads
+/// cannot start. Free the client with `ananke_client_free`.
+///
+/// # Safety
+///
+/// `addr` is NULL or a NUL-terminated string; `options` is NULL or points to
+/// an `AnankeClientOptions` whose strings are NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ananke_client_new_with_options(
+    addr: *const c_char,
+    options: *const AnankeClientOptions,
+) -> *mut AnankeClient {
     let made = catch_unwind(AssertUnwindSafe(|| -> Option<AnankeClient> {
         // SAFETY: the caller passes NULL or NUL-terminated strings.
         let addr = unsafe { c_str(addr, "addr") }.ok()??;
-        let api_key = unsafe { c_str(api_key, "api_key") }.ok()?;
+        let options = match unsafe { options.as_ref() } {
+            Some(options) => unsafe { client_options(options) }.ok()?,
+            None => ClientOptions::new(),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ananke-client")
             .enable_all()
             .build()
             .ok()?;
-        let mut options = ClientOptions::new();
-        if timeout_ms > 0 {
-            options = options.timeout(Duration::from_millis(timeout_ms));
-        }
-        if let Some(key) = api_key {
-            options = options.api_key(key);
-        }
         let client = {
             let _entered = runtime.enter();
             Client::connect_lazy(addr, options).ok()?
@@ -189,6 +247,42 @@ pub unsafe extern "C" fn ananke_client_new(
         Ok(Some(client)) => Box::into_raw(Box::new(client)),
         _ => ptr::null_mut(),
     }
+}
+
+/// The Rust options for the C ones.
+unsafe fn client_options(c: &AnankeClientOptions) -> Result<ClientOptions, Error> {
+    // SAFETY (whole function): the options' strings are NULL or NUL-terminated.
+    let mut options = ClientOptions::new();
+    if c.timeout_ms > 0 {
+        options = options.timeout(Duration::from_millis(c.timeout_ms));
+    }
+    if let Some(key) = unsafe { c_str(c.api_key, "api_key") }? {
+        options = options.api_key(key);
+    }
+    if let Some(pem) = unsafe { c_str(c.root_certificates_pem, "root_certificates_pem") }? {
+        options = options.root_certificates(pem);
+    }
+    let certificate = unsafe { c_str(c.client_certificate_pem, "client_certificate_pem") }?;
+    let key = unsafe { c_str(c.client_key_pem, "client_key_pem") }?;
+    match (certificate, key) {
+        (Some(certificate), Some(key)) => options = options.client_certificate(certificate, key),
+        (None, None) => {}
+        _ => {
+            return Err(Error::invalid_argument(
+                "client_certificate_pem and client_key_pem go together",
+            ));
+        }
+    }
+    if let Some(name) = unsafe { c_str(c.server_name, "server_name") }? {
+        options = options.server_name(name);
+    }
+    if c.max_attempts > 0 {
+        options = options.retry(RetryPolicy {
+            max_attempts: c.max_attempts,
+            ..RetryPolicy::default()
+        });
+    }
+    Ok(options)
 }
 
 /// Frees a client from `ananke_client_new`, closing its connection and
@@ -275,7 +369,7 @@ unsafe fn generate(
     constraints: *const AnankeConstraintIR,
     constraints_len: usize,
     options: *const AnankeGenerateOptions,
-) -> Result<GenerateResponse, Error> {
+) -> Result<GenerationResult, Error> {
     // SAFETY (whole function): the caller's pointers are valid as documented
     // on ananke_client_generate.
     let client =
@@ -348,9 +442,9 @@ unsafe fn constraint_ir(c: &AnankeConstraintIR, index: usize) -> Result<Constrai
     }
     if let Some(text) = unsafe { c_str(c.grammar, &field("grammar")) }? {
         let syntax = match c.grammar_syntax {
-            ANANKE_GRAMMAR_SYNTAX_AUTO if text.contains("::=") => GrammarSyntax::Gbnf,
-            ANANKE_GRAMMAR_SYNTAX_AUTO | ANANKE_GRAMMAR_SYNTAX_LARK => GrammarSyntax::Lark,
-            ANANKE_GRAMMAR_SYNTAX_GBNF => GrammarSyntax::Gbnf,
+            ANANKE_GRAMMAR_SYNTAX_AUTO => None,
+            ANANKE_GRAMMAR_SYNTAX_LARK => Some(GrammarSyntax::Lark),
+            ANANKE_GRAMMAR_SYNTAX_GBNF => Some(GrammarSyntax::Gbnf),
             other => {
                 return Err(Error::invalid_argument(format!(
                     "{}: unknown grammar syntax {other}",
@@ -358,7 +452,7 @@ unsafe fn constraint_ir(c: &AnankeConstraintIR, index: usize) -> Result<Constrai
                 )));
             }
         };
-        parts.push(constraint::grammar(syntax, text));
+        parts.push(constraint::grammar(text, syntax));
     }
     let patterns = unsafe {
         slice(
@@ -449,28 +543,26 @@ fn into_c_string(text: &str) -> *mut c_char {
 }
 
 fn into_result(
-    outcome: Result<GenerateResponse, Error>,
+    outcome: Result<GenerationResult, Error>,
     elapsed: Duration,
 ) -> AnankeGenerationResult {
     let generation_time_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     match outcome {
-        Ok(response) => {
-            let tokens_generated = response
-                .usage
-                .map_or(response.token_ids.len(), |u| u.completion_tokens as usize);
-            let provenance_json = response
-                .provenance
-                .as_ref()
-                .and_then(|p| serde_json::to_string(p).ok())
+        Ok(result) => {
+            let tokens_generated = match result.usage.completion_tokens {
+                0 => result.token_ids.len(),
+                n => n as usize,
+            };
+            let provenance_json = serde_json::to_string(&result.provenance)
                 .map_or(ptr::null_mut(), |json| into_c_string(&json));
             AnankeGenerationResult {
-                code: into_c_string(&response.text),
+                code: into_c_string(&result.text),
                 success: true,
                 error: ptr::null_mut(),
-                error_reason: ptr::null_mut(),
-                status_code: Code::Ok as i32,
                 tokens_generated,
                 generation_time_ms,
+                error_reason: ptr::null_mut(),
+                status_code: Code::Ok as i32,
                 provenance_json,
             }
         }
@@ -478,10 +570,10 @@ fn into_result(
             code: into_c_string(""),
             success: false,
             error: into_c_string(&error.to_string()),
-            error_reason: error.reason().map_or(ptr::null_mut(), into_c_string),
-            status_code: error.code() as i32,
             tokens_generated: 0,
             generation_time_ms,
+            error_reason: error.reason().map_or(ptr::null_mut(), into_c_string),
+            status_code: error.code() as i32,
             provenance_json: ptr::null_mut(),
         },
     }
@@ -680,6 +772,39 @@ mod tests {
             ananke_client_free(client);
             ananke_client_free(ptr::null_mut());
             ananke_generation_result_free(ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn client_options_from_c() {
+        let options = AnankeClientOptions {
+            api_key: ptr::null(),
+            timeout_ms: 0,
+            root_certificates_pem: ptr::null(),
+            client_certificate_pem: c"cert".as_ptr(),
+            client_key_pem: ptr::null(),
+            server_name: ptr::null(),
+            max_attempts: 0,
+        };
+        let err = unsafe { client_options(&options) }.unwrap_err();
+        assert!(err.message().contains("go together"), "{err}");
+        unsafe {
+            // TLS options with a plaintext address are refused.
+            assert!(
+                ananke_client_new_with_options(c"http://127.0.0.1:1".as_ptr(), &options).is_null()
+            );
+            let client =
+                ananke_client_new_with_options(c"http://127.0.0.1:1".as_ptr(), ptr::null());
+            assert!(!client.is_null());
+            ananke_client_free(client);
+            let options = AnankeClientOptions {
+                client_certificate_pem: ptr::null(),
+                root_certificates_pem: c"ca".as_ptr(),
+                ..options
+            };
+            let https = ananke_client_new_with_options(c"https://127.0.0.1:1".as_ptr(), &options);
+            assert_eq!(https.is_null(), cfg!(not(feature = "tls")));
+            ananke_client_free(https);
         }
     }
 

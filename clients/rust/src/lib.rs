@@ -36,6 +36,8 @@ mod client;
 pub mod constraint;
 mod error;
 mod request;
+mod result;
+mod retry;
 mod stream;
 
 #[cfg(feature = "ffi")]
@@ -50,8 +52,10 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/ananke.v1.serde.rs"));
 }
 
-pub use client::{Client, ClientOptions};
+pub use client::{AuthenticatedChannel, CallInterceptor, Client, ClientOptions};
 pub use error::{Error, FieldViolation, Result};
+pub use result::GenerationResult;
+pub use retry::{CallKind, RetryPolicy};
 pub use stream::{GenerationEvent, GenerationStream};
 pub use tonic::Code;
 pub use tonic_health::pb::health_check_response::ServingStatus;

@@ -9,6 +9,7 @@ use futures_core::Stream;
 use crate::error::{Error, Result};
 use crate::pb::generate_stream_response::Event;
 use crate::pb::{GenerateStreamResponse, GenerationFinished, GenerationStarted, TokenChunk};
+use crate::result::GenerationResult;
 
 /// One event of a streaming generation: `Started`, then `Chunk`s, then
 /// `Finished`.
@@ -48,6 +49,27 @@ impl GenerationStream {
             Ok(None) => Ok(None),
             Err(status) => Err(Error::from_call_status(status, self.deadline)),
         }
+    }
+
+    /// Reads the stream to its end and returns the whole generation (Python's
+    /// `GenerationStream.collect()`).
+    pub async fn collect(mut self) -> Result<GenerationResult> {
+        let mut started = None;
+        let mut chunks = Vec::new();
+        while let Some(event) = self.message().await? {
+            match event {
+                GenerationEvent::Started(event) => started = Some(event),
+                GenerationEvent::Chunk(chunk) => chunks.push(chunk),
+                GenerationEvent::Finished(finished) => {
+                    return Ok(GenerationResult::from_stream(
+                        started.as_ref(),
+                        &chunks,
+                        *finished,
+                    ));
+                }
+            }
+        }
+        Err(Error::protocol("stream ended without a Finished event"))
     }
 
     /// Reads the stream to its end and returns the whole text and the

@@ -106,7 +106,8 @@ async fn json_schema_output_is_a_valid_object() {
         .with_context("person.json", "json");
     let response = client.generate(request).await.expect("Generate");
 
-    let value: serde_json::Value = serde_json::from_str(&response.text)
+    let value: serde_json::Value = response
+        .json()
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", response.text));
     let object = value.as_object().expect("a JSON object");
     let name = object["name"].as_str().expect("name is a string");
@@ -119,8 +120,9 @@ async fn json_schema_output_is_a_valid_object() {
     );
 
     assert_eq!(response.request_id, "rust-json-1");
-    assert_ne!(response.finish_reason(), FinishReason::MaxTokens);
-    let provenance = response.provenance.expect("provenance");
+    assert_ne!(response.finish_reason, FinishReason::MaxTokens);
+    assert_eq!(response.check_verdict(), "SATISFIED");
+    let provenance = response.provenance;
     assert_eq!(
         provenance.check.as_ref().expect("check").verdict(),
         CheckVerdict::Satisfied
@@ -155,7 +157,7 @@ async fn regex_output_matches_in_full() {
     );
     assert!(!response.token_ids.is_empty());
     // The usage may also count an end-of-sequence token that token_ids omit.
-    let completion_tokens = response.usage.expect("usage").completion_tokens as usize;
+    let completion_tokens = response.usage.completion_tokens as usize;
     assert!(
         (response.token_ids.len()..=response.token_ids.len() + 1).contains(&completion_tokens),
         "usage says {completion_tokens} tokens, token_ids has {}",
@@ -185,12 +187,14 @@ async fn stream_events_come_in_order() {
         }
         other => panic!("expected Started, got {other:?}"),
     }
-    let (text, finished) = stream.collect_text().await.expect("rest of the stream");
+    let result = stream.collect().await.expect("rest of the stream");
     assert!(
-        options.contains(&text.as_str()),
-        "{text:?} is not an option"
+        options.contains(&result.text.as_str()),
+        "{:?} is not an option",
+        result.text
     );
-    assert!(finished.usage.expect("usage").completion_tokens > 0);
+    assert!(result.usage.completion_tokens > 0);
+    assert_eq!(result.provenance.request_id, "rust-stream-1");
 }
 
 #[tokio::test]

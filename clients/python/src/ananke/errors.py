@@ -10,6 +10,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from ananke.v1 import errors_pb2
+
 __all__ = ["AnankeError", "FieldViolation", "from_rpc_error"]
 
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -57,6 +59,18 @@ class AnankeError(Exception):
         self.retry_delay = retry_delay
         self.trailing_metadata: tuple[tuple[str, str | bytes], ...] = tuple(trailing_metadata)
         self.status = status
+
+    @property
+    def error_reason(self) -> errors_pb2.ErrorReason.ValueType | None:
+        """`reason` as the generated `ErrorReason` enum value; None when there is
+        no reason or this client version does not know it (Rust's
+        `Error::error_reason`)."""
+        if not self.reason:
+            return None
+        try:
+            return errors_pb2.ErrorReason.Value(self.reason)
+        except ValueError:
+            return None
 
     @property
     def code_name(self) -> str:

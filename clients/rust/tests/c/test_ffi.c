@@ -3,11 +3,36 @@
  * address is in ANANKE_ADDR. Built and run by clients/rust/run_c_test.sh,
  * optionally under valgrind, so every allocation must be freed.
  */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ananke.h"
+
+/* Maze's FFI GenerationResult (Maze README, "FFI Types"). A caller bound to
+ * this layout must read the same offsets from AnankeGenerationResult. */
+typedef struct {
+    const char *code;
+    bool success;
+    const char *error;
+    size_t tokens_generated;
+    uint64_t generation_time_ms;
+} MazeGenerationResult;
+
+#define SAME_OFFSET(field)                                                              \
+    _Static_assert(offsetof(AnankeGenerationResult, field) ==                           \
+                       offsetof(MazeGenerationResult, field),                           \
+                   "AnankeGenerationResult." #field " is not at Maze's offset")
+SAME_OFFSET(code);
+SAME_OFFSET(success);
+SAME_OFFSET(error);
+SAME_OFFSET(tokens_generated);
+SAME_OFFSET(generation_time_ms);
+_Static_assert(sizeof(AnankeGenerationResult) > sizeof(MazeGenerationResult),
+               "the extras follow Maze's fields");
 
 static int failures = 0;
 
@@ -106,6 +131,39 @@ static void test_refused_arguments(const AnankeClient *client) {
 
     CHECK(ananke_client_new(NULL, NULL, 0) == NULL, "NULL address accepted");
     CHECK(ananke_client_new("not a uri", NULL, 0) == NULL, "bad address accepted");
+
+    AnankeClientOptions options;
+    memset(&options, 0, sizeof options);
+    options.client_certificate_pem = "-----BEGIN CERTIFICATE-----";
+    CHECK(ananke_client_new_with_options("https://127.0.0.1:1", &options) == NULL,
+          "client certificate without its key accepted");
+    options.client_certificate_pem = NULL;
+    options.root_certificates_pem = "-----BEGIN CERTIFICATE-----";
+    CHECK(ananke_client_new_with_options("http://127.0.0.1:1", &options) == NULL,
+          "TLS options with a plaintext address accepted");
+}
+
+/* The options constructor reaches the same server (one attempt, own deadline). */
+static void test_client_with_options(const char *addr) {
+    AnankeClientOptions options;
+    memset(&options, 0, sizeof options);
+    options.timeout_ms = 300000;
+    options.max_attempts = 1;
+    AnankeClient *client = ananke_client_new_with_options(addr, &options);
+    CHECK(client != NULL, "ananke_client_new_with_options(%s) failed", addr);
+    if (client == NULL) return;
+    const char *choices[] = {"(yes|no)"};
+    AnankeConstraintIR c = empty_constraint();
+    c.regex_patterns = choices;
+    c.regex_patterns_len = 1;
+    AnankeIntent intent = {.raw_input = NULL, .prompt = "Yes or no? ", .current_file = NULL,
+                           .language = NULL};
+    AnankeGenerationResult *result = ananke_client_generate(client, &intent, &c, 1, NULL);
+    CHECK(result->success, "error %s", or_null(result->error));
+    CHECK(strcmp(result->code, "yes") == 0 || strcmp(result->code, "no") == 0, "code %s",
+          result->code);
+    ananke_generation_result_free(result);
+    ananke_client_free(client);
 }
 
 int main(void) {
@@ -123,6 +181,7 @@ int main(void) {
     test_bad_schema(client);
     test_refused_arguments(client);
     ananke_client_free(client);
+    test_client_with_options(addr);
     ananke_generation_result_free(NULL);
     ananke_client_free(NULL);
 

@@ -21,3 +21,22 @@ def test_example_config_loads_with_documented_values() -> None:
 def test_example_config_values_equal_the_defaults() -> None:
     """The example documents the defaults; it must not drift from them."""
     assert load_settings(["--config", str(EXAMPLE)], environ={}) == Settings()
+
+
+def test_example_config_lists_the_engine_settings() -> None:
+    import yaml
+
+    keys = set(yaml.safe_load(EXAMPLE.read_text()))
+    engine = {
+        "dtype",
+        "tensor_parallel_size",
+        "distributed_executor_backend",
+        "gpu_memory_utilization",
+        "quantization",
+        "max_num_batched_tokens",
+        "max_num_seqs",
+        "enable_prefix_caching",
+        "kv_cache_dtype",
+    }
+    assert engine <= keys
+    assert keys <= {f for f in Settings.__dataclass_fields__}

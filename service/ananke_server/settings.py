@@ -15,6 +15,24 @@ import yaml
 
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from PyPI (model_prep)
 ENV_PREFIX = "ANANKE_"
+# vLLM 0.32's names, copied so that settings need no vllm import; a test compares
+# them with vllm/config/model.py ModelDType, vllm/config/cache.py CacheDType and
+# vllm/model_executor/layers/quantization QuantizationMethods (less the deprecated).
+MODEL_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+KV_CACHE_DTYPES = (
+    "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
+    "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
+    "turboquant_3bit_nc", "ultraquant_4bit", "int4_per_token_head", "int8_per_token_head",
+    "fp8_per_token_head", "nvfp4", "nvfp4_4over6",
+)  # fmt: skip
+QUANTIZATION_METHODS = (
+    "awq", "auto_awq", "fp8", "modelopt", "modelopt_fp4", "modelopt_mxfp8", "modelopt_mixed",
+    "auto_gptq", "gptq", "gptq_marlin", "awq_marlin", "humming", "compressed-tensors",
+    "experts_int8", "quark", "moe_wna16", "torchao", "inc", "mxfp4", "gpt_oss_mxfp4",
+    "deepseek_v4_fp8", "online", "fp8_per_tensor", "fp8_per_block", "fp8_per_channel",
+    "int8_per_channel_weight_only", "nvfp4_per_token", "mxfp8",
+)  # fmt: skip
+EXECUTOR_BACKENDS = ("mp", "ray")
 # Services callable without an API key unless configured otherwise.
 AUTH_EXEMPT_DEFAULT = (
     "grpc.health.v1.Health",
@@ -50,6 +68,14 @@ class Settings:
     kv_cache_bytes: int = 256 << 20
     enforce_eager: bool = True
     dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    quantization: str = ""  # "": none, or what the checkpoint's config declares
+    max_num_batched_tokens: int = 0  # 0: vLLM's default for the model and hardware
+    max_num_seqs: int = 0  # 0: max_concurrent_requests
+    enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"
+    distributed_executor_backend: str = "mp"
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_keys_file: str = ""
     auth_exempt_services: tuple[str, ...] = AUTH_EXEMPT_DEFAULT
@@ -88,7 +114,17 @@ _HELP: dict[str, str] = {
     "log_format": "json (one object per line, with the request id) or text",
     "kv_cache_bytes": "KV cache size for the CPU engine, in bytes",
     "enforce_eager": "skip graph compilation (faster start on CPU)",
-    "dtype": "model dtype for the engine (auto, bfloat16, float16, float32)",
+    "dtype": "model weights and activations dtype (auto, half, float16, bfloat16, float, float32)",
+    "tensor_parallel_size": "GPUs one model is split across (vLLM tensor parallelism)",
+    "gpu_memory_utilization": "fraction of each GPU's memory vLLM may use (0 < x <= 1; not on CPU)",
+    "quantization": "vLLM quantization method, e.g. awq, gptq, fp8, compressed-tensors "
+    "(empty: as the checkpoint declares, else none)",
+    "max_num_batched_tokens": "most tokens the engine schedules in one step (0: vLLM's default)",
+    "max_num_seqs": "sequences the engine batches at once (0: max_concurrent_requests)",
+    "enable_prefix_caching": "reuse the KV cache of shared prompt prefixes",
+    "kv_cache_dtype": "KV cache dtype as vLLM names it: auto (the model's), bfloat16, fp8, ...",
+    "distributed_executor_backend": "how vLLM runs the workers of tensor_parallel_size > 1: "
+    "mp (multiprocessing) or ray",
     "api_keys": "comma-separated API keys; empty (and no api_keys_file) disables authentication",
     "api_keys_file": "file with one API key per line (# comments), added to api_keys",
     "auth_exempt_services": "comma-separated gRPC services callable without a key",
@@ -223,7 +259,52 @@ def validate_settings(settings: Settings) -> None:
         (settings.keepalive_time_s > 0, "keepalive_time_s must be > 0"),
         (settings.keepalive_timeout_s > 0, "keepalive_timeout_s must be > 0"),
         (0 <= settings.metrics_port <= 65535, "metrics_port must be 0..65535"),
+        *_engine_checks(settings),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def _engine_checks(settings: Settings) -> list[tuple[bool, str]]:
+    """The engine settings' checks (vLLM would fail later, with a less clear message)."""
+    seqs = settings.max_num_seqs or settings.max_concurrent_requests
+    return [
+        (
+            settings.dtype in MODEL_DTYPES,
+            f"dtype must be one of {', '.join(MODEL_DTYPES)} (got {settings.dtype!r})",
+        ),
+        (settings.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+        (
+            0 < settings.gpu_memory_utilization <= 1,
+            f"gpu_memory_utilization must be > 0 and <= 1 (got {settings.gpu_memory_utilization})",
+        ),
+        (
+            settings.quantization in ("", *QUANTIZATION_METHODS),
+            f"quantization must be empty or one of vLLM's methods: "
+            f"{', '.join(QUANTIZATION_METHODS)} "
+            f"(got {settings.quantization!r})",
+        ),
+        (
+            settings.kv_cache_dtype in KV_CACHE_DTYPES,
+            f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)} "
+            f"(got {settings.kv_cache_dtype!r})",
+        ),
+        (
+            settings.distributed_executor_backend in EXECUTOR_BACKENDS,
+            f"distributed_executor_backend must be mp or ray "
+            f"(got {settings.distributed_executor_backend!r})",
+        ),
+        (
+            settings.max_num_seqs == 0 or settings.max_num_seqs >= settings.max_concurrent_requests,
+            f"max_num_seqs ({settings.max_num_seqs}) must be 0 (follow "
+            f"max_concurrent_requests) or >= max_concurrent_requests "
+            f"({settings.max_concurrent_requests}): fewer would queue admitted "
+            "generations inside the engine",
+        ),
+        (
+            settings.max_num_batched_tokens == 0 or settings.max_num_batched_tokens >= seqs,
+            f"max_num_batched_tokens ({settings.max_num_batched_tokens}) must be 0 "
+            f"(vLLM's default) or >= the engine's max_num_seqs ({seqs})",
+        ),
+    ]

@@ -1,0 +1,142 @@
+"""The engine's deployment settings and their mapping to vLLM's AsyncEngineArgs,
+as pure functions (no vllm import), so tests can check the arguments without
+starting an engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import Settings
+
+GUIDANCE_BACKEND = "guidance"  # vLLM's structured-output backend name for llguidance
+SINGLE_PROCESS_EXECUTOR = "uni"  # vLLM's executor when one GPU (or the CPU) runs the model
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine is started with, taken from Settings once the model is resolved."""
+
+    model_path: str
+    model_id: str
+    max_model_len: int = 4096
+    max_num_seqs: int = 16
+    kv_cache_bytes: int = 256 << 20  # CPU only: vLLM sizes the GPU cache from utilisation
+    enforce_eager: bool = True
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    quantization: str = ""  # "": as the checkpoint declares, else none
+    max_num_batched_tokens: int = 0  # 0: vLLM's default
+    enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"
+    distributed_executor_backend: str = "mp"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_path: str, model_id: str) -> EngineConfig:
+        """The engine part of the settings; max_num_seqs 0 follows max_concurrent_requests."""
+        return cls(
+            model_path=model_path,
+            model_id=model_id,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs or settings.max_concurrent_requests,
+            kv_cache_bytes=settings.kv_cache_bytes,
+            enforce_eager=settings.enforce_eager,
+            dtype=settings.dtype,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            quantization=settings.quantization,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            kv_cache_dtype=settings.kv_cache_dtype,
+            distributed_executor_backend=settings.distributed_executor_backend,
+        )
+
+    @property
+    def executor_backend(self) -> str | None:
+        """The backend given to vLLM: only past one GPU; one GPU runs in the engine process."""
+        return self.distributed_executor_backend if self.tensor_parallel_size > 1 else None
+
+
+def engine_args_kwargs(
+    config: EngineConfig, *, on_cpu: bool, logits_processors: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Keyword arguments of vLLM's AsyncEngineArgs for `config`. None leaves vLLM's default."""
+    return {
+        "model": config.model_path,
+        "served_model_name": [config.model_id],
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "max_num_batched_tokens": config.max_num_batched_tokens or None,
+        "enforce_eager": config.enforce_eager,
+        "dtype": config.dtype,
+        "quantization": config.quantization or None,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "distributed_executor_backend": config.executor_backend,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        # On CPU the KV cache has a fixed size; on a GPU it is what the utilisation leaves.
+        "kv_cache_memory_bytes": config.kv_cache_bytes if on_cpu else None,
+        "kv_cache_dtype": config.kv_cache_dtype,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "structured_outputs_config": {"backend": GUIDANCE_BACKEND},
+        "logits_processors": list(logits_processors),
+        "enable_log_requests": False,
+    }
+
+
+@dataclass(frozen=True)
+class EngineSettingsInfo:
+    """The engine settings in effect, as GetModelInfo reports them: the requested
+    values until the engine has started, then what vLLM resolved (dtype "auto"
+    becomes the model's dtype, a checkpoint's quantization is named, ...)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.0
+    dtype: str = ""
+    quantization: str = ""
+    max_num_batched_tokens: int = 0
+    max_num_seqs: int = 0
+    enable_prefix_caching: bool = False
+    kv_cache_dtype: str = ""
+    distributed_executor_backend: str = ""
+    enforce_eager: bool = False
+
+    @classmethod
+    def requested(cls, config: EngineConfig) -> EngineSettingsInfo:
+        """The values asked for, before vLLM resolves its defaults."""
+        return cls(
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            dtype=config.dtype,
+            quantization=config.quantization,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_num_seqs=config.max_num_seqs,
+            enable_prefix_caching=config.enable_prefix_caching,
+            kv_cache_dtype=config.kv_cache_dtype,
+            distributed_executor_backend=config.executor_backend or SINGLE_PROCESS_EXECUTOR,
+            enforce_eager=config.enforce_eager,
+        )
+
+    @classmethod
+    def resolved(cls, vllm_config: Any) -> EngineSettingsInfo:
+        """The values in a started engine's VllmConfig (read by attribute)."""
+        model = vllm_config.model_config
+        cache = vllm_config.cache_config
+        parallel = vllm_config.parallel_config
+        scheduler = vllm_config.scheduler_config
+        backend = parallel.distributed_executor_backend
+        if isinstance(backend, type):  # vLLM also accepts an Executor class
+            backend = backend.__name__
+        return cls(
+            tensor_parallel_size=int(parallel.tensor_parallel_size),
+            gpu_memory_utilization=float(cache.gpu_memory_utilization),
+            dtype=str(model.dtype).removeprefix("torch."),
+            quantization=str(model.quantization or ""),
+            max_num_batched_tokens=int(scheduler.max_num_batched_tokens or 0),
+            max_num_seqs=int(scheduler.max_num_seqs or 0),
+            enable_prefix_caching=bool(cache.enable_prefix_caching),
+            kv_cache_dtype=str(cache.cache_dtype),
+            distributed_executor_backend=str(backend or SINGLE_PROCESS_EXECUTOR),
+            enforce_eager=bool(model.enforce_eager),
+        )

@@ -1,5 +1,6 @@
-"""Ananke on Modal: the `ananke-server` gRPC service (vLLM + llguidance) on an A100,
-scaling to zero, reachable over HTTP/2 at a stable Modal URL.
+"""Ananke on Modal: the `ananke-server` gRPC service (vLLM + llguidance) on one or
+more A100/H100 GPUs per container as the chosen profile says, scaling to zero,
+reachable over HTTP/2 at a stable Modal URL.
 
 HTTP/2 exposure: `@app.server(port=..., h2_enabled=True)` (modal 1.6.4). Modal
 terminates TLS at its edge and forwards cleartext HTTP/2 (h2c) to the port, which
@@ -18,21 +19,33 @@ start without keys unless deployed with `ANANKE_MODAL_AUTH=disabled`. Modal's
 proxy tokens (`Modal-Key`/`Modal-Secret`) are off unless `ANANKE_MODAL_PROXY_AUTH=1`.
 
 Deploy-time environment (read here, forwarded to the container so it sees the same):
-  ANANKE_MODAL_GPU           A100 (40 GB, default) | A100-80GB | A100-40GB | H100
-  ANANKE_MODAL_MODEL         a key of MODELS (default llama-3.1-8b-instruct)
-  ANANKE_MODAL_MAX_CONTAINERS  upper bound on GPU containers (default 2)
-  ANANKE_MODAL_SERVER_ARGS   extra `ananke-server` flags, e.g. "--enforce-eager false"
-  ANANKE_MODAL_AUTH          required (default) | disabled
-  ANANKE_MODAL_PROXY_AUTH    0 (default) | 1
+  ANANKE_MODAL_PROFILE          a key of PROFILES (default llama-3.1-8b-instruct): model,
+                                pinned revision, GPU type and count, engine flags
+  ANANKE_MODAL_REVISION         pin (or re-pin) the profile's model to this commit sha
+  ANANKE_MODAL_GPU              override the profile's GPU type (A100, A100-80GB, H100, ...);
+                                the count always follows the profile (= tensor parallel size)
+  ANANKE_MODAL_CONCURRENCY      generations per container (default 10): the server's
+                                --max-concurrent-requests and Modal's target concurrency
+  ANANKE_MODAL_MIN_CONTAINERS   containers kept warm (default 0: scale to zero)
+  ANANKE_MODAL_MAX_CONTAINERS   upper bound on containers (default 10)
+  ANANKE_MODAL_BUFFER_CONTAINERS  idle containers kept beyond demand under load (default 0)
+  ANANKE_MODAL_SCALEDOWN_WINDOW_S idle seconds before a container stops (default 60)
+  ANANKE_MODAL_APP_NAME         Modal app name (default ananke-inference; one per profile
+                                to serve several side by side)
+  ANANKE_MODAL_SERVER_ARGS      extra `ananke-server` flags, e.g. "--max-model-len 16384"
+  ANANKE_MODAL_AUTH             required (default) | disabled
+  ANANKE_MODAL_PROXY_AUTH       0 (default) | 1
 
 Deploy: `modal deploy modal_deploy/app.py`; smoke test: `modal run modal_deploy/app.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -59,12 +72,16 @@ LOCAL_PACKAGES = ("ananke_server", "ananke")  # service/ and clients/python/src/
 
 GRPC_PORT = 50051
 SERVER_MODULE = "ananke_server.cli"  # the `ananke-server` entry point, also used by the tests
-SCALEDOWN_WINDOW_S = 60
-STARTUP_TIMEOUT_S = 20 * 60  # the first start downloads ~16 GB of weights
+STARTUP_TIMEOUT_S = 30 * 60  # the first start of a 70B profile downloads ~40-140 GB
 CONTROL_HEADROOM = 16  # health, reflection and validation calls beside generations
-DEFAULT_GPU = "A100"  # Modal's "A100" is the 40 GB card
-GPUS = ("A100", "A100-40GB", "A100-80GB", "H100")
-DEFAULT_MAX_CONTAINERS = 2
+GPUS = ("A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
+# The seeds' service: 10 concurrent requests per container, scale to zero after 60 s,
+# up to 10 containers.
+DEFAULT_CONCURRENCY = 10
+DEFAULT_MIN_CONTAINERS = 0
+DEFAULT_MAX_CONTAINERS = 10
+DEFAULT_BUFFER_CONTAINERS = 0
+SCALEDOWN_WINDOW_S = 60
 
 HF_CACHE_DIR = "/root/.cache/huggingface"
 VLLM_CACHE_DIR = "/root/.cache/vllm"
@@ -73,6 +90,8 @@ HF_SECRET_NAME = "huggingface-secret"  # holds HF_TOKEN (or the older HUGGING_FA
 API_KEYS_SECRET_NAME = "ananke-api-keys"  # holds ANANKE_API_KEYS=key1,key2
 # gRPC metadata for Modal's proxy tokens (only with ANANKE_MODAL_PROXY_AUTH=1), from env.
 PROXY_HEADERS = (("modal-key", "MODAL_PROXY_KEY"), ("modal-secret", "MODAL_PROXY_SECRET"))
+UNPINNED = "UNPINNED"  # a profile without a known commit: the deployer must pin it
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -80,79 +99,215 @@ class ModelSpec:
     """A Hugging Face model pinned to one commit."""
 
     repo_id: str
-    revision: str  # a commit sha; "TODO pin" where none could be stated
-    gated: bool = False
+    revision: str  # a commit sha, or UNPINNED
+    gated: bool = False  # needs the license accepted with the token in HF_SECRET_NAME
+    ignore: tuple[str, ...] = ()  # this repo's duplicate weight files, not downloaded
 
     @property
     def served_name(self) -> str:
         """The folder name the server reports as model_id."""
         return self.repo_id.rsplit("/", 1)[-1]
 
+    @property
+    def pinned(self) -> bool:
+        """Whether the revision is a full commit sha."""
+        return COMMIT_SHA.fullmatch(self.revision) is not None
 
-# Revisions: commit shas of each repo's main branch as found in public pins and
-# Hugging Face cache snapshot paths; snapshot_download fails loudly if one is wrong.
-MODELS: dict[str, ModelSpec] = {
-    "llama-3.1-8b-instruct": ModelSpec(
-        "meta-llama/Llama-3.1-8B-Instruct", "0e9e39f249a16976918f6564b8830bc894c89659", gated=True
+
+@dataclass(frozen=True)
+class Profile:
+    """A model and what it runs on: the GPU type, how many (the tensor parallel
+    size) and the engine flags it needs (quantization, context length)."""
+
+    model: ModelSpec
+    gpu: str
+    gpu_count: int = 1
+    engine_args: tuple[str, ...] = ()
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """One model split across all the container's GPUs."""
+        return self.gpu_count
+
+
+# Revisions: commit shas of each repo's main branch as found in public pins and Hugging
+# Face cache snapshot paths; snapshot_download fails loudly if one is wrong.
+LLAMA_8B = ModelSpec(
+    "meta-llama/Llama-3.1-8B-Instruct", "0e9e39f249a16976918f6564b8830bc894c89659", gated=True
+)
+LLAMA_70B = ModelSpec(
+    "meta-llama/Llama-3.1-70B-Instruct", "1605565b47bb9346c5515c34102e054115b4f98b", gated=True
+)
+CONTEXT = ("--max-model-len", "8192")
+PROFILES: dict[str, Profile] = {
+    # 16 GB of bf16 weights: one A100 40 GB leaves ~15 GB of KV cache (~120k tokens).
+    "llama-3.1-8b-instruct": Profile(LLAMA_8B, "A100", engine_args=CONTEXT),
+    "mistral-7b-instruct-v0.3": Profile(
+        ModelSpec(
+            "mistralai/Mistral-7B-Instruct-v0.3",
+            "c170c708c41dac9275d15a8fff4eca08d52bab71",
+            gated=True,
+            ignore=("consolidated.safetensors",),  # the same weights in Mistral's format
+        ),
+        "A100",
+        engine_args=CONTEXT,
     ),
-    "qwen2.5-coder-7b-instruct": ModelSpec(
-        "Qwen/Qwen2.5-Coder-7B-Instruct", "c03e6d358207e414f1eca0bb1891e29f1db0e242"
+    "deepseek-coder-6.7b-instruct": Profile(
+        ModelSpec(
+            "deepseek-ai/deepseek-coder-6.7b-instruct", "e5d64addd26a6a1db0f9b863abf6ee3141936807"
+        ),
+        "A100",
+        engine_args=CONTEXT,
     ),
-    "deepseek-coder-6.7b-instruct": ModelSpec(
-        "deepseek-ai/deepseek-coder-6.7b-instruct", "e5d64addd26a6a1db0f9b863abf6ee3141936807"
+    "qwen2.5-coder-7b-instruct": Profile(
+        ModelSpec("Qwen/Qwen2.5-Coder-7B-Instruct", "c03e6d358207e414f1eca0bb1891e29f1db0e242"),
+        "A100",
+        engine_args=CONTEXT,
     ),
+    # 70B as 4-bit AWQ (~40 GB): one A100 80 GB, ~28 GB left for the KV cache.
+    "llama-3.1-70b-instruct-awq": Profile(
+        ModelSpec(
+            "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4",
+            "2123003760781134cfc31124aa6560a45b491fdf",
+            gated=True,
+        ),
+        "A100-80GB",
+        engine_args=(*CONTEXT, "--quantization", "awq"),
+    ),
+    # 70B bf16 weights quantized to FP8 at load (~70 GB; FP8 Marlin kernels on an
+    # A100, native FP8 on an H100): two GPUs, tensor parallel.
+    "llama-3.1-70b-instruct-fp8": Profile(
+        LLAMA_70B, "A100-80GB", gpu_count=2, engine_args=(*CONTEXT, "--quantization", "fp8")
+    ),
+    # 70B in bf16 (~141 GB): four A100 80 GB, tensor parallel.
+    "llama-3.1-70b-instruct": Profile(LLAMA_70B, "A100-80GB", gpu_count=4, engine_args=CONTEXT),
 }
-DEFAULT_MODEL_KEY = "llama-3.1-8b-instruct"
+MODELS: dict[str, ModelSpec] = {key: profile.model for key, profile in PROFILES.items()}
+DEFAULT_PROFILE = "llama-3.1-8b-instruct"
+DEFAULT_MODEL_KEY = DEFAULT_PROFILE
 # Skipped at download: duplicate original checkpoints and non-safetensors formats.
 IGNORE_PATTERNS = ("original/*", "*.pth", "*.bin", "*.gguf", "*.onnx", "*.h5", "*.msgpack")
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = environ.get(name, "")
+    try:
+        value = int(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value}: expected {low}..{high}")
+    return value
 
 
 @dataclass(frozen=True)
 class DeployConfig:
     """What the deployer chooses through ANANKE_MODAL_* variables."""
 
-    gpu: str = DEFAULT_GPU
-    model_key: str = DEFAULT_MODEL_KEY
+    profile_key: str = DEFAULT_PROFILE
+    revision: str = ""  # "": the profile's own
+    gpu: str = ""  # "": the profile's own
+    concurrency: int = DEFAULT_CONCURRENCY
+    min_containers: int = DEFAULT_MIN_CONTAINERS
     max_containers: int = DEFAULT_MAX_CONTAINERS
+    buffer_containers: int = DEFAULT_BUFFER_CONTAINERS
+    scaledown_window_s: int = SCALEDOWN_WINDOW_S
+    app_name: str = APP_NAME
     server_args: tuple[str, ...] = ()
     auth_required: bool = True
     proxy_auth: bool = False
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> DeployConfig:
-        """Parses ANANKE_MODAL_*; unknown GPUs, models or auth modes are errors."""
-        gpu = environ.get("ANANKE_MODAL_GPU", DEFAULT_GPU)
-        if gpu not in GPUS:
+        """Parses ANANKE_MODAL_*; unknown profiles, GPUs or auth modes, bad counts
+        and unpinned models are errors."""
+        # ANANKE_MODAL_MODEL: the older name, from when a profile was only a model.
+        variable = next(
+            (v for v in ("ANANKE_MODAL_PROFILE", "ANANKE_MODAL_MODEL") if environ.get(v)),
+            "ANANKE_MODAL_PROFILE",
+        )
+        key = environ.get(variable) or DEFAULT_PROFILE
+        if key not in PROFILES:
+            raise ValueError(f"{variable}={key!r}: expected one of {sorted(PROFILES)}")
+        gpu = environ.get("ANANKE_MODAL_GPU", "")
+        if gpu and gpu not in GPUS:
             raise ValueError(f"ANANKE_MODAL_GPU={gpu!r}: expected one of {GPUS}")
-        model_key = environ.get("ANANKE_MODAL_MODEL", DEFAULT_MODEL_KEY)
-        if model_key not in MODELS:
-            raise ValueError(f"ANANKE_MODAL_MODEL={model_key!r}: expected one of {sorted(MODELS)}")
+        revision = environ.get("ANANKE_MODAL_REVISION", "")
+        if revision and not COMMIT_SHA.fullmatch(revision):
+            raise ValueError(f"ANANKE_MODAL_REVISION={revision!r}: expected a 40-hex commit sha")
         auth = environ.get("ANANKE_MODAL_AUTH", "required")
         if auth not in {"required", "disabled"}:
             raise ValueError(f"ANANKE_MODAL_AUTH={auth!r}: expected 'required' or 'disabled'")
-        max_containers = int(environ.get("ANANKE_MODAL_MAX_CONTAINERS", DEFAULT_MAX_CONTAINERS))
-        if max_containers < 1:
-            raise ValueError("ANANKE_MODAL_MAX_CONTAINERS must be >= 1")
-        return cls(
+        config = cls(
+            profile_key=key,
+            revision=revision,
             gpu=gpu,
-            model_key=model_key,
-            max_containers=max_containers,
+            concurrency=_count(environ, "ANANKE_MODAL_CONCURRENCY", DEFAULT_CONCURRENCY, 1, 1024),
+            min_containers=_count(environ, "ANANKE_MODAL_MIN_CONTAINERS", 0, 0, 1000),
+            max_containers=_count(
+                environ, "ANANKE_MODAL_MAX_CONTAINERS", DEFAULT_MAX_CONTAINERS, 1, 1000
+            ),
+            buffer_containers=_count(environ, "ANANKE_MODAL_BUFFER_CONTAINERS", 0, 0, 1000),
+            # Modal accepts 2..3600 s.
+            scaledown_window_s=_count(
+                environ, "ANANKE_MODAL_SCALEDOWN_WINDOW_S", SCALEDOWN_WINDOW_S, 2, 3600
+            ),
+            app_name=environ.get("ANANKE_MODAL_APP_NAME") or APP_NAME,
             server_args=tuple(shlex.split(environ.get("ANANKE_MODAL_SERVER_ARGS", ""))),
             auth_required=auth == "required",
             proxy_auth=environ.get("ANANKE_MODAL_PROXY_AUTH", "0") == "1",
         )
+        if config.min_containers > config.max_containers:
+            raise ValueError(
+                f"ANANKE_MODAL_MIN_CONTAINERS={config.min_containers} exceeds "
+                f"ANANKE_MODAL_MAX_CONTAINERS={config.max_containers}"
+            )
+        if not config.model.pinned:
+            raise ValueError(
+                f"profile {key!r} ({config.model.repo_id}) is not pinned to a revision: "
+                "set ANANKE_MODAL_REVISION to the commit sha to deploy"
+            )
+        return config
+
+    @property
+    def profile(self) -> Profile:
+        """The chosen profile."""
+        return PROFILES[self.profile_key]
+
+    @property
+    def model_key(self) -> str:
+        """The profile key (profiles are named after their models)."""
+        return self.profile_key
 
     @property
     def model(self) -> ModelSpec:
-        """The chosen registry entry."""
-        return MODELS[self.model_key]
+        """The profile's model, with ANANKE_MODAL_REVISION applied."""
+        spec = self.profile.model
+        return dataclasses.replace(spec, revision=self.revision) if self.revision else spec
+
+    @property
+    def gpu_type(self) -> str:
+        """The GPU type: the deployer's override, else the profile's."""
+        return self.gpu or self.profile.gpu
+
+    @property
+    def gpu_spec(self) -> str:
+        """Modal's GPU string: "A100-80GB:2" for two."""
+        count = self.profile.gpu_count
+        return self.gpu_type if count == 1 else f"{self.gpu_type}:{count}"
 
     def container_env(self) -> dict[str, str | None]:
         """The same choices as variables, so the container's import sees them too."""
         return {
+            "ANANKE_MODAL_PROFILE": self.profile_key,
+            "ANANKE_MODAL_REVISION": self.revision,
             "ANANKE_MODAL_GPU": self.gpu,
-            "ANANKE_MODAL_MODEL": self.model_key,
+            "ANANKE_MODAL_CONCURRENCY": str(self.concurrency),
+            "ANANKE_MODAL_MIN_CONTAINERS": str(self.min_containers),
             "ANANKE_MODAL_MAX_CONTAINERS": str(self.max_containers),
+            "ANANKE_MODAL_BUFFER_CONTAINERS": str(self.buffer_containers),
+            "ANANKE_MODAL_SCALEDOWN_WINDOW_S": str(self.scaledown_window_s),
+            "ANANKE_MODAL_APP_NAME": self.app_name,
             "ANANKE_MODAL_SERVER_ARGS": shlex.join(self.server_args),
             "ANANKE_MODAL_AUTH": "required" if self.auth_required else "disabled",
             "ANANKE_MODAL_PROXY_AUTH": "1" if self.proxy_auth else "0",
@@ -167,9 +322,17 @@ class DeployConfig:
 
 
 def server_argv(config: DeployConfig, model_path: str) -> list[str]:
-    """`ananke-server` flags: Modal's overrides, then the deployer's extra flags."""
+    """`ananke-server` flags: Modal's overrides, the profile's engine flags, then the
+    deployer's extra flags (which may change the engine flags, not the GPU count)."""
     overrides = ["--host", "0.0.0.0", "--port", str(GRPC_PORT), "--model", model_path]
-    return [*overrides, *config.server_args]
+    profile = config.profile
+    sizing = [
+        "--max-concurrent-requests",
+        str(config.concurrency),
+        "--tensor-parallel-size",
+        str(profile.tensor_parallel_size),
+    ]
+    return [*overrides, *sizing, *profile.engine_args, *config.server_args]
 
 
 def server_settings(config: DeployConfig, model_path: str, environ: Mapping[str, str]) -> Settings:
@@ -177,6 +340,16 @@ def server_settings(config: DeployConfig, model_path: str, environ: Mapping[str,
     settings = load_settings(server_argv(config, model_path), environ)
     if (settings.host, settings.port) != ("0.0.0.0", GRPC_PORT):
         raise ValueError(f"ANANKE_MODAL_SERVER_ARGS must not change --host/--port ({GRPC_PORT})")
+    if settings.tensor_parallel_size != config.profile.gpu_count:
+        raise ValueError(
+            f"ANANKE_MODAL_SERVER_ARGS must not change --tensor-parallel-size: profile "
+            f"{config.profile_key!r} has {config.profile.gpu_count} GPU(s)"
+        )
+    if settings.max_concurrent_requests != config.concurrency:
+        raise ValueError(
+            "set ANANKE_MODAL_CONCURRENCY, not --max-concurrent-requests, so that Modal's "
+            "autoscaling and the server agree"
+        )
     return settings
 
 
@@ -243,8 +416,10 @@ def prepare_model(spec: ModelSpec) -> str:
     at `model_link(spec)`."""
     from huggingface_hub import snapshot_download
 
+    if not spec.pinned:  # never download whatever `main` is today
+        raise RuntimeError(f"{spec.repo_id}: revision {spec.revision!r} is not a commit sha")
     snapshot = snapshot_download(
-        spec.repo_id, revision=spec.revision, ignore_patterns=list(IGNORE_PATTERNS)
+        spec.repo_id, revision=spec.revision, ignore_patterns=[*IGNORE_PATTERNS, *spec.ignore]
     )
     link = Path(model_link(spec))
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -330,12 +505,12 @@ image = (
 hf_cache = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
 vllm_cache = modal.Volume.from_name("vllm-cache", create_if_missing=True)
 
-app = modal.App(APP_NAME)
+app = modal.App(CONFIG.app_name)
 
 
 @app.server(
     image=image,
-    gpu=CONFIG.gpu,
+    gpu=CONFIG.gpu_spec,
     volumes={HF_CACHE_DIR: hf_cache, VLLM_CACHE_DIR: vllm_cache},
     secrets=[modal.Secret.from_name(name) for name in CONFIG.secret_names()],
     env=CONFIG.container_env(),
@@ -344,12 +519,13 @@ app = modal.App(APP_NAME)
     unauthenticated=not CONFIG.proxy_auth,
     startup_timeout=STARTUP_TIMEOUT_S,
     exit_grace_period=int(DEPLOY_SETTINGS.shutdown_grace_s) + 10,
-    scaledown_window=SCALEDOWN_WINDOW_S,
-    min_containers=0,
+    scaledown_window=CONFIG.scaledown_window_s,
+    min_containers=CONFIG.min_containers,
     max_containers=CONFIG.max_containers,
+    buffer_containers=CONFIG.buffer_containers,
     # @modal.concurrent is refused on servers; these are its equivalents. Scale up
     # once the engine's slots are full; Modal's 429 only past the server's own queue.
-    target_concurrency=DEPLOY_SETTINGS.max_concurrent_requests,
+    target_concurrency=CONFIG.concurrency,
     max_concurrency=DEPLOY_SETTINGS.max_concurrent_requests
     + DEPLOY_SETTINGS.max_queued_requests
     + CONTROL_HEADROOM,

@@ -39,4 +39,4 @@ def test_example_config_lists_the_engine_settings() -> None:
         "kv_cache_dtype",
     }
     assert engine <= keys
-    assert keys <= {f for f in Settings.__dataclass_fields__}
+    assert keys <= set(Settings.__dataclass_fields__)

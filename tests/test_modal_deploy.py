@@ -26,9 +26,16 @@ from modal._utils.async_utils import synchronizer
 ROOT = Path(__file__).resolve().parent.parent
 APP_PATH = ROOT / "modal_deploy" / "app.py"
 DEPLOY_VARS = (
+    "ANANKE_MODAL_PROFILE",
+    "ANANKE_MODAL_REVISION",
     "ANANKE_MODAL_GPU",
     "ANANKE_MODAL_MODEL",
+    "ANANKE_MODAL_CONCURRENCY",
+    "ANANKE_MODAL_MIN_CONTAINERS",
     "ANANKE_MODAL_MAX_CONTAINERS",
+    "ANANKE_MODAL_BUFFER_CONTAINERS",
+    "ANANKE_MODAL_SCALEDOWN_WINDOW_S",
+    "ANANKE_MODAL_APP_NAME",
     "ANANKE_MODAL_SERVER_ARGS",
     "ANANKE_MODAL_AUTH",
     "ANANKE_MODAL_PROXY_AUTH",
@@ -129,7 +136,7 @@ def test_unknown_gpu_or_model_is_refused(app_module: types.ModuleType) -> None:
 
 def test_timeouts_cover_model_download_and_drain(app_module: types.ModuleType) -> None:
     info = _info(app_module)
-    assert info.startup_timeout == app_module.STARTUP_TIMEOUT_S == 1200
+    assert info.startup_timeout == app_module.STARTUP_TIMEOUT_S == 1800
     assert info.exit_grace_period >= Settings().shutdown_grace_s + 5
 
 
@@ -143,15 +150,58 @@ def test_scale_to_zero_concurrency_and_bounded_containers(
     assert server["scaledown_window"] == 60
     assert server["min_containers"] == 0
     assert server["max_containers"] == 3
-    assert server["target_concurrent_inputs"] == defaults.max_concurrent_requests
+    assert server["buffer_containers"] == 0
+    # The seeds' 10 generations per container, running in the engine at once.
+    assert server["target_concurrent_inputs"] == 10
+    assert module.DEPLOY_SETTINGS.max_concurrent_requests == 10
     assert server["max_concurrent_inputs"] == (
-        defaults.max_concurrent_requests + defaults.max_queued_requests + module.CONTROL_HEADROOM
+        10 + defaults.max_queued_requests + module.CONTROL_HEADROOM
     )
     assert server["http_config"].h2_enabled is True
 
 
+def test_autoscaling_settings_reach_modal(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_function_kwargs(monkeypatch)
+    module = _load_app(
+        monkeypatch,
+        ANANKE_MODAL_CONCURRENCY="24",
+        ANANKE_MODAL_MIN_CONTAINERS="1",
+        ANANKE_MODAL_MAX_CONTAINERS="6",
+        ANANKE_MODAL_BUFFER_CONTAINERS="2",
+        ANANKE_MODAL_SCALEDOWN_WINDOW_S="300",
+        ANANKE_MODAL_APP_NAME="ananke-llama8b",
+    )
+    (server,) = [c for c in calls if c.get("is_server")]
+    assert (server["min_containers"], server["max_containers"]) == (1, 6)
+    assert (server["buffer_containers"], server["scaledown_window"]) == (2, 300)
+    assert server["target_concurrent_inputs"] == 24
+    assert module.DEPLOY_SETTINGS.max_concurrent_requests == 24
+    assert module.app.name == "ananke-llama8b"
+    assert module.DeployConfig.from_environ(module.CONFIG.container_env()) == module.CONFIG
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ANANKE_MODAL_CONCURRENCY", "0", "ANANKE_MODAL_CONCURRENCY=0: expected 1..1024"),
+        ("ANANKE_MODAL_MAX_CONTAINERS", "0", "expected 1..1000"),
+        ("ANANKE_MODAL_MIN_CONTAINERS", "-1", "expected 0..1000"),
+        ("ANANKE_MODAL_BUFFER_CONTAINERS", "many", "expected an integer"),
+        ("ANANKE_MODAL_SCALEDOWN_WINDOW_S", "1", "expected 2..3600"),
+        ("ANANKE_MODAL_MIN_CONTAINERS", "20", "exceeds ANANKE_MODAL_MAX_CONTAINERS=10"),
+        ("ANANKE_MODAL_PROFILE", "llama-4", "ANANKE_MODAL_PROFILE='llama-4'"),
+        ("ANANKE_MODAL_REVISION", "main", "expected a 40-hex commit sha"),
+    ],
+)
+def test_bad_deploy_settings_are_refused(
+    app_module: types.ModuleType, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        app_module.DeployConfig.from_environ({name: value})
+
+
 def test_default_max_containers_is_bounded(app_module: types.ModuleType) -> None:
-    assert app_module.CONFIG.max_containers == 2
+    assert app_module.CONFIG.max_containers == 10
 
 
 def test_weights_and_vllm_caches_on_volumes(app_module: types.ModuleType) -> None:
@@ -253,7 +303,9 @@ def test_deploy_settings_differ_from_defaults_only_where_modal_needs(
 ) -> None:
     deployed = app_module.DEPLOY_SETTINGS
     model = f"{app_module.MODEL_LINK_DIR}/Llama-3.1-8B-Instruct"
-    assert deployed == Settings(host="0.0.0.0", port=50051, model=model)
+    assert deployed == Settings(
+        host="0.0.0.0", port=50051, model=model, max_concurrent_requests=10, max_model_len=8192
+    )
 
 
 def test_server_args_cannot_move_the_port(app_module: types.ModuleType) -> None:
@@ -273,7 +325,7 @@ def test_refuses_to_start_without_api_keys(app_module: types.ModuleType) -> None
 def test_container_sees_the_deploy_choices(app_module: types.ModuleType) -> None:
     config = app_module.DeployConfig(
         gpu="A100-80GB",
-        model_key="qwen2.5-coder-7b-instruct",
+        profile_key="qwen2.5-coder-7b-instruct",
         server_args=("--enforce-eager", "false"),
         auth_required=False,
     )
@@ -319,3 +371,107 @@ def test_modal_entry_point_answers_a_constrained_call(
     assert re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", result["json"]["function_name"])
     assert isinstance(result["json"]["parameters"], list)
     assert result["model_id"] == "SmolLM2-135M-Instruct"
+
+
+# (profile, Modal GPU spec, tensor parallel size, --quantization or "")
+PROFILE_TABLE = [
+    ("llama-3.1-8b-instruct", ("A100", 1), ""),
+    ("mistral-7b-instruct-v0.3", ("A100", 1), ""),
+    ("deepseek-coder-6.7b-instruct", ("A100", 1), ""),
+    ("qwen2.5-coder-7b-instruct", ("A100", 1), ""),
+    ("llama-3.1-70b-instruct-awq", ("A100-80GB", 1), "awq"),
+    ("llama-3.1-70b-instruct-fp8", ("A100-80GB", 2), "fp8"),
+    ("llama-3.1-70b-instruct", ("A100-80GB", 4), ""),
+]
+
+
+def test_profile_table_covers_every_profile(app_module: types.ModuleType) -> None:
+    assert {row[0] for row in PROFILE_TABLE} == set(app_module.PROFILES)
+
+
+@pytest.mark.parametrize(("key", "gpus", "quantization"), PROFILE_TABLE)
+def test_every_profile_builds_offline(
+    monkeypatch: pytest.MonkeyPatch, key: str, gpus: tuple[str, int], quantization: str
+) -> None:
+    calls = _spy_function_kwargs(monkeypatch)
+    module = _load_app(monkeypatch, ANANKE_MODAL_PROFILE=key)
+    info = _info(module)
+    profile = module.PROFILES[key]
+    assert info.gpus == [gpus]
+    assert module.CONFIG.gpu_spec == (gpus[0] if gpus[1] == 1 else f"{gpus[0]}:{gpus[1]}")
+    # The GPU count is the tensor parallel size the server is started with.
+    settings = module.DEPLOY_SETTINGS
+    assert settings.tensor_parallel_size == gpus[1]
+    assert settings.quantization == quantization
+    assert settings.max_concurrent_requests == 10
+    assert settings.model == f"{module.MODEL_LINK_DIR}/{profile.model.served_name}"
+    assert re.fullmatch(r"[0-9a-f]{40}", profile.model.revision)
+    # Image, volumes, secrets and environment are the same for every profile.
+    commands, _ = _dockerfile_commands(module.image)
+    assert any("vllm==0.32.0" in c for c in commands)
+    assert {path: v.name for path, v in info.volumes.items()} == {
+        "/root/.cache/huggingface": "huggingface-cache",
+        "/root/.cache/vllm": "vllm-cache",
+    }
+    assert "modal.Secret.from_name('huggingface-secret')" in info.secrets
+    (server,) = [c for c in calls if c.get("is_server")]
+    env = module.CONFIG.container_env()
+    assert env["ANANKE_MODAL_PROFILE"] == key
+    assert module.DeployConfig.from_environ(env) == module.CONFIG
+    assert server["target_concurrent_inputs"] == 10
+    assert server["scaledown_window"] == 60
+    assert server["min_containers"] == 0
+
+
+def test_gpu_type_override_keeps_the_profiles_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _load_app(
+        monkeypatch, ANANKE_MODAL_PROFILE="llama-3.1-70b-instruct-fp8", ANANKE_MODAL_GPU="H100"
+    )
+    assert _info(module).gpus == [("H100", 2)]
+    assert module.DEPLOY_SETTINGS.tensor_parallel_size == 2
+
+
+def test_server_args_cannot_change_gpu_count_or_concurrency(app_module: types.ModuleType) -> None:
+    config = app_module.DeployConfig(server_args=("--tensor-parallel-size", "2"))
+    with pytest.raises(ValueError, match="--tensor-parallel-size"):
+        app_module.server_settings(config, "/m", {})
+    config = app_module.DeployConfig(server_args=("--max-concurrent-requests", "32"))
+    with pytest.raises(ValueError, match="ANANKE_MODAL_CONCURRENCY"):
+        app_module.server_settings(config, "/m", {})
+    # Engine flags of the profile may be changed.
+    config = app_module.DeployConfig(server_args=("--max-model-len", "16384"))
+    assert app_module.server_settings(config, "/m", {}).max_model_len == 16384
+
+
+def test_unpinned_profile_is_refused_until_the_deployer_pins_it(
+    app_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unpinned = app_module.Profile(
+        app_module.ModelSpec("org/new-model", app_module.UNPINNED), "A100-80GB"
+    )
+    monkeypatch.setitem(app_module.PROFILES, "new-model", unpinned)
+    with pytest.raises(ValueError, match="not pinned to a revision: set ANANKE_MODAL_REVISION"):
+        app_module.DeployConfig.from_environ({"ANANKE_MODAL_PROFILE": "new-model"})
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    config = app_module.DeployConfig.from_environ(
+        {"ANANKE_MODAL_PROFILE": "new-model", "ANANKE_MODAL_REVISION": sha}
+    )
+    assert config.model.revision == sha
+    assert config.container_env()["ANANKE_MODAL_REVISION"] == sha
+    with pytest.raises(RuntimeError, match="not a commit sha"):
+        app_module.prepare_model(unpinned.model)
+
+
+def test_duplicate_weights_are_not_downloaded(
+    app_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub
+
+    asked: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo, **kw: asked.append(kw) or str(tmp_path)
+    )
+    monkeypatch.setattr(app_module, "MODEL_LINK_DIR", str(tmp_path / "models"))
+    app_module.prepare_model(app_module.MODELS["mistral-7b-instruct-v0.3"])
+    assert "consolidated.safetensors" in asked[0]["ignore_patterns"]
+    assert "*.bin" in asked[0]["ignore_patterns"]

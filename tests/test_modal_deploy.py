@@ -304,7 +304,12 @@ def test_deploy_settings_differ_from_defaults_only_where_modal_needs(
     deployed = app_module.DEPLOY_SETTINGS
     model = f"{app_module.MODEL_LINK_DIR}/Llama-3.1-8B-Instruct"
     assert deployed == Settings(
-        host="0.0.0.0", port=50051, model=model, max_concurrent_requests=10, max_model_len=8192
+        host="0.0.0.0",
+        port=50051,
+        model=model,
+        max_concurrent_requests=10,
+        max_model_len=8192,
+        enforce_eager=False,
     )
 
 
@@ -404,6 +409,7 @@ def test_every_profile_builds_offline(
     assert settings.tensor_parallel_size == gpus[1]
     assert settings.quantization == quantization
     assert settings.max_concurrent_requests == 10
+    assert settings.enforce_eager is False  # CUDA graphs on a GPU
     assert settings.model == f"{module.MODEL_LINK_DIR}/{profile.model.served_name}"
     assert re.fullmatch(r"[0-9a-f]{40}", profile.model.revision)
     # Image, volumes, secrets and environment are the same for every profile.

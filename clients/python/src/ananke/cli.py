@@ -396,6 +396,18 @@ def _cmd_models(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextI
         ("max constraint bytes", str(info.max_constraint_bytes)),
         ("constraint kinds", kinds),
     ]
+    if info.HasField("engine_settings"):
+        e = info.engine_settings
+        rows.append(
+            (
+                "engine settings",
+                f"tensor parallel {e.tensor_parallel_size}, {e.dtype}, "
+                f"quantization {e.quantization or 'none'}, KV cache {e.kv_cache_dtype}, "
+                f"prefix caching {'on' if e.enable_prefix_caching else 'off'}, "
+                f"{e.max_num_seqs} sequences / {e.max_num_batched_tokens} tokens per step, "
+                f"executor {e.distributed_executor_backend}",
+            )
+        )
     for key, value in rows:
         out.write(f"{key + ':':22}{value}\n")
     return EXIT_OK

@@ -444,6 +444,7 @@ class GetModelInfoResponse(_message.Message):
     SUPPORTED_CONSTRAINT_KINDS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
     MAX_CONSTRAINT_BYTES_FIELD_NUMBER: _builtins.int
+    ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model id as loaded."""
     model_revision: _builtins.str
@@ -472,6 +473,13 @@ class GetModelInfoResponse(_message.Message):
     def supported_constraint_kinds(self) -> _containers.RepeatedScalarFieldContainer[_constraints_pb2.ConstraintKind.ValueType]:
         """The constraint kinds this server enforces."""
 
+    @_builtins.property
+    def engine_settings(self) -> Global___EngineSettings:
+        """The engine settings in effect: as vLLM resolved them once the engine has
+        started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
+        method is named).
+        """
+
     def __init__(
         self,
         *,
@@ -487,14 +495,77 @@ class GetModelInfoResponse(_message.Message):
         supported_constraint_kinds: _abc.Iterable[_constraints_pb2.ConstraintKind.ValueType] | None = ...,
         max_tokens_limit: _builtins.int = ...,
         max_constraint_bytes: _builtins.int = ...,
+        engine_settings: Global___EngineSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["engine_settings", b"engine_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "max_constraint_bytes", b"max_constraint_bytes", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "max_constraint_bytes", b"max_constraint_bytes", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class EngineSettings(_message.Message):
+    """The engine (vLLM) settings a server runs with; see `ananke-server --help`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_UTILIZATION_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    QUANTIZATION_FIELD_NUMBER: _builtins.int
+    MAX_NUM_BATCHED_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_NUM_SEQS_FIELD_NUMBER: _builtins.int
+    ENABLE_PREFIX_CACHING_FIELD_NUMBER: _builtins.int
+    KV_CACHE_DTYPE_FIELD_NUMBER: _builtins.int
+    DISTRIBUTED_EXECUTOR_BACKEND_FIELD_NUMBER: _builtins.int
+    ENFORCE_EAGER_FIELD_NUMBER: _builtins.int
+    tensor_parallel_size: _builtins.int
+    """GPUs one model is split across (tensor parallelism); 1 on one GPU or CPU."""
+    gpu_memory_utilization: _builtins.float
+    """Fraction of each GPU's memory the engine may use, in (0, 1]; unused on CPU."""
+    dtype: _builtins.str
+    """Weights and activations dtype, for example "bfloat16"."""
+    quantization: _builtins.str
+    """The quantization method as vLLM names it (for example "awq_marlin",
+    "fp8", "compressed-tensors"); empty when the weights are not quantized.
+    """
+    max_num_batched_tokens: _builtins.int
+    """Most tokens scheduled in one engine step."""
+    max_num_seqs: _builtins.int
+    """Most sequences batched at once."""
+    enable_prefix_caching: _builtins.bool
+    """Whether the KV cache of shared prompt prefixes is reused."""
+    kv_cache_dtype: _builtins.str
+    """KV cache dtype, for example "auto" (the model's) or "fp8"."""
+    distributed_executor_backend: _builtins.str
+    """How the engine runs its workers: "uni" (one process), "mp"
+    (multiprocessing) or "ray".
+    """
+    enforce_eager: _builtins.bool
+    """Whether graph capture (CUDA graphs, compilation) is off."""
+    def __init__(
+        self,
+        *,
+        tensor_parallel_size: _builtins.int = ...,
+        gpu_memory_utilization: _builtins.float = ...,
+        dtype: _builtins.str = ...,
+        quantization: _builtins.str = ...,
+        max_num_batched_tokens: _builtins.int = ...,
+        max_num_seqs: _builtins.int = ...,
+        enable_prefix_caching: _builtins.bool = ...,
+        kv_cache_dtype: _builtins.str = ...,
+        distributed_executor_backend: _builtins.str = ...,
+        enforce_eager: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distributed_executor_backend", b"distributed_executor_backend", "dtype", b"dtype", "enable_prefix_caching", b"enable_prefix_caching", "enforce_eager", b"enforce_eager", "gpu_memory_utilization", b"gpu_memory_utilization", "kv_cache_dtype", b"kv_cache_dtype", "max_num_batched_tokens", b"max_num_batched_tokens", "max_num_seqs", b"max_num_seqs", "quantization", b"quantization", "tensor_parallel_size", b"tensor_parallel_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineSettings: _TypeAlias = EngineSettings  # noqa: Y015
 
 @_typing.final
 class GetServerStatsRequest(_message.Message):

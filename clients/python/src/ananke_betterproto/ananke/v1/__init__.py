@@ -20,6 +20,7 @@ __all__ = (
     "ConstraintProvenance",
     "ConstraintSummary",
     "ConstraintVerdict",
+    "EngineSettings",
     "ErrorReason",
     "FinishReason",
     "GenerateRequest",
@@ -981,6 +982,68 @@ default_message_pool.register_message("ananke.v1", "ConstraintVerdict", Constrai
 
 
 @dataclass(eq=False, repr=False)
+class EngineSettings(betterproto2.Message):
+    """
+    The engine (vLLM) settings a server runs with; see `ananke-server --help`.
+    """
+
+    tensor_parallel_size: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    GPUs one model is split across (tensor parallelism); 1 on one GPU or CPU.
+    """
+
+    gpu_memory_utilization: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+    """
+    Fraction of each GPU's memory the engine may use, in (0, 1]; unused on CPU.
+    """
+
+    dtype: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Weights and activations dtype, for example "bfloat16".
+    """
+
+    quantization: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The quantization method as vLLM names it (for example "awq_marlin",
+    "fp8", "compressed-tensors"); empty when the weights are not quantized.
+    """
+
+    max_num_batched_tokens: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    Most tokens scheduled in one engine step.
+    """
+
+    max_num_seqs: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
+    """
+    Most sequences batched at once.
+    """
+
+    enable_prefix_caching: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
+    """
+    Whether the KV cache of shared prompt prefixes is reused.
+    """
+
+    kv_cache_dtype: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    KV cache dtype, for example "auto" (the model's) or "fp8".
+    """
+
+    distributed_executor_backend: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+    """
+    How the engine runs its workers: "uni" (one process), "mp"
+    (multiprocessing) or "ray".
+    """
+
+    enforce_eager: "bool" = betterproto2.field(10, betterproto2.TYPE_BOOL)
+    """
+    Whether graph capture (CUDA graphs, compilation) is off.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "EngineSettings", EngineSettings)
+
+
+@dataclass(eq=False, repr=False)
 class GenerateRequest(betterproto2.Message):
     """
     Request of InferenceService.Generate.
@@ -1439,6 +1502,15 @@ class GetModelInfoResponse(betterproto2.Message):
     max_constraint_bytes: "int" = betterproto2.field(12, betterproto2.TYPE_UINT64)
     """
     The server's limit on one constraint's text, in bytes.
+    """
+
+    engine_settings: "EngineSettings | None" = betterproto2.field(
+        70, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The engine settings in effect: as vLLM resolved them once the engine has
+    started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
+    method is named).
     """
 
 

@@ -256,16 +256,19 @@ class InProcessSystem:
     name = "inproc"
 
     def __init__(self) -> None:
+        from ananke_server.engine_config import EngineConfig
         from ananke_server.vllm_engine import VllmEngine
 
         self.engine = VllmEngine(
-            str(model_dir()),
-            model_id=MODEL_NAME,
-            max_model_len=servers.MAX_MODEL_LEN,
-            max_num_seqs=servers.MAX_NUM_SEQS,
-            kv_cache_bytes=servers.KV_CACHE_BYTES,
-            enforce_eager=True,
-            dtype="auto",
+            EngineConfig(
+                str(model_dir()),
+                MODEL_NAME,
+                max_model_len=servers.MAX_MODEL_LEN,
+                max_num_seqs=servers.MAX_NUM_SEQS,
+                kv_cache_bytes=servers.KV_CACHE_BYTES,
+                enforce_eager=True,
+                dtype="auto",
+            )
         )
         self.server_pids: set[int] = set()  # bench children that are not this engine
         self.grammars: dict[int, str] = {}

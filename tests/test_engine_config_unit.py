@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 from ananke_server import settings as settings_module
-from ananke_server.engine_config import EngineConfig, EngineSettingsInfo, engine_args_kwargs
+from ananke_server.engine_config import (
+    EngineConfig,
+    check_runtime,
+    engine_args_kwargs,
+    requested_settings,
+    resolved_settings,
+)
 from ananke_server.settings import Settings, build_parser, load_settings
 
 vllm_arg_utils = pytest.importorskip("vllm.engine.arg_utils")
@@ -74,9 +80,9 @@ def test_executor_backend_reaches_vllm_past_one_gpu(
     # One GPU: vLLM runs the model in its engine process, whatever the backend says.
     one = _vllm_args(Settings(distributed_executor_backend=backend))
     assert one.distributed_executor_backend is None
-    assert EngineSettingsInfo.requested(
-        EngineConfig.from_settings(settings, "/m", "m")
-    ).distributed_executor_backend == (backend)
+    requested = requested_settings(EngineConfig.from_settings(settings, "/m", "m"))
+    assert requested.distributed_executor_backend == backend
+    assert requested_settings(EngineConfig("/m", "m")).distributed_executor_backend == "uni"
 
 
 def test_defaults_leave_vllm_its_own_choices() -> None:
@@ -181,7 +187,7 @@ def test_resolved_settings_read_a_real_vllm_config() -> None:
     )
     config = EngineConfig.from_settings(settings, str(model), "SmolLM2-135M-Instruct")
     args = AsyncEngineArgs(**engine_args_kwargs(config, on_cpu=True, logits_processors=[]))
-    info = EngineSettingsInfo.resolved(args.create_engine_config())
+    info = resolved_settings(args.create_engine_config())
     assert info.max_num_batched_tokens == 2048
     assert info.max_num_seqs == 24
     assert info.enable_prefix_caching is False
@@ -190,3 +196,17 @@ def test_resolved_settings_read_a_real_vllm_config() -> None:
     assert info.gpu_memory_utilization == pytest.approx(0.9)
     assert info.enforce_eager is True
     assert info.distributed_executor_backend  # what vLLM chose for this platform
+
+
+def test_ray_without_ray_installed_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    config = EngineConfig("/m", "m", tensor_parallel_size=2, distributed_executor_backend="ray")
+    with pytest.raises(RuntimeError, match="ray is not installed"):
+        check_runtime(config)
+    check_runtime(EngineConfig("/m", "m", tensor_parallel_size=2))  # mp needs nothing
+    check_runtime(EngineConfig("/m", "m", distributed_executor_backend="ray"))  # one GPU

@@ -73,6 +73,21 @@ def _finished(
     return events[-1].finished
 
 
+def test_model_info_reports_the_engine_settings_vllm_resolved(live_server: LiveServer) -> None:
+    """The session server runs the defaults with --max-concurrent-requests 8."""
+    info = live_server.stub().GetModelInfo(inference_service_pb2.GetModelInfoRequest(), timeout=10)
+    engine = info.engine_settings
+    assert engine.tensor_parallel_size == 1
+    assert engine.max_num_seqs == 8  # max_num_seqs 0 follows max_concurrent_requests
+    assert engine.max_num_batched_tokens > 0  # vLLM's default, resolved
+    assert engine.dtype == "bfloat16"  # "auto": the default model's dtype
+    assert engine.quantization == ""
+    assert engine.enable_prefix_caching is True
+    assert engine.kv_cache_dtype == "auto"
+    assert engine.enforce_eager is True
+    assert engine.distributed_executor_backend
+
+
 def test_json_schema_stream_validates(live_server: LiveServer) -> None:
     request = _request(
         messages=_chat("Describe a cat as a JSON object with name, age and indoor."),

@@ -663,6 +663,37 @@ async def test_get_model_info(served: Served) -> None:
     assert info.max_constraint_bytes == SETTINGS.max_constraint_bytes
 
 
+async def test_get_model_info_reports_the_engine_settings(
+    served: Served, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from ananke_server.engine_api import EngineSettingsInfo
+
+    settings = EngineSettingsInfo(
+        tensor_parallel_size=4,
+        gpu_memory_utilization=0.85,
+        dtype="bfloat16",
+        quantization="auto_awq",
+        max_num_batched_tokens=8192,
+        max_num_seqs=10,
+        enable_prefix_caching=True,
+        kv_cache_dtype="fp8",
+        distributed_executor_backend="mp",
+        enforce_eager=False,
+    )
+    monkeypatch.setattr(engine, "info", dataclasses.replace(engine.info, engine_settings=settings))
+    info = await served.stub.GetModelInfo(s.GetModelInfoRequest(), timeout=5)
+    reported = info.engine_settings
+    assert (reported.tensor_parallel_size, reported.quantization) == (4, "auto_awq")
+    assert reported.gpu_memory_utilization == pytest.approx(0.85)
+    assert (reported.dtype, reported.kv_cache_dtype) == ("bfloat16", "fp8")
+    assert (reported.max_num_batched_tokens, reported.max_num_seqs) == (8192, 10)
+    assert reported.enable_prefix_caching is True
+    assert reported.distributed_executor_backend == "mp"
+    assert reported.enforce_eager is False
+
+
 async def test_get_server_stats(served: Served, engine: FakeEngine) -> None:
     before = await served.stub.GetServerStats(s.GetServerStatsRequest(), timeout=5)
     await served.stub.Generate(

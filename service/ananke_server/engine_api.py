@@ -13,6 +13,24 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
+class EngineSettingsInfo:
+    """The engine settings in effect, as GetModelInfo reports them: the requested
+    values until the engine has started, then what vLLM resolved (dtype "auto"
+    becomes the model's dtype, a checkpoint's quantization is named, ...)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.0
+    dtype: str = ""
+    quantization: str = ""
+    max_num_batched_tokens: int = 0
+    max_num_seqs: int = 0
+    enable_prefix_caching: bool = False
+    kv_cache_dtype: str = ""
+    distributed_executor_backend: str = ""
+    enforce_eager: bool = False
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     """What the engine serves."""
 
@@ -24,6 +42,7 @@ class EngineInfo:
     vocab_size: int
     eos_token_ids: tuple[int, ...]
     accelerator: str
+    engine_settings: EngineSettingsInfo = field(default_factory=EngineSettingsInfo)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .engine_api import EngineSettingsInfo
 from .settings import Settings
 
 GUIDANCE_BACKEND = "guidance"  # vLLM's structured-output backend name for llguidance
@@ -85,58 +86,51 @@ def engine_args_kwargs(
     }
 
 
-@dataclass(frozen=True)
-class EngineSettingsInfo:
-    """The engine settings in effect, as GetModelInfo reports them: the requested
-    values until the engine has started, then what vLLM resolved (dtype "auto"
-    becomes the model's dtype, a checkpoint's quantization is named, ...)."""
+def requested_settings(config: EngineConfig) -> EngineSettingsInfo:
+    """The values asked for, before vLLM resolves its defaults."""
+    return EngineSettingsInfo(
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        dtype=config.dtype,
+        quantization=config.quantization,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_num_seqs=config.max_num_seqs,
+        enable_prefix_caching=config.enable_prefix_caching,
+        kv_cache_dtype=config.kv_cache_dtype,
+        distributed_executor_backend=config.executor_backend or SINGLE_PROCESS_EXECUTOR,
+        enforce_eager=config.enforce_eager,
+    )
 
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.0
-    dtype: str = ""
-    quantization: str = ""
-    max_num_batched_tokens: int = 0
-    max_num_seqs: int = 0
-    enable_prefix_caching: bool = False
-    kv_cache_dtype: str = ""
-    distributed_executor_backend: str = ""
-    enforce_eager: bool = False
 
-    @classmethod
-    def requested(cls, config: EngineConfig) -> EngineSettingsInfo:
-        """The values asked for, before vLLM resolves its defaults."""
-        return cls(
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            dtype=config.dtype,
-            quantization=config.quantization,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            max_num_seqs=config.max_num_seqs,
-            enable_prefix_caching=config.enable_prefix_caching,
-            kv_cache_dtype=config.kv_cache_dtype,
-            distributed_executor_backend=config.executor_backend or SINGLE_PROCESS_EXECUTOR,
-            enforce_eager=config.enforce_eager,
-        )
+def resolved_settings(vllm_config: Any) -> EngineSettingsInfo:
+    """The values in a started engine's VllmConfig (read by attribute: no vllm import)."""
+    model = vllm_config.model_config
+    cache = vllm_config.cache_config
+    parallel = vllm_config.parallel_config
+    scheduler = vllm_config.scheduler_config
+    backend = parallel.distributed_executor_backend
+    if isinstance(backend, type):  # vLLM also accepts an Executor class
+        backend = backend.__name__
+    return EngineSettingsInfo(
+        tensor_parallel_size=int(parallel.tensor_parallel_size),
+        gpu_memory_utilization=float(cache.gpu_memory_utilization),
+        dtype=str(model.dtype).removeprefix("torch."),
+        quantization=str(model.quantization or ""),
+        max_num_batched_tokens=int(scheduler.max_num_batched_tokens or 0),
+        max_num_seqs=int(scheduler.max_num_seqs or 0),
+        enable_prefix_caching=bool(cache.enable_prefix_caching),
+        kv_cache_dtype=str(cache.cache_dtype),
+        distributed_executor_backend=str(backend or SINGLE_PROCESS_EXECUTOR),
+        enforce_eager=bool(model.enforce_eager),
+    )
 
-    @classmethod
-    def resolved(cls, vllm_config: Any) -> EngineSettingsInfo:
-        """The values in a started engine's VllmConfig (read by attribute)."""
-        model = vllm_config.model_config
-        cache = vllm_config.cache_config
-        parallel = vllm_config.parallel_config
-        scheduler = vllm_config.scheduler_config
-        backend = parallel.distributed_executor_backend
-        if isinstance(backend, type):  # vLLM also accepts an Executor class
-            backend = backend.__name__
-        return cls(
-            tensor_parallel_size=int(parallel.tensor_parallel_size),
-            gpu_memory_utilization=float(cache.gpu_memory_utilization),
-            dtype=str(model.dtype).removeprefix("torch."),
-            quantization=str(model.quantization or ""),
-            max_num_batched_tokens=int(scheduler.max_num_batched_tokens or 0),
-            max_num_seqs=int(scheduler.max_num_seqs or 0),
-            enable_prefix_caching=bool(cache.enable_prefix_caching),
-            kv_cache_dtype=str(cache.cache_dtype),
-            distributed_executor_backend=str(backend or SINGLE_PROCESS_EXECUTOR),
-            enforce_eager=bool(model.enforce_eager),
+
+def check_runtime(config: EngineConfig) -> None:
+    """Fails early, and clearly, where vLLM would fail deep in its start."""
+    import importlib.util
+
+    if config.executor_backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise RuntimeError(
+            "distributed_executor_backend is ray but ray is not installed "
+            "(pip install 'ray[default]'), or use mp"
         )

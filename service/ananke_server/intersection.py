@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .masks import Bitmask, TokenMasks, intersect, mask_words, unpack
+from .masks import Bitmask, TokenMasks, apply_token_bitmask, force_token, intersect, mask_words
 
 log = logging.getLogger("ananke.intersection")
 
@@ -120,22 +120,17 @@ class IntersectionMasker:
         """Masks each processed row of `logits` (a torch tensor [batch, vocab]) in place."""
         if not self.rows:
             return logits
-        import torch
-
-        width = int(logits.shape[1])
         for index, state in self.rows.items():
             was_dead = state.dead_end
             mask = self.row_mask(state)
             row = logits[index]
             if mask is None:
-                row.fill_(float("-inf"))
-                row[state.eos] = 0.0
+                force_token(row, state.eos)
                 if not was_dead:
                     self.dead_ends += 1
                     log.warning(
                         "intersection dead end after %d tokens: forcing EOS", state.consumed
                     )
                 continue
-            forbid = torch.from_numpy(~unpack(mask, width)).to(row.device)
-            row.masked_fill_(forbid, float("-inf"))
+            apply_token_bitmask(row, mask)
         return logits

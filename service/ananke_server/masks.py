@@ -75,3 +75,18 @@ def unpack(mask: Bitmask, width: int) -> npt.NDArray[np.bool_]:
     if bits.shape[0] < width:
         bits = np.concatenate([bits, np.zeros(width - bits.shape[0], dtype=np.uint8)])
     return bits.astype(bool)
+
+
+def apply_token_bitmask(row: Any, mask: Bitmask) -> None:
+    """Sets to -inf, in place, every logit of `row` (a 1-D torch tensor on any
+    device) whose token's bit in `mask` is 0; ids past the mask are forbidden."""
+    import torch
+
+    forbid = torch.from_numpy(~unpack(mask, int(row.shape[0]))).to(row.device)
+    row.masked_fill_(forbid, float("-inf"))
+
+
+def force_token(row: Any, token: int) -> None:
+    """Leaves only `token` possible in `row` (logit 0, the rest -inf), in place."""
+    row.fill_(float("-inf"))
+    row[token] = 0.0

@@ -126,18 +126,11 @@ def build_engine(settings: Settings) -> Engine:
     """The vLLM engine for the configured model (prepares the default one if needed).
     vllm_engine is imported here, not at the top, so that building a server
     around another engine (tests) does not import vllm."""
+    from .engine_config import EngineConfig
     from .vllm_engine import VllmEngine
 
     model_path, model_id = resolve_model(settings)
-    return VllmEngine(
-        model_path,
-        model_id=model_id,
-        max_model_len=settings.max_model_len,
-        max_num_seqs=settings.max_concurrent_requests,
-        kv_cache_bytes=settings.kv_cache_bytes,
-        enforce_eager=settings.enforce_eager,
-        dtype=settings.dtype,
-    )
+    return VllmEngine(EngineConfig.from_settings(settings, model_path, model_id))
 
 
 async def _watch_engine(running: RunningServer, interval_s: float = 5.0) -> None:

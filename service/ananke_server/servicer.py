@@ -5,6 +5,7 @@ provenance."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -219,6 +220,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             supported_constraint_kinds=SUPPORTED_KINDS,
             max_tokens_limit=self._settings.max_tokens_cap,
             max_constraint_bytes=self._settings.max_constraint_bytes,
+            engine_settings=inference_service_pb2.EngineSettings(
+                **dataclasses.asdict(info.engine_settings)
+            ),
         )
 
     async def GetServerStats(

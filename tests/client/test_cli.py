@@ -202,8 +202,10 @@ def test_models(fake_server) -> None:
     assert status == 0
     assert "fake/model" in out
     assert "regex" in out
+    assert "tensor parallel 2, bfloat16, quantization fp8" in out
     status, out, _ = run(fake_server.address, "models", "--json")
     assert json.loads(out)["vocab_size"] == 100
+    assert json.loads(out)["engine_settings"]["tensor_parallel_size"] == 2
 
 
 def test_stats(fake_server) -> None:

@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 .PHONY: help env tools model serve test check-proto generate check-generated lint typecheck \
-        unit-test integration-test client-install-test bench clean
+        unit-test integration-test client-install-test bench capacity gpu-check clean
 
 help:  ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -66,6 +66,12 @@ test: env tools model check-proto check-generated lint typecheck client-install-
 
 bench: env model  ## Benchmarks on this machine (prints figures; BENCH_ARGS=--quick for a short run).
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+capacity:  ## Print the capacity model of the Modal profiles (a model, not a measurement).
+	python3 bench/capacity.py $(CAPACITY_ARGS)
+
+gpu-check:  ## Compare the service's logits code on CUDA with CPU, bit for bit (needs a GPU; see README).
+	scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:  ## Remove build outputs in the checkout (not the shared cache).
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -310,8 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=None, help="a tokenizer.json")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        print("gpu_check: needs torch (with CUDA for --device cuda)", file=sys.stderr)
+        return 2
+    logging.getLogger("ananke").setLevel(logging.ERROR)  # forced-EOS warnings are expected
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available to torch", file=sys.stderr)
         return 2

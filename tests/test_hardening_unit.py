@@ -10,7 +10,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from ananke_server.auth import ApiKeyInterceptor, load_api_keys
+from ananke_server.auth import ApiKeys, load_api_keys
+from ananke_server.interceptors import metadata_value
 from ananke_server.logging_setup import (
     bind_request_id,
     configure_logging,
@@ -38,8 +39,8 @@ from prometheus_client import generate_latest
     ],
 )
 def test_api_key_check(metadata: object, reason: str | None) -> None:
-    interceptor = ApiKeyInterceptor(["k1", "k2"], AUTH_EXEMPT_DEFAULT)
-    error = interceptor.check(metadata)  # type: ignore[arg-type]
+    keys = ApiKeys(["k1", "k2"])
+    error = keys.check(metadata_value(metadata, "authorization"))  # type: ignore[arg-type]
     assert (error.reason if error else None) == reason
     if error is not None:
         assert "k1" not in error.message

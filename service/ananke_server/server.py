@@ -8,17 +8,16 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from .auth import ApiKeyInterceptor, load_api_keys
-from .decoding import DecodeErrors
+from .auth import ApiKeys, load_api_keys
 from .engine_api import Engine
-from .metrics import CallObserver, Metrics, MetricsHttpServer
+from .interceptors import interceptors
+from .metrics import Metrics, MetricsHttpServer
 from .model_prep import DEFAULT_MODEL_NAME, default_model_dir, prepare_default_model
 from .reflection import enable_reflection
 from .servicer import InferenceServicer
@@ -80,12 +79,9 @@ def build_server(
     Calls pass the observer (metrics, access log), the API-key check if keys are
     set, then the decode check."""
     metrics = metrics or Metrics()
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [CallObserver(metrics)]
     keys = load_api_keys(settings)
-    if keys:
-        interceptors.append(ApiKeyInterceptor(keys, settings.auth_exempt_services))
-    interceptors.append(DecodeErrors())
-    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    chain = interceptors(metrics, ApiKeys(keys) if keys else None, settings.auth_exempt_services)
+    server = grpc.aio.server(options=server_options(settings), interceptors=chain)
     engine_failed = asyncio.Event()
 
     def on_engine_dead(error: BaseException) -> None:

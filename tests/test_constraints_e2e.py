@@ -130,6 +130,8 @@ def test_token_mask_allowed_only(live_server: LiveServer) -> None:
     assert set(response.token_ids) <= set(allowed) | set(info.eos_token_ids)
     assert response.provenance.check.verdict == SATISFIED
     assert response.provenance.constraints.enforcement == "token_mask"
+    assert response.provenance.constraints.enforcement_mode == provenance_pb2.ENFORCEMENT_TOKEN_MASK
+    assert response.provenance.constraints.token_mask
 
 
 def test_forbidden_token_ids_never_appear(live_server: LiveServer) -> None:
@@ -171,6 +173,7 @@ def test_all_of_regex_and_regex_folds(live_server: LiveServer) -> None:
     _assert_complete(response)
     assert re.fullmatch(r"get_[a-z_]{0,6}", response.text), response.text
     assert response.provenance.constraints.enforcement == "grammar"
+    assert response.provenance.constraints.enforcement_mode == provenance_pb2.ENFORCEMENT_GRAMMAR
 
 
 def test_all_of_json_and_regex_through_the_processor(live_server: LiveServer) -> None:
@@ -186,6 +189,11 @@ def test_all_of_json_and_regex_through_the_processor(live_server: LiveServer) ->
     assert re.fullmatch(pattern, response.text), response.text
     jsonschema.validate(json.loads(response.text), schema)
     assert response.provenance.constraints.enforcement == "logits_processor(2 grammars)"
+    assert (
+        response.provenance.constraints.enforcement_mode == provenance_pb2.ENFORCEMENT_INTERSECTION
+    )
+    assert response.provenance.constraints.intersected_grammars == 2
+    assert not response.provenance.constraints.token_mask
 
 
 def test_top_level_lark_and_regex_and_mask_through_the_processor(live_server: LiveServer) -> None:
@@ -201,6 +209,11 @@ def test_top_level_lark_and_regex_and_mask_through_the_processor(live_server: Li
     assert re.fullmatch(r"x = [0-9]{2,4}", response.text), response.text
     assert not set(response.token_ids) & set(seven)
     assert response.provenance.constraints.enforcement.startswith("logits_processor")
+    assert response.provenance.constraints.enforcement.endswith("+token_mask")
+    assert (
+        response.provenance.constraints.enforcement_mode == provenance_pb2.ENFORCEMENT_INTERSECTION
+    )
+    assert response.provenance.constraints.token_mask
 
 
 def test_unsatisfiable_at_compile_time(live_server: LiveServer) -> None:

@@ -259,6 +259,11 @@ async def test_valid_constraint(compiler: ConstraintCompiler, case: Valid) -> No
     assert compiled.constrained
     assert compiled.digest == constraint_digest(case.constraints)
     assert compiled.enforcement == case.enforcement
+    mode = compiled.enforcement_mode
+    assert (mode == provenance_pb2.ENFORCEMENT_INTERSECTION) == bool(compiled.intersection)
+    assert (mode == provenance_pb2.ENFORCEMENT_GRAMMAR) == (compiled.grammar is not None)
+    if mode == provenance_pb2.ENFORCEMENT_TOKEN_MASK:
+        assert compiled.has_token_mask
     if case.enforcement.startswith("grammar"):
         assert compiled.grammar is not None
         assert compiled.grammar.startswith(LARK_HEADER)
@@ -296,6 +301,7 @@ async def test_unconstrained(compiler: ConstraintCompiler) -> None:
     assert compiled.digest == ""
     assert compiled.grammar is None
     assert compiled.enforcement == "none"
+    assert compiled.enforcement_mode == provenance_pb2.ENFORCEMENT_NONE
     assert compiler.check_output(compiled, tokens("anything"), EOS) == (
         provenance_pb2.CHECK_VERDICT_UNCONSTRAINED,
         "",
@@ -786,6 +792,66 @@ def test_digest_orders_by_priority() -> None:
 )
 def test_digest_differs_when_content_differs(changed: list[c.ConstraintIR]) -> None:
     assert constraint_digest(changed) != constraint_digest([regex("a")])
+
+
+def _schema_with(text: str, **options: object) -> c.ConstraintIR:
+    ir = c.ConstraintIR(json_schema=c.JsonSchemaConstraint(schema=text))
+    ir.json_schema.options.SetInParent()  # present even when nothing is set
+    for key, value in options.items():
+        setattr(ir.json_schema.options, key, value)
+    return ir
+
+
+OBJ = '{"type": "object", "properties": {"a": {"type": "integer"}}}'
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"lenient": False},
+        {"coerce_one_of": False, "whitespace_flexible": False},
+        {"item_separator": ",", "key_separator": ":"},
+    ],
+    ids=["empty options", "lenient false", "flags false", "compact separators"],
+)
+async def test_equivalent_encodings_share_digest_and_cache_entry(
+    variant: dict[str, object],
+) -> None:
+    plain = c.ConstraintIR(json_schema=c.JsonSchemaConstraint(schema=OBJ))
+    encoded = _schema_with(OBJ, **variant)
+    assert encoded.SerializeToString() != plain.SerializeToString()
+    assert constraint_digest([encoded]) == constraint_digest([plain])
+    wrapped = [composite(SEQ, encoded, regex("x"))]
+    assert constraint_digest(wrapped) == constraint_digest([composite(SEQ, plain, regex("x"))])
+    compiler = make_compiler()
+    try:
+        first, hit_first = await compiler.compile([plain], "request.constraints")
+        second, hit_second = await compiler.compile([encoded], "request.constraints")
+        assert (hit_first, hit_second) == (False, True)
+        assert second.digest == first.digest
+        stats = compiler.stats()
+        assert (stats.size, stats.hits, stats.misses) == (1, 1, 1)
+    finally:
+        compiler.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        (OBJ, {"lenient": True}),
+        (OBJ, {"whitespace_flexible": True}),
+        (OBJ, {"item_separator": ", "}),
+        # With flexible whitespace "," is not the default separator.
+        (OBJ, {"whitespace_flexible": True, "item_separator": ","}),
+        # An explicit option overrides the schema's own x-guidance: not a default then.
+        ('{"type": "object", "x-guidance": {"lenient": true}}', {"lenient": False}),
+    ],
+    ids=["lenient", "flexible", "spaced separator", "flexible separator", "x-guidance"],
+)
+def test_meaningful_options_keep_their_digest(text: str, options: dict[str, object]) -> None:
+    plain = c.ConstraintIR(json_schema=c.JsonSchemaConstraint(schema=text))
+    assert constraint_digest([_schema_with(text, **options)]) != constraint_digest([plain])
 
 
 # -- validate() -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -125,11 +126,20 @@ def package_version(*names: str) -> str:
 
 
 def model_revision(model_path: str) -> str:
-    """For a local folder, a sha256 over its config, tokenizer and weight files
-    (sizes, plus contents of the small ones); for a hub id, the id."""
+    """The revision served, as Provenance.model_revision documents it:
+    - a Hugging Face cache snapshot folder (`.../snapshots/<commit>`, also
+      through a symlink, as modal_deploy links its pinned download): the commit;
+    - another local folder: "sha256:" and the first 16 hex digits of a sha256
+      over its *.json, *.safetensors and *.jinja files in name order, each as
+      "name:size" followed by its bytes when under 16 MiB;
+    - a hub id: the commit its cached `main` snapshot holds (what vLLM loads),
+      or "hub:<id>" before it is downloaded."""
     path = Path(model_path)
     if not path.is_dir():
-        return "hub:" + model_path
+        return _hub_commit(model_path) or "hub:" + model_path
+    resolved = path.resolve()
+    if resolved.parent.name == "snapshots" and _COMMIT.fullmatch(resolved.name):
+        return resolved.name
     hasher = hashlib.sha256()
     for name in sorted(os.listdir(path)):
         item = path / name
@@ -139,3 +149,20 @@ def model_revision(model_path: str) -> str:
             if size < (16 << 20):
                 hasher.update(item.read_bytes())
     return "sha256:" + hasher.hexdigest()[:16]
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _hub_commit(repo_id: str) -> str | None:
+    """The commit of the cached snapshot of `repo_id`'s main ref, if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id, or no hub library: no revision known
+        return None
+    if not isinstance(found, str):
+        return None
+    commit = Path(found).parent.name
+    return commit if _COMMIT.fullmatch(commit) else None

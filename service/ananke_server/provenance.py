@@ -9,15 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from ananke import __version__ as client_version
 from ananke.v1 import generation_pb2, provenance_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from . import __version__
 from .constraints import LLGUIDANCE_VERSION, CompiledConstraints
 from .engine_api import EngineInfo
 from .validation import ValidatedRequest
 
-SERVICE_VERSION = client_version
+SERVICE_VERSION = __version__  # the server's version, not the client package's
 
 
 def placement_from_environment(
@@ -97,6 +97,9 @@ def build_provenance(
             items=compiled.summaries,
             cache=cache,
             enforcement=compiled.enforcement,
+            enforcement_mode=compiled.enforcement_mode,
+            intersected_grammars=len(compiled.intersection),
+            token_mask=compiled.has_token_mask,
         ),
         sampling=provenance_pb2.AppliedSampling(
             max_tokens=sampling.max_tokens,

@@ -99,7 +99,7 @@ class VllmEngine:
                 eos_ids.update(int(e) for e in declared)
         self.info = EngineInfo(
             model_id=self._config.model_id,
-            model_revision=self.info.model_revision,
+            model_revision=model_revision(self._config.model_path),  # a hub download is cached now
             engine_name="vllm",
             engine_version=self.info.engine_version,
             context_length=int(model_config.max_model_len),

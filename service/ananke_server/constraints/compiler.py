@@ -25,6 +25,7 @@ from .core import (
     Piece,
     Verdict,
     as_start,
+    canonical_bytes,
     constraint_digest,
     kind_of,
     order_by_priority,
@@ -124,7 +125,7 @@ class ConstraintCompiler:
         # constraints by their request index and path (errors, check names).
         hasher = hashlib.sha256(field_path.encode())
         for constraint in constraints:
-            blob = constraint.SerializeToString(deterministic=True)
+            blob = canonical_bytes(constraint)  # equivalent encodings share an entry
             hasher.update(len(blob).to_bytes(8, "big") + blob)
         return "|".join([hasher.hexdigest(), self._tokenizer_id, LLGUIDANCE_VERSION])
 

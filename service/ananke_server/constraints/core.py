@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from ananke.v1 import constraints_pb2, provenance_pb2
 
@@ -22,8 +22,18 @@ DEFAULT_MAX_CACHE_BYTES = 256 * 1024 * 1024
 LARK_HEADER = "%llguidance {}\n"
 
 Kind: TypeAlias = constraints_pb2.ConstraintKind.ValueType
+Enforcement: TypeAlias = provenance_pb2.ConstraintEnforcement.ValueType
 K = constraints_pb2.ConstraintKind
 C = constraints_pb2.Combinator
+
+
+_ENFORCEMENT_TEXT: dict[Enforcement, str] = {
+    provenance_pb2.ENFORCEMENT_NONE: "none",
+    provenance_pb2.ENFORCEMENT_GRAMMAR: "grammar",
+    provenance_pb2.ENFORCEMENT_INTERSECTION: "logits_processor({grammars} grammars)",
+    provenance_pb2.ENFORCEMENT_TOKEN_MASK: "token_mask",
+    provenance_pb2.ENFORCEMENT_GRAMMAR_AND_VALIDATION: "grammar+validation",
+}
 
 
 @dataclass(frozen=True)
@@ -47,15 +57,29 @@ class CompiledConstraints:
         return bool(self.summaries)
 
     @property
-    def enforcement(self) -> str:
-        """How the constraints reach the engine, for provenance."""
+    def has_token_mask(self) -> bool:
+        """Whether token-id masks apply."""
+        return self.allowed_token_ids is not None or bool(self.forbidden_token_ids)
+
+    @property
+    def enforcement_mode(self) -> Enforcement:
+        """How the constraints reach the engine (Provenance's enforcement_mode)."""
         if self.intersection:
-            parts = [f"logits_processor({len(self.intersection)} grammars)"]
-        else:
-            parts = ["grammar"] if self.grammar is not None else []
-        if self.allowed_token_ids is not None or self.forbidden_token_ids:
-            parts.append("token_mask")
-        return "+".join(parts) or "none"
+            return provenance_pb2.ENFORCEMENT_INTERSECTION
+        if self.grammar is not None:
+            return provenance_pb2.ENFORCEMENT_GRAMMAR
+        if self.has_token_mask:
+            return provenance_pb2.ENFORCEMENT_TOKEN_MASK
+        return provenance_pb2.ENFORCEMENT_NONE
+
+    @property
+    def enforcement(self) -> str:
+        """The deprecated text form of the enforcement fields (provenance.proto)."""
+        mode = self.enforcement_mode
+        text = _ENFORCEMENT_TEXT[mode].format(grammars=len(self.intersection))
+        if self.has_token_mask and mode != provenance_pb2.ENFORCEMENT_TOKEN_MASK:
+            text += "+token_mask"
+        return text
 
     @property
     def has_grammar(self) -> bool:
@@ -156,13 +180,67 @@ def order_by_priority(
     return sorted(enumerate(constraints), key=lambda pair: -pair[1].priority)
 
 
+# JsonSchemaOptions values that mean the same as leaving the option unset
+# (separators only with compact whitespace, where they are the default).
+_JsonOption: TypeAlias = Literal[
+    "whitespace_flexible", "lenient", "coerce_one_of", "item_separator", "key_separator"
+]
+_DEFAULT_JSON_FLAGS: dict[_JsonOption, object] = {
+    "whitespace_flexible": False,
+    "lenient": False,
+    "coerce_one_of": False,
+}
+_COMPACT_SEPARATORS: dict[_JsonOption, object] = {"item_separator": ",", "key_separator": ":"}
+
+
+def canonical(constraint: constraints_pb2.ConstraintIR) -> constraints_pb2.ConstraintIR:
+    """`constraint` in the one form that every equivalent encoding shares, so
+    clients that encode a constraint differently get one digest and one cache
+    entry: JSON-schema options set to their default values are cleared (unless
+    the schema carries its own "x-guidance", which an explicit option
+    overrides), and an options message with nothing set is dropped; composite
+    parts likewise. Everything else, names and order included, is kept."""
+    which = constraint.WhichOneof("kind")
+    if which == "json_schema" and constraint.json_schema.HasField("options"):
+        copy = constraints_pb2.ConstraintIR()
+        copy.CopyFrom(constraint)
+        _canonical_json_options(copy.json_schema)
+        return copy
+    if which == "composite":
+        copy = constraints_pb2.ConstraintIR()
+        copy.CopyFrom(constraint)
+        del copy.composite.parts[:]
+        copy.composite.parts.extend(canonical(p) for p in constraint.composite.parts)
+        return copy
+    return constraint
+
+
+def _canonical_json_options(spec: constraints_pb2.JsonSchemaConstraint) -> None:
+    options = spec.options
+    if "x-guidance" not in spec.schema:
+        flexible = options.HasField("whitespace_flexible") and options.whitespace_flexible
+        defaults = dict(_DEFAULT_JSON_FLAGS)
+        if not flexible:
+            defaults.update(_COMPACT_SEPARATORS)
+        for name, default in defaults.items():
+            if options.HasField(name) and getattr(options, name) == default:
+                options.ClearField(name)
+    if not options.ListFields():
+        spec.ClearField("options")
+
+
+def canonical_bytes(constraint: constraints_pb2.ConstraintIR) -> bytes:
+    """The deterministic protobuf binary of `constraint`'s canonical form."""
+    return canonical(constraint).SerializeToString(deterministic=True)
+
+
 def constraint_digest(constraints: Sequence[constraints_pb2.ConstraintIR]) -> str:
-    """sha256 over the deterministic serialization of the ordered list."""
+    """sha256 over the canonical serialization of the ordered list."""
     if not constraints:
         return ""
     hasher = hashlib.sha256()
     for _, constraint in order_by_priority(constraints):
-        blob = constraint.SerializeToString(deterministic=True)
+        blob = canonical_bytes(constraint)
         hasher.update(len(blob).to_bytes(8, "big"))
         hasher.update(blob)
     return hasher.hexdigest()

@@ -42,12 +42,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     SAMPLING_PARAM_INVALID: _ErrorReason.ValueType  # 5
-    """INVALID_ARGUMENT: temperature, top_p, top_k or a stop sequence is out of
-    its documented range.
+    """INVALID_ARGUMENT: temperature, top_p, top_k, seed or a stop sequence is
+    out of its documented range.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     REQUEST_FIELD_INVALID: _ErrorReason.ValueType  # 6
-    """INVALID_ARGUMENT: request_id or metadata break their documented limits.
+    """INVALID_ARGUMENT: request_id or metadata break their documented limits, or
+    the request message does not parse (for example invalid UTF-8 in a string
+    field; field "request").
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     CONSTRAINT_EMPTY: _ErrorReason.ValueType  # 10
@@ -117,7 +119,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     ENGINE_UNAVAILABLE: _ErrorReason.ValueType  # 33
-    """UNAVAILABLE: the engine failed; the server restarts it or exits.
+    """UNAVAILABLE: the engine failed, or ended a generation abnormally. After an
+    engine failure the server refuses new calls with this reason, reports
+    NOT_SERVING and exits with status 1 for its supervisor to restart it.
+    RetryInfo says when to retry.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     GENERATION_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 34
@@ -172,12 +177,14 @@ MAX_TOKENS_OUT_OF_RANGE: ErrorReason.ValueType  # 4
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 SAMPLING_PARAM_INVALID: ErrorReason.ValueType  # 5
-"""INVALID_ARGUMENT: temperature, top_p, top_k or a stop sequence is out of
-its documented range.
+"""INVALID_ARGUMENT: temperature, top_p, top_k, seed or a stop sequence is
+out of its documented range.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 REQUEST_FIELD_INVALID: ErrorReason.ValueType  # 6
-"""INVALID_ARGUMENT: request_id or metadata break their documented limits.
+"""INVALID_ARGUMENT: request_id or metadata break their documented limits, or
+the request message does not parse (for example invalid UTF-8 in a string
+field; field "request").
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 CONSTRAINT_EMPTY: ErrorReason.ValueType  # 10
@@ -247,7 +254,10 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 32
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 ENGINE_UNAVAILABLE: ErrorReason.ValueType  # 33
-"""UNAVAILABLE: the engine failed; the server restarts it or exits.
+"""UNAVAILABLE: the engine failed, or ended a generation abnormally. After an
+engine failure the server refuses new calls with this reason, reports
+NOT_SERVING and exits with status 1 for its supervisor to restart it.
+RetryInfo says when to retry.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 GENERATION_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 34

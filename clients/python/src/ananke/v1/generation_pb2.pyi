@@ -65,7 +65,11 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     sentence of the constraint.
     """
     FINISH_REASON_CONSTRAINT_COMPLETE: _FinishReason.ValueType  # 4
-    """The constraint was complete and allowed nothing more."""
+    """Generation ended by end of sequence with the output a complete match of
+    the request's grammar constraints (the re-check says SATISFIED): the
+    grammar allowed nothing more, or allowed the end and the model took it.
+    Reported in place of END_OF_SEQUENCE whenever a grammar applies.
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why generation ended."""
@@ -81,7 +85,11 @@ FINISH_REASON_MAX_TOKENS: FinishReason.ValueType  # 3
 sentence of the constraint.
 """
 FINISH_REASON_CONSTRAINT_COMPLETE: FinishReason.ValueType  # 4
-"""The constraint was complete and allowed nothing more."""
+"""Generation ended by end of sequence with the output a complete match of
+the request's grammar constraints (the re-check says SATISFIED): the
+grammar allowed nothing more, or allowed the end and the model took it.
+Reported in place of END_OF_SEQUENCE whenever a grammar applies.
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -147,7 +155,7 @@ class GenerationRequest(_message.Message):
         enforces it. Otherwise (grammars that do not fold, such as a JSON schema
         and a regex, or any grammar together with a token mask) every grammar and
         mask is enforced together token by token, each token allowed only when all
-        of them allow it (provenance enforcement "logits_processor(N grammars)").
+        of them allow it (provenance enforcement_mode ENFORCEMENT_INTERSECTION).
         When no token is allowed, the call fails with FAILED_PRECONDITION
         CONSTRAINT_UNSATISFIABLE: at once when the empty output already has no
         allowed token, or as soon as generation reaches such a dead end (a stream
@@ -233,8 +241,9 @@ class SamplingParams(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
-    """Optional. Most tokens to generate, 1 to the server's max_tokens cap.
-    Default: 256 (or the cap when it is lower).
+    """Optional. Most tokens to generate, 1 to the server's max_tokens cap
+    (GetModelInfoResponse.max_tokens_limit). Default: the server's
+    default_max_tokens setting (256 unless configured), at most the cap.
     """
     temperature: _builtins.float
     """Optional. Softmax temperature, 0 to 2; 0 means greedy. Default: 0."""
@@ -246,8 +255,8 @@ class SamplingParams(_message.Message):
     """
     seed: _builtins.int
     """Optional. Random seed for sampling; the same seed, prompt and constraints
-    give the same output on the same model and engine version. Default: a
-    random seed, reported in provenance.
+    give the same output on the same model and engine version. Below 2^63.
+    Default: a random seed, reported in provenance.
     """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

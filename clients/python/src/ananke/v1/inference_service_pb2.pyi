@@ -86,7 +86,9 @@ Global___GenerateStreamResponse: _TypeAlias = GenerateStreamResponse  # noqa: Y0
 
 @_typing.final
 class GenerationStarted(_message.Message):
-    """The first event of a stream: the request was accepted and compiled."""
+    """The first event of a stream: the request was accepted, its constraints
+    compiled, and it holds an engine slot.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -130,7 +132,9 @@ class TokenChunk(_message.Message):
     """
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The ids of the tokens, in order."""
+        """The ids of the tokens, in order; end-of-sequence tokens are left out
+        (Usage.completion_tokens counts them).
+        """
 
     def __init__(
         self,
@@ -456,7 +460,7 @@ class GetModelInfoResponse(_message.Message):
     llguidance_version: _builtins.str
     """The llguidance version."""
     service_version: _builtins.str
-    """This service's version."""
+    """The server's version (see Provenance.service_version)."""
     context_length: _builtins.int
     """Most tokens of prompt plus output."""
     vocab_size: _builtins.int
@@ -679,11 +683,16 @@ class CompileCacheStats(_message.Message):
     size: _builtins.int
     """Entries held now."""
     capacity: _builtins.int
-    """Most entries held."""
+    """Most entries held (the cache is also bounded by the bytes it holds)."""
     hits: _builtins.int
-    """Lookups answered from the cache."""
+    """Lookups answered from the cache. Generations and ValidateConstraints'
+    whole-list compile look up the cache; a lookup that joined an identical
+    compile already under way counts as neither a hit nor a miss. The
+    Prometheus counter ananke_constraint_cache_lookups_total reports the same
+    counts.
+    """
     misses: _builtins.int
-    """Lookups that compiled."""
+    """Lookups that started a compile (a compile error is cached too)."""
     def __init__(
         self,
         *,

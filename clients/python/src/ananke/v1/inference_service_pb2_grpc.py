@@ -103,7 +103,8 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the model, the engine and the limits.
+        """Describes the model, the engine and the limits. Answered while the model
+        loads too, when vocab_size is 0 and eos_token_ids is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

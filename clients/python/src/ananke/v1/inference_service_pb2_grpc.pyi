@@ -54,7 +54,9 @@ class InferenceServiceStub:
     the error (and its position) or the warnings.
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelInfoRequest, _inference_service_pb2.GetModelInfoResponse]
-    """Describes the model, the engine and the limits."""
+    """Describes the model, the engine and the limits. Answered while the model
+    loads too, when vocab_size is 0 and eos_token_ids is empty.
+    """
     GetServerStats: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetServerStatsRequest, _inference_service_pb2.GetServerStatsResponse]
     """Reports this server process's load and compile cache counters."""
 
@@ -84,7 +86,9 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     the error (and its position) or the warnings.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelInfoRequest, _inference_service_pb2.GetModelInfoResponse]  # type: ignore[assignment]
-    """Describes the model, the engine and the limits."""
+    """Describes the model, the engine and the limits. Answered while the model
+    loads too, when vocab_size is 0 and eos_token_ids is empty.
+    """
     GetServerStats: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetServerStatsRequest, _inference_service_pb2.GetServerStatsResponse]  # type: ignore[assignment]
     """Reports this server process's load and compile cache counters."""
 
@@ -135,7 +139,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_service_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.GetModelInfoResponse, _abc.Awaitable[_inference_service_pb2.GetModelInfoResponse]]:
-        """Describes the model, the engine and the limits."""
+        """Describes the model, the engine and the limits. Answered while the model
+        loads too, when vocab_size is 0 and eos_token_ids is empty.
+        """
 
     @_abc_1.abstractmethod
     def GetServerStats(

@@ -21,7 +21,80 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConstraintEnforcement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConstraintEnforcementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConstraintEnforcement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENFORCEMENT_UNSPECIFIED: _ConstraintEnforcement.ValueType  # 0
+    """Not reported (a server older than this field).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ENFORCEMENT_NONE: _ConstraintEnforcement.ValueType  # 1
+    """No constraints: the output is unconstrained.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ENFORCEMENT_GRAMMAR: _ConstraintEnforcement.ValueType  # 2
+    """One llguidance grammar through the engine's structured output (vLLM's
+    guidance backend masks every token).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ENFORCEMENT_INTERSECTION: _ConstraintEnforcement.ValueType  # 3
+    """Ananke's intersection logits processor: several grammars (and token
+    masks) ANDed token by token; EOS is forced only at a proved dead end.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ENFORCEMENT_TOKEN_MASK: _ConstraintEnforcement.ValueType  # 4
+    """Only token-id masks (allowed / forbidden ids), no grammar.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ENFORCEMENT_GRAMMAR_AND_VALIDATION: _ConstraintEnforcement.ValueType  # 5
+    """A grammar that over-approximates the constraints, with the output
+    validated against the exact constraints and regenerated when it fails.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+class ConstraintEnforcement(_ConstraintEnforcement, metaclass=_ConstraintEnforcementEnumTypeWrapper):
+    """How a generation's constraints reached the engine. The values keep the
+    short ENFORCEMENT_ prefix (hence the lint ignores).
+    """
+
+ENFORCEMENT_UNSPECIFIED: ConstraintEnforcement.ValueType  # 0
+"""Not reported (a server older than this field).
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ENFORCEMENT_NONE: ConstraintEnforcement.ValueType  # 1
+"""No constraints: the output is unconstrained.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ENFORCEMENT_GRAMMAR: ConstraintEnforcement.ValueType  # 2
+"""One llguidance grammar through the engine's structured output (vLLM's
+guidance backend masks every token).
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ENFORCEMENT_INTERSECTION: ConstraintEnforcement.ValueType  # 3
+"""Ananke's intersection logits processor: several grammars (and token
+masks) ANDed token by token; EOS is forced only at a proved dead end.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ENFORCEMENT_TOKEN_MASK: ConstraintEnforcement.ValueType  # 4
+"""Only token-id masks (allowed / forbidden ids), no grammar.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ENFORCEMENT_GRAMMAR_AND_VALIDATION: ConstraintEnforcement.ValueType  # 5
+"""A grammar that over-approximates the constraints, with the output
+validated against the exact constraints and regenerated when it fails.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+Global___ConstraintEnforcement: _TypeAlias = ConstraintEnforcement  # noqa: Y015
 
 class _CacheOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -34,7 +107,9 @@ class _CacheOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheOut
     CACHE_OUTCOME_HIT: _CacheOutcome.ValueType  # 1
     """Found in the compile cache."""
     CACHE_OUTCOME_MISS: _CacheOutcome.ValueType  # 2
-    """Compiled for this request (and cached)."""
+    """Compiled for this request, or by an identical request at the same time
+    (and cached).
+    """
 
 class CacheOutcome(_CacheOutcome, metaclass=_CacheOutcomeEnumTypeWrapper):
     """Whether a compiled constraint came from the cache."""
@@ -44,7 +119,9 @@ CACHE_OUTCOME_UNSPECIFIED: CacheOutcome.ValueType  # 0
 CACHE_OUTCOME_HIT: CacheOutcome.ValueType  # 1
 """Found in the compile cache."""
 CACHE_OUTCOME_MISS: CacheOutcome.ValueType  # 2
-"""Compiled for this request (and cached)."""
+"""Compiled for this request, or by an identical request at the same time
+(and cached).
+"""
 Global___CacheOutcome: _TypeAlias = CacheOutcome  # noqa: Y015
 
 class _CheckVerdict:
@@ -136,8 +213,14 @@ class Provenance(_message.Message):
     model_id: _builtins.str
     """The model id as loaded (a hub id or a local folder name)."""
     model_revision: _builtins.str
-    """The model revision: a hub commit, or the sha256 of the weights' index
-    for a local folder.
+    """The model revision served. A Hugging Face snapshot folder
+    (".../snapshots/<commit>", also through a symlink, as the Modal
+    deployment links its pinned download): that 40-hex commit. Another local
+    folder: "sha256:" and the first 16 hex digits of a sha256 over its
+    *.json, *.safetensors and *.jinja files in name order, each hashed as
+    "<name>:<size in bytes>" followed by its contents when under 16 MiB. A
+    hub id: the commit of its cached main snapshot (what the engine loaded),
+    or "hub:<id>" when none is cached.
     """
     engine_name: _builtins.str
     """The engine, for example "vllm"."""
@@ -146,7 +229,7 @@ class Provenance(_message.Message):
     llguidance_version: _builtins.str
     """The llguidance version that masked and checked the output."""
     service_version: _builtins.str
-    """The version of this service."""
+    """The server's version (the ananke-service package, not a client's)."""
     prompt_tokens: _builtins.int
     """Tokens in the prompt after templating."""
     completion_tokens: _builtins.int
@@ -225,17 +308,54 @@ class ConstraintProvenance(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_MODE_FIELD_NUMBER: _builtins.int
+    INTERSECTED_GRAMMARS_FIELD_NUMBER: _builtins.int
+    TOKEN_MASK_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     """sha256 (hex) of the canonical serialization of the constraint list: for
     each constraint in applied order (descending priority, ties in request
-    order), its length as an 8-byte big-endian integer, then its deterministic
-    protobuf binary. Empty when unconstrained.
+    order), its length as an 8-byte big-endian integer, then the
+    deterministic protobuf binary of its canonical form. The canonical form
+    drops what does not change the meaning, so that every client encoding of
+    one constraint has one digest (and one compile-cache entry):
+    JsonSchemaOptions fields set to their default (false flags; "," and ":"
+    separators with compact whitespace) unless the schema text contains
+    "x-guidance" (whose options an explicit field overrides), then an options
+    message with nothing set; inside composites too. Empty when
+    unconstrained.
     """
     cache: Global___CacheOutcome.ValueType
     """Whether the compiled form came from the compile cache."""
-    enforcement: _builtins.str
-    """How the constraints were enforced, for example "grammar" (one llguidance
-    grammar through the engine) or "grammar+mask" (plus extra matchers).
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def enforcement(self) -> _builtins.str:
+        """Deprecated: read enforcement_mode, intersected_grammars and token_mask.
+        The same facts as text: "none", "grammar", "token_mask",
+        "logits_processor(<intersected_grammars> grammars)", a mode followed by
+        "+token_mask" when token_mask is set with another mode, and
+        "grammar+validation" for ENFORCEMENT_GRAMMAR_AND_VALIDATION.
+        """
+
+    @enforcement.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def enforcement(self, value: _builtins.str) -> None:
+        """Deprecated: read enforcement_mode, intersected_grammars and token_mask.
+        The same facts as text: "none", "grammar", "token_mask",
+        "logits_processor(<intersected_grammars> grammars)", a mode followed by
+        "+token_mask" when token_mask is set with another mode, and
+        "grammar+validation" for ENFORCEMENT_GRAMMAR_AND_VALIDATION.
+        """
+
+    enforcement_mode: Global___ConstraintEnforcement.ValueType
+    """How the constraints were enforced."""
+    intersected_grammars: _builtins.int
+    """With ENFORCEMENT_INTERSECTION: how many grammars the logits processor
+    intersected token by token; 0 otherwise.
+    """
+    token_mask: _builtins.bool
+    """Whether token-id masks (TokenMaskConstraint allowed or forbidden ids)
+    applied: always with ENFORCEMENT_TOKEN_MASK, possibly with
+    ENFORCEMENT_INTERSECTION (the processor ANDs them with the grammars).
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConstraintSummary]:
@@ -248,10 +368,13 @@ class ConstraintProvenance(_message.Message):
         items: _abc.Iterable[Global___ConstraintSummary] | None = ...,
         cache: Global___CacheOutcome.ValueType = ...,
         enforcement: _builtins.str = ...,
+        enforcement_mode: Global___ConstraintEnforcement.ValueType = ...,
+        intersected_grammars: _builtins.int = ...,
+        token_mask: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "digest", b"digest", "enforcement", b"enforcement", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "digest", b"digest", "enforcement", b"enforcement", "enforcement_mode", b"enforcement_mode", "intersected_grammars", b"intersected_grammars", "items", b"items", "token_mask", b"token_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,7 +517,9 @@ class GenerationTimings(_message.Message):
 
     @_builtins.property
     def total(self) -> _duration_pb2.Duration:
-        """From receipt to the last token."""
+        """From receipt to the finished event: validation, compilation, queueing,
+        generation and the re-check (finished_at minus received_at).
+        """
 
     @_builtins.property
     def check(self) -> _duration_pb2.Duration:
@@ -420,7 +545,8 @@ Global___GenerationTimings: _TypeAlias = GenerationTimings  # noqa: Y015
 @_typing.final
 class ConstraintCheck(_message.Message):
     """An independent re-check of the output with fresh llguidance matchers, one
-    per top-level constraint, fed the generated token ids.
+    per top-level constraint (and one per grammar of an intersection), fed the
+    generated token ids.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -462,7 +588,9 @@ class Placement(_message.Message):
     modal_region: _builtins.str
     """The Modal region, for example "us-east"; empty outside Modal."""
     accelerator: _builtins.str
-    """The accelerator, for example "A100-40GB"; "cpu" when none."""
+    """The accelerator: the GPU's name as CUDA reports it (for example "NVIDIA
+    A100-SXM4-40GB"); "cpu" when none.
+    """
     def __init__(
         self,
         *,

@@ -14,6 +14,7 @@ __all__ = (
     "CompileCacheStats",
     "CompositeConstraint",
     "ConstraintCheck",
+    "ConstraintEnforcement",
     "ConstraintError",
     "ConstraintIr",
     "ConstraintKind",
@@ -55,6 +56,7 @@ __all__ = (
 )
 
 import datetime
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,7 +86,8 @@ class CacheOutcome(betterproto2.Enum):
 
     MISS = 2
     """
-    Compiled for this request (and cached).
+    Compiled for this request, or by an identical request at the same time
+    (and cached).
     """
 
     @classmethod
@@ -246,6 +249,52 @@ class Combinator(betterproto2.Enum):
         }
 
 
+class ConstraintEnforcement(betterproto2.Enum):
+    """
+    How a generation's constraints reached the engine. The values keep the
+    short ENFORCEMENT_ prefix (hence the lint ignores).
+    """
+
+    ENFORCEMENT_UNSPECIFIED = 0
+    """
+    Not reported (a server older than this field).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ENFORCEMENT_NONE = 1
+    """
+    No constraints: the output is unconstrained.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ENFORCEMENT_GRAMMAR = 2
+    """
+    One llguidance grammar through the engine's structured output (vLLM's
+    guidance backend masks every token).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ENFORCEMENT_INTERSECTION = 3
+    """
+    Ananke's intersection logits processor: several grammars (and token
+    masks) ANDed token by token; EOS is forced only at a proved dead end.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ENFORCEMENT_TOKEN_MASK = 4
+    """
+    Only token-id masks (allowed / forbidden ids), no grammar.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ENFORCEMENT_GRAMMAR_AND_VALIDATION = 5
+    """
+    A grammar that over-approximates the constraints, with the output
+    validated against the exact constraints and regenerated when it fails.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+
 class ConstraintKind(betterproto2.Enum):
     """
     A kind of constraint, as named in provenance and model info.
@@ -374,14 +423,16 @@ class ErrorReason(betterproto2.Enum):
 
     SAMPLING_PARAM_INVALID = 5
     """
-    INVALID_ARGUMENT: temperature, top_p, top_k or a stop sequence is out of
-    its documented range.
+    INVALID_ARGUMENT: temperature, top_p, top_k, seed or a stop sequence is
+    out of its documented range.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
     REQUEST_FIELD_INVALID = 6
     """
-    INVALID_ARGUMENT: request_id or metadata break their documented limits.
+    INVALID_ARGUMENT: request_id or metadata break their documented limits, or
+    the request message does not parse (for example invalid UTF-8 in a string
+    field; field "request").
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -481,7 +532,10 @@ class ErrorReason(betterproto2.Enum):
 
     ENGINE_UNAVAILABLE = 33
     """
-    UNAVAILABLE: the engine failed; the server restarts it or exits.
+    UNAVAILABLE: the engine failed, or ended a generation abnormally. After an
+    engine failure the server refuses new calls with this reason, reports
+    NOT_SERVING and exits with status 1 for its supervisor to restart it.
+    RetryInfo says when to retry.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -546,7 +600,10 @@ class FinishReason(betterproto2.Enum):
 
     CONSTRAINT_COMPLETE = 4
     """
-    The constraint was complete and allowed nothing more.
+    Generation ended by end of sequence with the output a complete match of
+    the request's grammar constraints (the re-check says SATISFIED): the
+    grammar allowed nothing more, or allowed the end and the model took it.
+    Reported in place of END_OF_SEQUENCE whenever a grammar applies.
     """
 
     @classmethod
@@ -700,17 +757,21 @@ class CompileCacheStats(betterproto2.Message):
 
     capacity: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
     """
-    Most entries held.
+    Most entries held (the cache is also bounded by the bytes it holds).
     """
 
     hits: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
     """
-    Lookups answered from the cache.
+    Lookups answered from the cache. Generations and ValidateConstraints'
+    whole-list compile look up the cache; a lookup that joined an identical
+    compile already under way counts as neither a hit nor a miss. The
+    Prometheus counter ananke_constraint_cache_lookups_total reports the same
+    counts.
     """
 
     misses: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
     """
-    Lookups that compiled.
+    Lookups that started a compile (a compile error is cached too).
     """
 
 
@@ -744,7 +805,8 @@ default_message_pool.register_message("ananke.v1", "CompositeConstraint", Compos
 class ConstraintCheck(betterproto2.Message):
     """
     An independent re-check of the output with fresh llguidance matchers, one
-    per top-level constraint, fed the generated token ids.
+    per top-level constraint (and one per grammar of an intersection), fed the
+    generated token ids.
     """
 
     verdict: "CheckVerdict" = betterproto2.field(
@@ -882,8 +944,15 @@ class ConstraintProvenance(betterproto2.Message):
     """
     sha256 (hex) of the canonical serialization of the constraint list: for
     each constraint in applied order (descending priority, ties in request
-    order), its length as an 8-byte big-endian integer, then its deterministic
-    protobuf binary. Empty when unconstrained.
+    order), its length as an 8-byte big-endian integer, then the
+    deterministic protobuf binary of its canonical form. The canonical form
+    drops what does not change the meaning, so that every client encoding of
+    one constraint has one digest (and one compile-cache entry):
+    JsonSchemaOptions fields set to their default (false flags; "," and ":"
+    separators with compact whitespace) unless the schema text contains
+    "x-guidance" (whose options an explicit field overrides), then an options
+    message with nothing set; inside composites too. Empty when
+    unconstrained.
     """
 
     items: "list[ConstraintSummary]" = betterproto2.field(
@@ -902,9 +971,37 @@ class ConstraintProvenance(betterproto2.Message):
 
     enforcement: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
-    How the constraints were enforced, for example "grammar" (one llguidance
-    grammar through the engine) or "grammar+mask" (plus extra matchers).
+    Deprecated: read enforcement_mode, intersected_grammars and token_mask.
+    The same facts as text: "none", "grammar", "token_mask",
+    "logits_processor(<intersected_grammars> grammars)", a mode followed by
+    "+token_mask" when token_mask is set with another mode, and
+    "grammar+validation" for ENFORCEMENT_GRAMMAR_AND_VALIDATION.
     """
+
+    enforcement_mode: "ConstraintEnforcement" = betterproto2.field(
+        60, betterproto2.TYPE_ENUM, default_factory=lambda: ConstraintEnforcement(0)
+    )
+    """
+    How the constraints were enforced.
+    """
+
+    intersected_grammars: "int" = betterproto2.field(61, betterproto2.TYPE_UINT32)
+    """
+    With ENFORCEMENT_INTERSECTION: how many grammars the logits processor
+    intersected token by token; 0 otherwise.
+    """
+
+    token_mask: "bool" = betterproto2.field(62, betterproto2.TYPE_BOOL)
+    """
+    Whether token-id masks (TokenMaskConstraint allowed or forbidden ids)
+    applied: always with ENFORCEMENT_TOKEN_MASK, possibly with
+    ENFORCEMENT_INTERSECTION (the processor ANDs them with the grammars).
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.is_set("enforcement"):
+            warnings.warn("ConstraintProvenance.enforcement is deprecated", DeprecationWarning)
 
 
 default_message_pool.register_message("ananke.v1", "ConstraintProvenance", ConstraintProvenance)
@@ -1282,7 +1379,7 @@ class GenerationRequest(betterproto2.Message):
     enforces it. Otherwise (grammars that do not fold, such as a JSON schema
     and a regex, or any grammar together with a token mask) every grammar and
     mask is enforced together token by token, each token allowed only when all
-    of them allow it (provenance enforcement "logits_processor(N grammars)").
+    of them allow it (provenance enforcement_mode ENFORCEMENT_INTERSECTION).
     When no token is allowed, the call fails with FAILED_PRECONDITION
     CONSTRAINT_UNSATISFIABLE: at once when the empty output already has no
     allowed token, or as soon as generation reaches such a dead end (a stream
@@ -1324,7 +1421,8 @@ default_message_pool.register_message("ananke.v1", "GenerationRequest", Generati
 @dataclass(eq=False, repr=False)
 class GenerationStarted(betterproto2.Message):
     """
-    The first event of a stream: the request was accepted and compiled.
+    The first event of a stream: the request was accepted, its constraints
+    compiled, and it holds an engine slot.
     """
 
     request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -1410,7 +1508,8 @@ class GenerationTimings(betterproto2.Message):
         4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
     )
     """
-    From receipt to the last token.
+    From receipt to the finished event: validation, compilation, queueing,
+    generation and the re-check (finished_at minus received_at).
     """
 
     check: "datetime.timedelta | None" = betterproto2.field(
@@ -1469,7 +1568,7 @@ class GetModelInfoResponse(betterproto2.Message):
 
     service_version: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
     """
-    This service's version.
+    The server's version (see Provenance.service_version).
     """
 
     context_length: "int" = betterproto2.field(7, betterproto2.TYPE_UINT32)
@@ -1691,7 +1790,8 @@ class Placement(betterproto2.Message):
 
     accelerator: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
-    The accelerator, for example "A100-40GB"; "cpu" when none.
+    The accelerator: the GPU's name as CUDA reports it (for example "NVIDIA
+    A100-SXM4-40GB"); "cpu" when none.
     """
 
 
@@ -1719,8 +1819,14 @@ class Provenance(betterproto2.Message):
 
     model_revision: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    The model revision: a hub commit, or the sha256 of the weights' index
-    for a local folder.
+    The model revision served. A Hugging Face snapshot folder
+    (".../snapshots/<commit>", also through a symlink, as the Modal
+    deployment links its pinned download): that 40-hex commit. Another local
+    folder: "sha256:" and the first 16 hex digits of a sha256 over its
+    *.json, *.safetensors and *.jinja files in name order, each hashed as
+    "<name>:<size in bytes>" followed by its contents when under 16 MiB. A
+    hub id: the commit of its cached main snapshot (what the engine loaded),
+    or "hub:<id>" when none is cached.
     """
 
     engine_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
@@ -1740,7 +1846,7 @@ class Provenance(betterproto2.Message):
 
     service_version: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
-    The version of this service.
+    The server's version (the ananke-service package, not a client's).
     """
 
     constraints: "ConstraintProvenance | None" = betterproto2.field(
@@ -1846,8 +1952,9 @@ class SamplingParams(betterproto2.Message):
 
     max_tokens: "int | None" = betterproto2.field(1, betterproto2.TYPE_UINT32, optional=True)
     """
-    Optional. Most tokens to generate, 1 to the server's max_tokens cap.
-    Default: 256 (or the cap when it is lower).
+    Optional. Most tokens to generate, 1 to the server's max_tokens cap
+    (GetModelInfoResponse.max_tokens_limit). Default: the server's
+    default_max_tokens setting (256 unless configured), at most the cap.
     """
 
     temperature: "float | None" = betterproto2.field(2, betterproto2.TYPE_FLOAT, optional=True)
@@ -1869,8 +1976,8 @@ class SamplingParams(betterproto2.Message):
     seed: "int | None" = betterproto2.field(5, betterproto2.TYPE_UINT64, optional=True)
     """
     Optional. Random seed for sampling; the same seed, prompt and constraints
-    give the same output on the same model and engine version. Default: a
-    random seed, reported in provenance.
+    give the same output on the same model and engine version. Below 2^63.
+    Default: a random seed, reported in provenance.
     """
 
     stop: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
@@ -1898,7 +2005,8 @@ class TokenChunk(betterproto2.Message):
 
     token_ids: "list[int]" = betterproto2.field(2, betterproto2.TYPE_UINT32, repeated=True)
     """
-    The ids of the tokens, in order.
+    The ids of the tokens, in order; end-of-sequence tokens are left out
+    (Usage.completion_tokens counts them).
     """
 
 
@@ -2071,7 +2179,8 @@ class InferenceServiceStub:
         self, message: "GetModelInfoRequest | None" = None
     ) -> "GetModelInfoResponse":
         """
-        Describes the model, the engine and the limits.
+        Describes the model, the engine and the limits. Answered while the model
+        loads too, when vocab_size is 0 and eos_token_ids is empty.
         """
 
         if message is None:

@@ -166,7 +166,7 @@ async def _tls_only_statuses(pki: Pki) -> list[Any]:
         tls_key_file=str(pki.server_key),
     )
     running = build_server(settings, engine=None)  # type: ignore[arg-type]  # health only
-    await running.set_serving(True)
+    await running.state.serve()
     await running.server.start()
     address = f"127.0.0.1:{running.port}"
     try:

@@ -83,7 +83,7 @@ async def _health_runs(pki: Pki, binary: str, runs: dict[str, dict[str, str]]) -
         api_keys=("rust-key-1",),
     )
     running = build_server(settings, engine=None)  # type: ignore[arg-type]  # health only
-    await running.set_serving(True)
+    await running.state.serve()
     await running.server.start()
     outcomes: dict[str, Any] = {}
     try:

@@ -128,11 +128,11 @@ async def serving(settings: Settings = SETTINGS, *, ready: bool = True) -> Async
     """A started server on a free port with a fake engine (ready unless told otherwise)."""
     engine = FakeEngine()
     running = build_server(settings, engine)
-    await running.set_serving(False)
+    await running.state.publish()
     await running.server.start()
     if ready:
         running.servicer.engine_ready()
-        await running.set_serving(True)
+        await running.state.serve()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         yield Served(
@@ -260,7 +260,7 @@ async def test_not_ready_before_engine_ready() -> None:
         info = await served.stub.GetModelInfo(s.GetModelInfoRequest(), timeout=5)
         assert info.model_id == "fake/model"
         served.running.servicer.engine_ready()
-        await served.running.set_serving(True)
+        await served.running.state.serve()
         reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert (
@@ -270,7 +270,7 @@ async def test_not_ready_before_engine_ready() -> None:
 
 async def test_shutting_down_refuses_new_calls() -> None:
     async with serving() as served:
-        served.running.servicer.stop_accepting()
+        await served.running.state.drain()
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await served.stub.Generate(s.GenerateRequest(request=gen_request()), timeout=5)
         details = rich(raised.value)
@@ -399,15 +399,15 @@ async def test_validate_constraints_needs_a_constraint(served: Served) -> None:
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CONSTRAINT_EMPTY")
 
 
-async def test_engine_death_is_unavailable(served: Served, engine: FakeEngine) -> None:
-    engine.fail_with = EngineDeadError("core died")
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stream_events(served, gen_request())
-    details = rich(raised.value)
-    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "ENGINE_UNAVAILABLE")
-    assert details.retry_delay_s == 5.0
-    assert served.running.engine_failed.is_set()
-    served.running.engine_failed.clear()
+async def test_engine_death_is_unavailable() -> None:
+    async with serving() as served:
+        served.engine.fail_with = EngineDeadError("core died")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stream_events(served, gen_request())
+        details = rich(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "ENGINE_UNAVAILABLE")
+        assert details.retry_delay_s == 5.0
+        assert served.running.state.failed.is_set()
 
 
 async def test_unexpected_engine_error_is_internal(served: Served, engine: FakeEngine) -> None:
@@ -929,6 +929,7 @@ async def test_stream_closed_at_yield_counts_as_cancelled() -> None:
     engine = FakeEngine()
     running = build_server(SETTINGS, engine)
     running.servicer.engine_ready()
+    await running.state.serve()
     try:
         context = _DirectContext()
         stream = running.servicer.GenerateStream(

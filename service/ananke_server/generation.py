@@ -90,7 +90,7 @@ class Generations:
             request.constraints, "request.constraints"
         )
         clock.compiled_seconds = time.perf_counter() - compile_started
-        self._metrics.record_compile(clock.compiled_seconds, cache_hit)
+        self._metrics.record_compile(clock.compiled_seconds)
         # Tokenizing (and chat templating) a long prompt must not stall other streams.
         prompt = await asyncio.to_thread(self._encode, validated)
         check_prompt_length(

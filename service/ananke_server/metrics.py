@@ -5,10 +5,12 @@ Calls are counted by interceptors.CallObserver."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -54,10 +56,10 @@ class Metrics:
             "Time to get a request's compiled constraints (cache hits included).",
             buckets=_COMPILE_BUCKETS, registry=r,
         )  # fmt: skip
-        self.compile_cache = Counter(
-            "ananke_constraint_cache_lookups", "Compiled-constraint cache lookups by result.",
-            ["result"], registry=r,
-        )  # fmt: skip
+        # Read from the compile cache's own counters at scrape time, so /metrics
+        # and GetServerStats report the same hits and misses.
+        self._cache_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        r.register(_CacheLookups(lambda: self._cache_counts()))
         self.engine_errors = Counter(
             "ananke_engine_errors", "Engine failures: dead (process gone) or rejected (raised).",
             ["kind"], registry=r,
@@ -68,10 +70,13 @@ class Metrics:
         self.running.set_function(lambda: float(running()))
         self.queued.set_function(lambda: float(queued()))
 
-    def record_compile(self, seconds: float, cache_hit: bool) -> None:
-        """One constraint compile (or cache hit)."""
+    def track_compile_cache(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Reads the compile cache's (hits, misses) from `counts` at scrape time."""
+        self._cache_counts = counts
+
+    def record_compile(self, seconds: float) -> None:
+        """The time one request took to get its compiled constraints."""
         self.compile_seconds.observe(seconds)
-        self.compile_cache.labels("hit" if cache_hit else "miss").inc()
 
     def record_tokens(self, count: int) -> None:
         """Tokens that came out of the engine."""
@@ -88,6 +93,25 @@ class Metrics:
     def record_engine_error(self, kind: str) -> None:
         """An engine failure: `dead` or `rejected`."""
         self.engine_errors.labels(kind).inc()
+
+
+class _CacheLookups(Collector):
+    """ananke_constraint_cache_lookups_total{result="hit"|"miss"}."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        hits, misses = self._counts()
+        family = CounterMetricFamily(
+            "ananke_constraint_cache_lookups",
+            "Compile cache lookups by result: hit, or miss (a compile started), "
+            "as GetServerStats reports them.",
+            labels=["result"],
+        )
+        family.add_metric(["hit"], hits)
+        family.add_metric(["miss"], misses)
+        yield family
 
 
 class MetricsHttpServer:

@@ -21,6 +21,7 @@ from .metrics import Metrics, MetricsHttpServer
 from .model_prep import DEFAULT_MODEL_NAME, default_model_dir, prepare_default_model
 from .reflection import enable_reflection
 from .servicer import InferenceServicer
+from .serving_state import ServingState
 from .settings import DEFAULT_MODEL, Settings
 from .tls import server_credentials
 
@@ -41,18 +42,8 @@ class RunningServer:
     servicer: InferenceServicer
     health: HealthServicer
     engine: Engine
-    engine_failed: asyncio.Event
+    state: ServingState
     metrics: Metrics
-
-    async def set_serving(self, serving: bool) -> None:
-        """Reports SERVING or NOT_SERVING on every health name."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in HEALTH_NAMES:
-            await self.health.set(name, status)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -75,24 +66,18 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 def build_server(
     settings: Settings, engine: Engine, metrics: Metrics | None = None
 ) -> RunningServer:
-    """A bound, not yet started server; health NOT_SERVING. Port 0 picks a free port.
-    Calls pass the observer (metrics, access log), the API-key check if keys are
-    set, then the decode check."""
+    """A bound, not yet started server in the LOADING phase (await
+    `state.publish()` before starting it, so health says NOT_SERVING). Port 0
+    picks a free port. Calls pass the observer (metrics, access log), the
+    API-key check if keys are set, then the decode check."""
     metrics = metrics or Metrics()
     keys = load_api_keys(settings)
     chain = interceptors(metrics, ApiKeys(keys) if keys else None, settings.auth_exempt_services)
     server = grpc.aio.server(options=server_options(settings), interceptors=chain)
-    engine_failed = asyncio.Event()
-
-    def on_engine_dead(error: BaseException) -> None:
-        if not engine_failed.is_set():
-            metrics.record_engine_error("dead")
-        log.error("engine failed: %s", error)
-        engine_failed.set()
-
-    servicer = InferenceServicer(settings, engine, on_engine_dead, metrics=metrics)
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health = HealthServicer()
+    state = ServingState(health, HEALTH_NAMES, metrics)
+    servicer = InferenceServicer(settings, engine, state, metrics)
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     enable_reflection(server, [SERVICE_NAME, HEALTH_SERVICE_NAME])
     credentials = server_credentials(settings)
@@ -103,7 +88,7 @@ def build_server(
             port = server.add_secure_port(settings.address, credentials)
     except RuntimeError as error:  # grpcio reports bind failures this way
         raise OSError(f"cannot bind {settings.address}: is the port in use?") from error
-    return RunningServer(server, port, servicer, health, engine, engine_failed, metrics)
+    return RunningServer(server, port, servicer, health, engine, state, metrics)
 
 
 def resolve_model(settings: Settings) -> tuple[str, str]:
@@ -130,18 +115,17 @@ def build_engine(settings: Settings) -> Engine:
 
 
 async def _watch_engine(running: RunningServer, interval_s: float = 5.0) -> None:
-    """Turns health NOT_SERVING and stops the server when the engine dies."""
-    while not running.engine_failed.is_set():
+    """Fails the serving state (NOT_SERVING, then exit 1) when the engine dies
+    between generations."""
+    state = running.state
+    while not state.failed.is_set():
         try:
             await running.engine.check_health()
         except Exception as error:
-            log.error("engine health check failed: %s", error)
-            if not running.engine_failed.is_set():
-                running.metrics.record_engine_error("dead")
-            running.engine_failed.set()
+            await state.engine_failed(error)
             break
         try:
-            await asyncio.wait_for(running.engine_failed.wait(), interval_s)
+            await asyncio.wait_for(state.failed.wait(), interval_s)
         except TimeoutError:
             continue
 
@@ -150,7 +134,8 @@ async def serve(settings: Settings) -> int:
     """Runs until SIGTERM/SIGINT (exit 0) or engine failure (exit 1)."""
     engine = build_engine(settings)
     running = build_server(settings, engine)
-    await running.set_serving(False)
+    state = running.state
+    await state.publish()
     await running.server.start()
     log.info(
         "listening on %s:%d (NOT_SERVING until the model is loaded)", settings.host, running.port
@@ -178,19 +163,17 @@ async def serve(settings: Settings) -> int:
             return 0
         loading.result()
         running.servicer.engine_ready()
-        await running.set_serving(True)
+        await state.serve()
         log.info("SERVING %s on %s:%d", engine.info.model_id, settings.host, running.port)
         watcher = asyncio.create_task(_watch_engine(running))
-        failed = asyncio.create_task(running.engine_failed.wait())
+        failed = asyncio.create_task(state.failed.wait())
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
         watcher.cancel()
-        exit_code = 1 if running.engine_failed.is_set() else 0
         log.info("shutting down: draining in-flight calls for up to %gs", settings.shutdown_grace_s)
-        await running.health.enter_graceful_shutdown()
-        running.servicer.stop_accepting(engine_failed=running.engine_failed.is_set())
+        await state.drain()
         await running.server.stop(settings.shutdown_grace_s)
         log.info("stopped")
-        return exit_code
+        return state.exit_code
     finally:
         running.servicer.close()
         engine.shutdown()

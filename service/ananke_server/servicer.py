@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -35,6 +35,7 @@ from .errors import (
 from .generation import Generations, StreamEvent
 from .metrics import Metrics
 from .provenance import SERVICE_VERSION, placement_from_environment
+from .serving_state import Phase, ServingState, unavailable
 from .settings import Settings
 
 log = logging.getLogger("ananke.servicer")
@@ -56,25 +57,18 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     """Serves ananke.v1.InferenceService on one engine."""
 
     def __init__(
-        self,
-        settings: Settings,
-        engine: Engine,
-        on_engine_dead: Callable[[BaseException], None],
-        *,
-        metrics: Metrics | None = None,
+        self, settings: Settings, engine: Engine, state: ServingState, metrics: Metrics
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._placement = provenance_pb2.Placement()
-        self._on_engine_dead = on_engine_dead
+        self.state = state
         self._compiler: ConstraintCompiler | None = None
         self._generations: Generations | None = None
         self._admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
-        self._accepting = True
-        self._engine_failed = False
         self._started = time.monotonic()
         self.counters = Counters()
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.metrics.track_admission(
             lambda: self._admission.running, lambda: self._admission.waiting
         )
@@ -95,6 +89,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             workers=self._settings.compile_workers,
             eos_ids=info.eos_token_ids,
         )
+        compiler = self._compiler
+        self.metrics.track_compile_cache(lambda: _hits_and_misses(compiler))
         self._generations = Generations(
             self._settings,
             self._engine,
@@ -109,30 +105,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         if self._compiler is not None:
             self._compiler.close()
 
-    def stop_accepting(self, engine_failed: bool = False) -> None:
-        """New calls get UNAVAILABLE (SHUTTING_DOWN, or ENGINE_UNAVAILABLE when the
-        engine died); running ones go on."""
-        self._accepting = False
-        self._engine_failed = engine_failed
-
     @property
     def active_generations(self) -> int:
         """Generations running or waiting."""
         return self._admission.running + self._admission.waiting
 
     def _compiler_or_unavailable(self) -> ConstraintCompiler:
-        if not self._accepting:
-            if self._engine_failed:
-                raise ServiceError(
-                    "ENGINE_UNAVAILABLE",
-                    "the engine failed; the server is restarting; retry elsewhere",
-                    retry_after_s=5.0,
-                )
-            raise ServiceError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
-        if self._compiler is None:
-            raise ServiceError(
-                "NOT_READY", "the model is still loading; retry shortly", retry_after_s=1.0
-            )
+        self.state.check_accepting()
+        if self._compiler is None:  # SERVING comes after engine_ready()
+            raise unavailable(Phase.LOADING)
         return self._compiler
 
     # -- RPCs -------------------------------------------------------------------
@@ -170,7 +151,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, request: inference_service_pb2.ValidateConstraintsRequest, context: Context
     ) -> inference_service_pb2.ValidateConstraintsResponse:
         """Compiles each constraint, then the list, without generating."""
-        try:
+        async with self._failures(context):
             compiler = self._compiler_or_unavailable()
             if not request.constraints:
                 raise invalid(
@@ -198,14 +179,17 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 except ServiceError as error:
                     response.combined_error.CopyFrom(_constraint_error(error))
             return response
-        except ServiceError as error:
-            await abort(context, error)
-            raise AssertionError("unreachable") from error
+        raise AssertionError("unreachable: a failure aborts the call")
 
     async def GetModelInfo(
         self, request: inference_service_pb2.GetModelInfoRequest, context: Context
     ) -> inference_service_pb2.GetModelInfoResponse:
-        """The model, engine, versions and limits."""
+        """The model, engine, versions and limits (answered while loading too)."""
+        async with self._failures(context):
+            return self._model_info()
+        raise AssertionError("unreachable: a failure aborts the call")
+
+    def _model_info(self) -> inference_service_pb2.GetModelInfoResponse:
         info = self._engine.info
         return inference_service_pb2.GetModelInfoResponse(
             model_id=info.model_id,
@@ -229,6 +213,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, request: inference_service_pb2.GetServerStatsRequest, context: Context
     ) -> inference_service_pb2.GetServerStatsResponse:
         """Load and cache counters."""
+        async with self._failures(context):
+            return self._server_stats()
+        raise AssertionError("unreachable: a failure aborts the call")
+
+    def _server_stats(self) -> inference_service_pb2.GetServerStatsResponse:
         uptime = duration_pb2.Duration()
         uptime.FromNanoseconds(int((time.monotonic() - self._started) * 1e9))
         response = inference_service_pb2.GetServerStatsResponse(
@@ -255,7 +244,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     # -- generation ---------------------------------------------------------------
 
     def _outcome(self, context: Context) -> AbstractAsyncContextManager[None]:
-        return _Outcome(self, context)
+        """Failure mapping for a generation, which also counts how it ended."""
+        return _Outcome(self, context, counted=True)
+
+    def _failures(self, context: Context) -> AbstractAsyncContextManager[None]:
+        """The same failure mapping for the other RPCs (not counted as generations)."""
+        return _Outcome(self, context, counted=False)
 
     def _generate(
         self, request: generation_pb2.GenerationRequest, context: Context
@@ -270,12 +264,14 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
 
 
 class _Outcome:
-    """Counts how a generation call ended and turns failures into statuses:
-    the one place exceptions become gRPC errors. CancelledError propagates."""
+    """Turns any RPC's failures into statuses, the one place exceptions become
+    gRPC errors (an engine death also fails the serving state), and counts how
+    a generation ended when `counted`. CancelledError propagates."""
 
-    def __init__(self, servicer: InferenceServicer, context: Context) -> None:
+    def __init__(self, servicer: InferenceServicer, context: Context, *, counted: bool) -> None:
         self._servicer = servicer
         self._context = context
+        self._counters = servicer.counters if counted else Counters()
 
     async def __aenter__(self) -> None:
         return None
@@ -283,7 +279,7 @@ class _Outcome:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> bool:
-        counters = self._servicer.counters
+        counters = self._counters
         if exc is None:
             counters.completed += 1
             return False
@@ -300,13 +296,18 @@ class _Outcome:
         else:
             counters.failed += 1
         if isinstance(exc, EngineDeadError):
-            self._servicer._on_engine_dead(exc)
+            await self._servicer.state.engine_failed(exc)
         elif isinstance(exc, EngineRejectedError):
             self._servicer.metrics.record_engine_error("rejected")
         if error.reason == "INTERNAL_ERROR":
             log.exception("unexpected failure", exc_info=exc)
         await abort(self._context, error)
         return False
+
+
+def _hits_and_misses(compiler: ConstraintCompiler) -> tuple[int, int]:
+    stats = compiler.stats()
+    return stats.hits, stats.misses
 
 
 def _header(context: Context, name: str) -> str | None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ananke import AnankeClient
+from ananke import constraints as c
+from ananke.v1 import constraints_pb2, generation_pb2, inference_service_pb2, provenance_pb2
 from ananke_server.server import build_server
 from ananke_server.settings import Settings
 from pki import Pki
@@ -62,6 +67,66 @@ def cargo_env(request: pytest.FixtureRequest) -> dict[str, str]:
 def test_cargo_test_against_live_server(cargo_env: dict[str, str]) -> None:
     """The crate's unit tests, FFI unit tests and live integration tests pass."""
     _run(["cargo", "test", "--features", "ffi"], cargo_env)
+
+
+def test_one_digest_and_one_cache_entry_from_every_client(
+    cargo_env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    """The same constraint from the Python client, a raw request that spells the
+    default options out, the Rust client and the C ABI: one digest, one compile."""
+    live_server: Any = request.getfixturevalue("live_server")
+    schema = json.dumps(
+        {
+            "title": f"digest-{uuid.uuid4().hex[:8]}",  # new to this server's cache
+            "type": "object",
+            "properties": {"n": {"type": "integer"}},
+            "required": ["n"],
+        }
+    )
+    stub = live_server.stub()
+    before = stub.GetServerStats(inference_service_pb2.GetServerStatsRequest()).compile_cache
+    outcomes: list[tuple[str, str, int]] = []
+    with AnankeClient(live_server.address, timeout=300) as client:
+        result = client.generate(
+            "A JSON object: ", constraints=[c.json_schema(schema)], max_tokens=8
+        )
+    outcomes.append(
+        ("python", result.provenance.constraints.digest, result.provenance.constraints.cache)
+    )
+    spelled = constraints_pb2.ConstraintIR(
+        json_schema=constraints_pb2.JsonSchemaConstraint(
+            schema=schema,
+            options=constraints_pb2.JsonSchemaOptions(lenient=False, whitespace_flexible=False),
+        )
+    )
+    raw = stub.Generate(
+        inference_service_pb2.GenerateRequest(
+            request=generation_pb2.GenerationRequest(
+                prompt="A JSON object: ",
+                constraints=[spelled],
+                sampling=generation_pb2.SamplingParams(max_tokens=8),
+            )
+        ),
+        timeout=300,
+    )
+    outcomes.append(("raw", raw.provenance.constraints.digest, raw.provenance.constraints.cache))
+    printed = _run(
+        ["cargo", "run", "--features", "ffi", "--example", "constraint_digest", "--",
+         cargo_env["ANANKE_ADDR"], schema],
+        cargo_env,
+    )  # fmt: skip
+    for line in printed.splitlines():
+        if line.startswith(("rust ", "c ")):
+            name, digest, cache = line.split()
+            outcomes.append((name, digest, provenance_pb2.CacheOutcome.Value(cache)))
+    assert [name for name, _, _ in outcomes] == ["python", "raw", "rust", "c"], printed
+    assert len({digest for _, digest, _ in outcomes}) == 1, outcomes
+    assert [cache for _, _, cache in outcomes] == [
+        provenance_pb2.CACHE_OUTCOME_MISS,
+        *[provenance_pb2.CACHE_OUTCOME_HIT] * 3,
+    ], outcomes
+    after = stub.GetServerStats(inference_service_pb2.GetServerStatsRequest()).compile_cache
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 3)
 
 
 def test_c_abi_under_valgrind(cargo_env: dict[str, str]) -> None:

@@ -6,17 +6,24 @@ mapping; /metrics and GetServerStats count compile-cache lookups alike."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from ananke.v1 import constraints_pb2 as c
 from ananke.v1 import inference_service_pb2 as s
+from ananke_server import server as server_module
 from ananke_server.errors import EngineDeadError
 from ananke_server.server import SERVICE_NAME, _watch_engine
 from ananke_server.serving_state import Phase
+from ananke_server.settings import Settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_servicer_unit import HELLO_REGEX, Served, gen_request, rich, serving
+from test_servicer_unit import HELLO_REGEX, FakeEngine, Served, gen_request, rich, serving
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -178,3 +185,47 @@ async def test_cache_lookups_agree_between_stats_and_metrics() -> None:
         ).compile_cache
         assert (stats.hits, stats.misses) == (2, 3)
         assert _prometheus_lookups(served) == (stats.hits, stats.misses)
+
+
+async def _serve_until(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: FakeEngine, action: Any
+) -> tuple[int, list[int]]:
+    """Runs server.serve() with `engine`, does `action()` once it is SERVING (or
+    gives up after 20 s) and returns its exit status and the health statuses seen."""
+    monkeypatch.setattr(server_module, "build_engine", lambda settings: engine)
+    port_file = tmp_path / "port"
+    settings = Settings(host="127.0.0.1", port=0, port_file=str(port_file), shutdown_grace_s=1)
+    task = asyncio.create_task(server_module.serve(settings))
+    seen: list[int] = []
+    deadline = time.monotonic() + 20
+    while not task.done() and time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    seen.append(reply.status)
+                except grpc.aio.AioRpcError:
+                    pass
+            if seen and seen[-1] == SERVING:
+                action()
+                break
+        await asyncio.sleep(0.05)
+    return await asyncio.wait_for(task, 30), seen
+
+
+async def test_serve_drains_on_sigterm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    code, seen = await _serve_until(
+        monkeypatch, tmp_path, FakeEngine(), lambda: os.kill(os.getpid(), signal.SIGTERM)
+    )
+    assert code == 0
+    assert seen[-1] == SERVING
+
+
+async def test_serve_exits_1_when_the_engine_dies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    engine.check_health = _raise_dead  # type: ignore[method-assign]
+    code, _ = await _serve_until(monkeypatch, tmp_path, engine, lambda: None)
+    assert code == 1

@@ -232,7 +232,8 @@ class JsonSchemaConstraint(_message.Message):
     @_builtins.property
     def options(self) -> Global___JsonSchemaOptions:
         """Optional. How to render and how strictly to read the schema. Default: all
-        options at their defaults.
+        options at their defaults (an options message with nothing set is the
+        same as none, and gets the same constraint digest).
         """
 
     def __init__(
@@ -251,7 +252,10 @@ Global___JsonSchemaConstraint: _TypeAlias = JsonSchemaConstraint  # noqa: Y015
 
 @_typing.final
 class JsonSchemaOptions(_message.Message):
-    """Options of a JSON Schema constraint. Each maps to an llguidance option."""
+    """Options of a JSON Schema constraint. Each maps to an llguidance option; a
+    field that is set overrides the schema's own "x-guidance" option of the same
+    name, which in turn overrides the default.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

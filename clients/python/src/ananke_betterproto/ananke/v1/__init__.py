@@ -1716,7 +1716,8 @@ class JsonSchemaConstraint(betterproto2.Message):
     )
     """
     Optional. How to render and how strictly to read the schema. Default: all
-    options at their defaults.
+    options at their defaults (an options message with nothing set is the
+    same as none, and gets the same constraint digest).
     """
 
 
@@ -1726,7 +1727,9 @@ default_message_pool.register_message("ananke.v1", "JsonSchemaConstraint", JsonS
 @dataclass(eq=False, repr=False)
 class JsonSchemaOptions(betterproto2.Message):
     """
-    Options of a JSON Schema constraint. Each maps to an llguidance option.
+    Options of a JSON Schema constraint. Each maps to an llguidance option; a
+    field that is set overrides the schema's own "x-guidance" option of the same
+    name, which in turn overrides the default.
     """
 
     whitespace_flexible: "bool | None" = betterproto2.field(

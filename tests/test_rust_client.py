@@ -201,4 +201,4 @@ def test_rust_client_mtls_and_api_key(test_pki: Pki) -> None:
     refused = outcomes["no client certificate"]  # the server ends the handshake
     assert refused.returncode == 1, refused.stdout
     assert "SERVING" not in refused.stdout
-    assert refused.stderr.startswith("error:"), refused.stderr
+    assert refused.stderr.startswith("error: Unavailable"), refused.stderr

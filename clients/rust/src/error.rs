@@ -75,12 +75,22 @@ impl Error {
     /// client-side timeout as CANCELLED ("Timeout expired"); a CANCELLED
     /// status at or after the deadline is reported as DEADLINE_EXCEEDED, as
     /// the other gRPC clients do.
+    ///
+    /// Any other CANCELLED or UNKNOWN status that carries a source error was
+    /// made by the client's own transport, not sent by the server (the
+    /// connection failed or closed under the call, as when a server refuses
+    /// the client's certificate), and is reported as UNAVAILABLE like every
+    /// transport failure, as the Python client reports it.
     pub(crate) fn from_call_status(status: tonic::Status, deadline: Option<Instant>) -> Self {
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let from_transport = std::error::Error::source(&status).is_some();
         let mut error = Self::from(status);
         if expired && error.0.code == Code::Cancelled {
             error.0.code = Code::DeadlineExceeded;
             error.0.message = format!("call deadline exceeded ({})", error.0.message);
+        } else if from_transport && matches!(error.0.code, Code::Cancelled | Code::Unknown) {
+            error.0.code = Code::Unavailable;
+            error.0.message = format!("connection failed ({})", error.0.message);
         }
         error
     }
@@ -230,6 +240,23 @@ mod tests {
         );
         let other = tonic::Status::internal("boom");
         assert_eq!(Error::from_call_status(other, past).code(), Code::Internal);
+    }
+
+    #[test]
+    fn failures_of_the_transport_are_unavailable() {
+        for code in [Code::Cancelled, Code::Unknown] {
+            let mut closed = tonic::Status::new(code, "operation was canceled");
+            closed.set_source(std::sync::Arc::new(std::io::Error::other("closed")));
+            let error = Error::from_call_status(closed, None);
+            assert_eq!(error.code(), Code::Unavailable);
+            assert_eq!(
+                error.message(),
+                "connection failed (operation was canceled)"
+            );
+        }
+        // A CANCELLED status the server sent (no source) stays CANCELLED.
+        let sent = tonic::Status::cancelled("server cancelled");
+        assert_eq!(Error::from_call_status(sent, None).code(), Code::Cancelled);
     }
 
     #[test]

@@ -384,13 +384,18 @@ INVALID = [
     ),
     Invalid(
         "json-unknown-format-strict",
-        [schema({"type": "string", "format": "bogus"})],
+        [schema({"type": "string", "format": "bogus"}, c.JsonSchemaOptions(strict=True))],
         "JSON_SCHEMA_INVALID",
         f"{P}[0].json_schema.schema",
     ),
     Invalid(
         "json-one-of-without-coerce",
-        [schema({"oneOf": [{"type": "integer"}, {"type": "number"}]})],
+        [
+            schema(
+                {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+                c.JsonSchemaOptions(strict=True),
+            )
+        ],
         "JSON_SCHEMA_INVALID",
         f"{P}[0].json_schema.schema",
     ),

@@ -52,6 +52,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     "API_KEY_MISSING": grpc.StatusCode.UNAUTHENTICATED,
     "API_KEY_INVALID": grpc.StatusCode.UNAUTHENTICATED,
     "INTERNAL_ERROR": grpc.StatusCode.INTERNAL,
+    "CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES": grpc.StatusCode.ABORTED,
 }
 
 

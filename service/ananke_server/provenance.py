@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from . import __version__
 from .constraints import LLGUIDANCE_VERSION, CompiledConstraints
 from .engine_api import EngineInfo
+from .schema_outcome import SchemaOutcome, summaries
 from .validation import ValidatedRequest
 
 SERVICE_VERSION = __version__  # the server's version, not the client package's
@@ -78,8 +79,10 @@ def build_provenance(
     finish_reason: generation_pb2.FinishReason.ValueType,
     check: provenance_pb2.ConstraintCheck,
     placement: provenance_pb2.Placement,
+    schema: SchemaOutcome | None = None,
 ) -> provenance_pb2.Provenance:
-    """The full record of one finished generation."""
+    """The full record of one finished generation (`schema`: the validator's
+    verdicts on it, when a JSON schema's grammar over-approximates)."""
     cache = provenance_pb2.CACHE_OUTCOME_UNSPECIFIED
     if compiled.constrained:
         cache = provenance_pb2.CACHE_OUTCOME_HIT if cache_hit else provenance_pb2.CACHE_OUTCOME_MISS
@@ -94,7 +97,7 @@ def build_provenance(
         service_version=SERVICE_VERSION,
         constraints=provenance_pb2.ConstraintProvenance(
             digest=compiled.digest,
-            items=compiled.summaries,
+            items=summaries(compiled, schema),
             cache=cache,
             enforcement=compiled.enforcement,
             enforcement_mode=compiled.enforcement_mode,

@@ -61,6 +61,7 @@ class Settings:
     compile_cache_size: int = 512
     compile_timeout_s: float = 10.0
     compile_workers: int = 2
+    schema_max_attempts: int = 3
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
     log_prompts: bool = False
@@ -108,6 +109,8 @@ _HELP: dict[str, str] = {
     "compile_cache_size": "compiled constraint sets kept (LRU)",
     "compile_timeout_s": "longest a constraint compile may take",
     "compile_workers": "threads compiling constraints",
+    "schema_max_attempts": "generations per output when a JSON schema's grammar over-approximates "
+    "it and the output fails validation (1: no retry)",
     "shutdown_grace_s": "how long in-flight streams may finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_prompts": "log prompt text (off: only sizes)",
@@ -242,6 +245,7 @@ def validate_settings(settings: Settings) -> None:
         (settings.compile_cache_size >= 0, "compile_cache_size must be >= 0"),
         (settings.compile_timeout_s > 0, "compile_timeout_s must be > 0"),
         (settings.compile_workers >= 1, "compile_workers must be >= 1"),
+        (settings.schema_max_attempts >= 1, "schema_max_attempts must be >= 1"),
         (settings.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0"),
         (
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},

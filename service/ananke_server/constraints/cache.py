@@ -28,6 +28,8 @@ def entry_bytes(entry: Result) -> int:
         len(entry.grammar or "")
         + sum(len(grammar) for _, grammar in entry.check_grammars)
         + sum(len(grammar) for grammar in entry.intersection)
+        # A validator holds the original schema (and a little more).
+        + sum(2 * check.schema_bytes for check in entry.schema_checks)
     )
 
 

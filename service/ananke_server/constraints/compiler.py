@@ -179,6 +179,7 @@ class ConstraintCompiler:
                 forbidden_token_ids=forbidden,
                 warnings=warnings,
                 intersection=intersection,
+                summary_checks=tuple(p.schema_checks for p in pieces),
             )
             if intersection and self.dead_end(result, ()):
                 raise unsatisfiable(field_path, at_start=True)
@@ -198,7 +199,12 @@ class ConstraintCompiler:
                     self._validate(LARK_HEADER + as_start(piece), kind_of(constraint), path)
                 verdicts.append(
                     Verdict(
-                        index, constraint.name, kind_of(constraint), None, tuple(piece.warnings)
+                        index,
+                        constraint.name,
+                        kind_of(constraint),
+                        None,
+                        tuple(piece.warnings),
+                        piece.schema_checks,
                     )
                 )
             except ServiceError as error:

@@ -6,11 +6,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from ananke.v1 import constraints_pb2, provenance_pb2
 
 from ..errors import ServiceError
+
+if TYPE_CHECKING:
+    from .schema_check import SchemaCheck
 
 LLGUIDANCE_VERSION = version("llguidance")
 MAX_TOP_LEVEL_CONSTRAINTS = 64
@@ -50,6 +53,24 @@ class CompiledConstraints:
     # Grammars intersected by the engine's logits processor (which then also
     # applies the token masks); empty when `grammar` or plain masks suffice.
     intersection: tuple[str, ...] = ()
+    # Per summary (same order): its JSON schemas whose preparation rewrote or
+    # dropped keywords (see prepare.py).
+    summary_checks: tuple[tuple[SchemaCheck, ...], ...] = ()
+
+    @property
+    def schema_checks(self) -> tuple[SchemaCheck, ...]:
+        """Every JSON schema check, in summary order."""
+        return tuple(check for checks in self.summary_checks for check in checks)
+
+    @property
+    def validated(self) -> tuple[SchemaCheck, ...]:
+        """The schema checks every output goes through (grammar over-approximates)."""
+        return tuple(check for check in self.schema_checks if check.validated)
+
+    @property
+    def retried(self) -> bool:
+        """Whether an output that violates a schema is generated again."""
+        return any(check.retried for check in self.schema_checks)
 
     @property
     def constrained(self) -> bool:
@@ -96,6 +117,7 @@ class Verdict:
     kind: Kind
     error: ServiceError | None
     warnings: tuple[str, ...] = ()
+    schema_checks: tuple[SchemaCheck, ...] = ()
 
 
 @dataclass
@@ -113,6 +135,7 @@ class Piece:
     # An intersection that does not fold into one grammar: its grammar pieces
     # (each with lark_body and standalone set); lark_body is then None.
     conjuncts: tuple[Piece, ...] = ()
+    schema_checks: tuple[SchemaCheck, ...] = ()
 
     @property
     def has_mask(self) -> bool:

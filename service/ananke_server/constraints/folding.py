@@ -44,6 +44,7 @@ def fold_composite(
         body = joiner.join(f"({inline(part)})" for part in parts)
         combined = Piece(kind=kind_of_combinator(combinator), lark_body=body)
     combined.warnings = [w for p in parts for w in p.warnings]
+    combined.schema_checks = tuple(c for p in parts for c in p.schema_checks)
     if combined.lark_body is not None and combined.standalone is None:
         standalone = LARK_HEADER + as_start(combined)
         validate(standalone, kind_of_combinator(combinator), path)
@@ -103,8 +104,14 @@ def combine_all_of(parts: list[Piece], path: str, validate: GrammarValidator) ->
         folded.extend(schemas)
     folded.extend(others)
     warnings = [w for p in parts for w in p.warnings]
+    checks = tuple(c for p in parts for c in p.schema_checks)
     if not folded:
-        return Piece(kind=K.CONSTRAINT_KIND_TOKEN_MASK, allowed=allowed, forbidden=forbidden)
+        return Piece(
+            kind=K.CONSTRAINT_KIND_TOKEN_MASK,
+            allowed=allowed,
+            forbidden=forbidden,
+            schema_checks=checks,
+        )
     if len(folded) == 1:
         base = folded[0]
         return Piece(
@@ -116,6 +123,7 @@ def combine_all_of(parts: list[Piece], path: str, validate: GrammarValidator) ->
             allowed=allowed,
             forbidden=forbidden,
             warnings=warnings,
+            schema_checks=checks,
         )
     for i, piece in enumerate(folded):
         grammar_of(piece, f"{path}&{i}", validate)
@@ -125,6 +133,7 @@ def combine_all_of(parts: list[Piece], path: str, validate: GrammarValidator) ->
         forbidden=forbidden,
         warnings=warnings,
         conjuncts=tuple(folded),
+        schema_checks=checks,
     )
 
 

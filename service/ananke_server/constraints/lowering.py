@@ -9,7 +9,7 @@ from ananke.v1 import constraints_pb2
 from llguidance import LLMatcher
 from llguidance.gbnf_to_lark import gbnf_to_lark
 
-from ..errors import invalid
+from ..errors import FieldViolation, ServiceError, invalid
 from .core import (
     LARK_HEADER,
     MAX_CHOICE_OPTIONS,
@@ -24,6 +24,8 @@ from .core import (
 )
 from .diagnostics import GBNF_LINE, GrammarValidator, locate
 from .folding import fold_composite
+from .prepare import MAX_LEVEL, PreparedSchema, prepare
+from .schema_check import SchemaCheck, build_validator
 
 _JSON_DEFAULTS: dict[str, object] = {"whitespace_flexible": False}
 
@@ -36,8 +38,12 @@ class Lowerer:
         self._vocab_size = vocab_size
         self._max_bytes = max_bytes
 
-    def piece(self, c: constraints_pb2.ConstraintIR, path: str, depth: int) -> Piece:
-        """Compiles one ConstraintIR (recursively) into a Piece, validating leaves."""
+    def piece(
+        self, c: constraints_pb2.ConstraintIR, path: str, depth: int, whole: bool = True
+    ) -> Piece:
+        """Compiles one ConstraintIR (recursively) into a Piece, validating leaves.
+        `whole`: the piece constrains the whole output (top level or all_of
+        only), so an over-approximated JSON schema can be validated on it."""
         if len(c.name) > MAX_NAME_CHARS:
             raise invalid(
                 "REQUEST_FIELD_INVALID", f"name is longer than {MAX_NAME_CHARS}", f"{path}.name"
@@ -48,7 +54,7 @@ class Lowerer:
             raise invalid("CONSTRAINT_EMPTY", f"{path} has no constraint kind set", path)
         if which == "json_schema":
             try:
-                return self._json_piece(c.json_schema, f"{path}.json_schema")
+                return self._json_piece(c.json_schema, f"{path}.json_schema", whole)
             except RecursionError:
                 raise invalid(
                     "JSON_SCHEMA_INVALID",
@@ -63,7 +69,7 @@ class Lowerer:
             return self._choice_piece(c.choice, f"{path}.choice.options")
         if which == "token_mask":
             return self._mask_piece(c.token_mask, f"{path}.token_mask")
-        return self._composite_piece(c.composite, f"{path}.composite", depth)
+        return self._composite_piece(c.composite, f"{path}.composite", depth, whole)
 
     def check_size(self, text: str, path: str) -> None:
         """CONSTRAINT_TOO_LARGE when `text` is over the per-constraint byte limit."""
@@ -85,7 +91,9 @@ class Lowerer:
         piece.standalone = LLMatcher.grammar_from_lark(standalone)
         return piece
 
-    def _json_piece(self, spec: constraints_pb2.JsonSchemaConstraint, path: str) -> Piece:
+    def _json_piece(
+        self, spec: constraints_pb2.JsonSchemaConstraint, path: str, whole: bool
+    ) -> Piece:
         field_path = f"{path}.schema"
         self.check_size(spec.schema, field_path)
         if not spec.schema.strip():
@@ -114,11 +122,45 @@ class Lowerer:
             )
         # Request options win over the schema's own x-guidance, which wins over defaults.
         options = {**_JSON_DEFAULTS, **own_options, **json_options(spec.options)}
+        original = schema
         schema = {**schema, "x-guidance": options}
+        strict = spec.options.HasField("strict") and spec.options.strict
+        prepared = prepare(schema)
+        if not prepared.keywords or (strict and not prepared.exact):
+            # Nothing to prepare, or strict: the schema as written (today's behaviour).
+            try:
+                return self._json_leaf(schema, field_path, spec.schema)
+            except ServiceError as error:
+                if strict or error.reason != "JSON_SCHEMA_INVALID":
+                    raise
+                failure, level = error, 1
+        else:
+            failure, level = None, 0
+        while True:
+            try:
+                piece = self._json_leaf(prepared.schema, field_path, spec.schema)
+                break
+            except ServiceError as error:
+                if error.reason != "JSON_SCHEMA_INVALID" or level >= MAX_LEVEL:
+                    raise failure or error from None
+                failure = failure or error
+                level += 1
+                prepared = prepare(schema, level)
+        if prepared.keywords:
+            lenient = bool(options.get("lenient"))
+            then = "ignored (lenient)" if lenient else "checked by validating the output"
+            piece.warnings.extend(
+                f"{field_path}: {k.pointer}: not in the grammar ({k.how}); {then}"
+                for k in prepared.relaxed
+            )
+            piece.schema_checks = (
+                schema_check(original, prepared, field_path, lenient=lenient, whole=whole),
+            )
+        return piece
+
+    def _json_leaf(self, schema: dict[str, object], path: str, source: str) -> Piece:
         body = "%json " + json.dumps(schema, ensure_ascii=False)
-        return self._leaf(
-            K.CONSTRAINT_KIND_JSON_SCHEMA, body, field_path, spec.schema, json_schema=schema
-        )
+        return self._leaf(K.CONSTRAINT_KIND_JSON_SCHEMA, body, path, source, json_schema=schema)
 
     def _regex_piece(self, pattern: str, path: str) -> Piece:
         self.check_size(pattern, path)
@@ -210,7 +252,7 @@ class Lowerer:
         )
 
     def _composite_piece(
-        self, spec: constraints_pb2.CompositeConstraint, path: str, depth: int
+        self, spec: constraints_pb2.CompositeConstraint, path: str, depth: int, whole: bool
     ) -> Piece:
         if depth + 1 > MAX_NESTING_DEPTH:
             raise invalid("COMPOSITE_INVALID", f"nested deeper than {MAX_NESTING_DEPTH}", path)
@@ -228,7 +270,11 @@ class Lowerer:
             raise invalid(
                 "COMPOSITE_INVALID", "a composite needs at least one part", f"{path}.parts"
             )
-        parts = [self.piece(p, f"{path}.parts[{i}]", depth + 1) for i, p in enumerate(spec.parts)]
+        # Only an intersection's parts each constrain the whole output.
+        whole = whole and spec.combinator == C.COMBINATOR_ALL_OF
+        parts = [
+            self.piece(p, f"{path}.parts[{i}]", depth + 1, whole) for i, p in enumerate(spec.parts)
+        ]
         return fold_composite(spec.combinator, parts, path, self._validate)
 
 
@@ -242,6 +288,37 @@ def json_options(options: constraints_pb2.JsonSchemaOptions) -> dict[str, object
         "item_separator",
         "key_separator",
     ):
-        if options.HasField(name):
+        if options.HasField(name):  # (strict is ours, not llguidance's)
             result[name] = getattr(options, name)
     return result
+
+
+def schema_check(
+    original: object, prepared: PreparedSchema, path: str, *, lenient: bool, whole: bool
+) -> SchemaCheck:
+    """The check of a prepared schema: a validator of the original when the
+    grammar over-approximates (none under lenient inside a sequence/any_of,
+    where the schema is not the whole output)."""
+    size = len(json.dumps(original))
+    if prepared.exact:
+        return SchemaCheck(path, prepared.keywords, lenient, None, size)
+    if not whole:
+        if lenient:
+            return SchemaCheck(path, prepared.keywords, lenient, None, size)
+        named = ", ".join(k.pointer for k in prepared.relaxed[:8])
+        message = (
+            f"{path}: the grammar cannot enforce {named}; such a schema is enforced by "
+            "validating the output, which needs it to be the whole output (top level or "
+            "all_of, not inside a sequence or any_of); set lenient to ignore them there"
+        )
+        raise ServiceError(
+            "CONSTRAINT_UNSUPPORTED", message, (FieldViolation(path, message),), {"field": path}
+        )
+    try:
+        validator = build_validator(original)
+        validator.is_valid(None)  # a schema the validator cannot read fails here, not per output
+    except Exception as error:  # jsonschema raises many kinds (bad refs, bad regexes)
+        raise invalid(
+            "JSON_SCHEMA_INVALID", f"the JSON schema validator cannot read it: {error}", path
+        ) from None
+    return SchemaCheck(path, prepared.keywords, lenient, validator, size)

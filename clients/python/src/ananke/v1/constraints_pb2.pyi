@@ -19,6 +19,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _KeywordEnforcement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeywordEnforcementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeywordEnforcement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEYWORD_ENFORCEMENT_UNSPECIFIED: _KeywordEnforcement.ValueType  # 0
+    """Not set."""
+    KEYWORD_ENFORCEMENT_GRAMMAR: _KeywordEnforcement.ValueType  # 1
+    """Rewritten into an equivalent form: the grammar enforces it."""
+    KEYWORD_ENFORCEMENT_VALIDATION: _KeywordEnforcement.ValueType  # 2
+    """Not in the grammar: every output is validated, a violation retried."""
+    KEYWORD_ENFORCEMENT_IGNORED: _KeywordEnforcement.ValueType  # 3
+    """Not in the grammar and the caller set lenient: validated and reported,
+    never retried (or not checked inside a sequence / any_of).
+    """
+
+class KeywordEnforcement(_KeywordEnforcement, metaclass=_KeywordEnforcementEnumTypeWrapper):
+    """How a JSON schema keyword is enforced."""
+
+KEYWORD_ENFORCEMENT_UNSPECIFIED: KeywordEnforcement.ValueType  # 0
+"""Not set."""
+KEYWORD_ENFORCEMENT_GRAMMAR: KeywordEnforcement.ValueType  # 1
+"""Rewritten into an equivalent form: the grammar enforces it."""
+KEYWORD_ENFORCEMENT_VALIDATION: KeywordEnforcement.ValueType  # 2
+"""Not in the grammar: every output is validated, a violation retried."""
+KEYWORD_ENFORCEMENT_IGNORED: KeywordEnforcement.ValueType  # 3
+"""Not in the grammar and the caller set lenient: validated and reported,
+never retried (or not checked inside a sequence / any_of).
+"""
+Global___KeywordEnforcement: _TypeAlias = KeywordEnforcement  # noqa: Y015
+
 class _GrammarSyntax:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -264,6 +296,7 @@ class JsonSchemaOptions(_message.Message):
     COERCE_ONE_OF_FIELD_NUMBER: _builtins.int
     ITEM_SEPARATOR_FIELD_NUMBER: _builtins.int
     KEY_SEPARATOR_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
     whitespace_flexible: _builtins.bool
     """Optional. Allow any JSON whitespace between tokens. Default: false
     (compact output), because a weak model given free whitespace can emit
@@ -271,7 +304,10 @@ class JsonSchemaOptions(_message.Message):
     """
     lenient: _builtins.bool
     """Optional. Treat unsupported keywords and formats as warnings and ignore
-    them instead of failing. Default: false.
+    them instead of failing. Default: false. With schema preparation (see
+    `strict`), a keyword the grammar cannot enforce is then IGNORED: the
+    output is still validated and the verdict reported in provenance, but a
+    violating output is returned (flagged), never retried or refused.
     """
     coerce_one_of: _builtins.bool
     """Optional. Treat `oneOf` as `anyOf` when the alternatives may overlap.
@@ -286,6 +322,24 @@ class JsonSchemaOptions(_message.Message):
     Default: ":" (compact) or flexible whitespace when whitespace_flexible is
     set.
     """
+    strict: _builtins.bool
+    """Optional. Refuse a schema the grammar cannot enforce fully. Default:
+    false: the server prepares the schema instead. Keywords llguidance lacks
+    are rewritten into equivalent forms where one exists (dependencies,
+    decidable if/then/else, oneOf with provably disjoint branches, not of a
+    finite complement) and otherwise dropped from the grammar (a sound
+    over-approximation: every document the schema accepts, the grammar
+    accepts); every output is then validated against the ORIGINAL schema
+    (jsonschema, the draft the schema declares, 2020-12 by default, formats
+    checked) and generated again with a new seed on a violation, at most
+    `schema_max_attempts` times in all, after which the call fails with
+    CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES. A stream whose output may be
+    retried is buffered: its chunks arrive once the output validated.
+    Validation needs the schema to be the whole output (top level or
+    all_of); inside a sequence or any_of an over-approximated schema is
+    CONSTRAINT_UNSUPPORTED unless lenient. With strict, exact rewrites are
+    still used; anything else is refused as the schema's compile error.
+    """
     def __init__(
         self,
         *,
@@ -294,10 +348,11 @@ class JsonSchemaOptions(_message.Message):
         coerce_one_of: _builtins.bool | None = ...,
         item_separator: _builtins.str | None = ...,
         key_separator: _builtins.str | None = ...,
+        strict: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_coerce_one_of", b"_coerce_one_of", "_item_separator", b"_item_separator", "_key_separator", b"_key_separator", "_lenient", b"_lenient", "_whitespace_flexible", b"_whitespace_flexible", "coerce_one_of", b"coerce_one_of", "item_separator", b"item_separator", "key_separator", b"key_separator", "lenient", b"lenient", "whitespace_flexible", b"whitespace_flexible"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_coerce_one_of", b"_coerce_one_of", "_item_separator", b"_item_separator", "_key_separator", b"_key_separator", "_lenient", b"_lenient", "_strict", b"_strict", "_whitespace_flexible", b"_whitespace_flexible", "coerce_one_of", b"coerce_one_of", "item_separator", b"item_separator", "key_separator", b"key_separator", "lenient", b"lenient", "strict", b"strict", "whitespace_flexible", b"whitespace_flexible"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coerce_one_of", b"_coerce_one_of", "_item_separator", b"_item_separator", "_key_separator", b"_key_separator", "_lenient", b"_lenient", "_whitespace_flexible", b"_whitespace_flexible", "coerce_one_of", b"coerce_one_of", "item_separator", b"item_separator", "key_separator", b"key_separator", "lenient", b"lenient", "whitespace_flexible", b"whitespace_flexible"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coerce_one_of", b"_coerce_one_of", "_item_separator", b"_item_separator", "_key_separator", b"_key_separator", "_lenient", b"_lenient", "_strict", b"_strict", "_whitespace_flexible", b"_whitespace_flexible", "coerce_one_of", b"coerce_one_of", "item_separator", b"item_separator", "key_separator", b"key_separator", "lenient", b"lenient", "strict", b"strict", "whitespace_flexible", b"whitespace_flexible"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__coerce_one_of: _TypeAlias = _typing.Literal["coerce_one_of"]  # noqa: Y015
     _WhichOneofArgType__coerce_one_of: _TypeAlias = _typing.Literal["_coerce_one_of", b"_coerce_one_of"]  # noqa: Y015
@@ -307,6 +362,8 @@ class JsonSchemaOptions(_message.Message):
     _WhichOneofArgType__key_separator: _TypeAlias = _typing.Literal["_key_separator", b"_key_separator"]  # noqa: Y015
     _WhichOneofReturnType__lenient: _TypeAlias = _typing.Literal["lenient"]  # noqa: Y015
     _WhichOneofArgType__lenient: _TypeAlias = _typing.Literal["_lenient", b"_lenient"]  # noqa: Y015
+    _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
+    _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
     _WhichOneofReturnType__whitespace_flexible: _TypeAlias = _typing.Literal["whitespace_flexible"]  # noqa: Y015
     _WhichOneofArgType__whitespace_flexible: _TypeAlias = _typing.Literal["_whitespace_flexible", b"_whitespace_flexible"]  # noqa: Y015
     @_typing.overload
@@ -318,9 +375,51 @@ class JsonSchemaOptions(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__lenient) -> _WhichOneofReturnType__lenient | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict) -> _WhichOneofReturnType__strict | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__whitespace_flexible) -> _WhichOneofReturnType__whitespace_flexible | None: ...
 
 Global___JsonSchemaOptions: _TypeAlias = JsonSchemaOptions  # noqa: Y015
+
+@_typing.final
+class SchemaKeyword(_message.Message):
+    """How one keyword of a JSON schema is enforced, when schema preparation
+    rewrote or dropped it (keywords not listed are enforced by the grammar).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTER_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    pointer: _builtins.str
+    """JSON pointer of the keyword in the original schema, for example
+    "/properties/tags/uniqueItems".
+    """
+    keyword: _builtins.str
+    """The keyword, for example "uniqueItems"."""
+    enforcement: Global___KeywordEnforcement.ValueType
+    """How it is enforced."""
+    detail: _builtins.str
+    """What preparation did, for example "rewritten as the complement" or
+    "dropped; checked by the validator".
+    """
+    def __init__(
+        self,
+        *,
+        pointer: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+        enforcement: Global___KeywordEnforcement.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "enforcement", b"enforcement", "keyword", b"keyword", "pointer", b"pointer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchemaKeyword: _TypeAlias = SchemaKeyword  # noqa: Y015
 
 @_typing.final
 class RegexConstraint(_message.Message):

@@ -147,6 +147,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: an unexpected failure; logged with the request id.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
+    CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES: _ErrorReason.ValueType  # 80
+    """ABORTED: a JSON schema's grammar over-approximates it (see
+    JsonSchemaOptions.strict) and every attempt (the setting
+    schema_max_attempts) produced a document that violates the original
+    schema. ErrorInfo metadata: "attempts", "field" (the constraint),
+    "message" (the validator's), "instance_pointer" (where in the output),
+    "schema_pointer" (which keyword). Another call (other seed, prompt or
+    max_tokens) may succeed.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons the service puts in `google.rpc.ErrorInfo.reason` (domain
@@ -280,6 +290,16 @@ buf:lint:ignore ENUM_VALUE_PREFIX
 """
 INTERNAL_ERROR: ErrorReason.ValueType  # 50
 """INTERNAL: an unexpected failure; logged with the request id.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES: ErrorReason.ValueType  # 80
+"""ABORTED: a JSON schema's grammar over-approximates it (see
+JsonSchemaOptions.strict) and every attempt (the setting
+schema_max_attempts) produced a document that violates the original
+schema. ErrorInfo metadata: "attempts", "field" (the constraint),
+"message" (the validator's), "instance_pointer" (where in the output),
+"schema_pointer" (which keyword). Another call (other seed, prompt or
+max_tokens) may succeed.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -339,6 +339,8 @@ class ConstraintVerdict(_message.Message):
     OK_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    SCHEMA_KEYWORDS_FIELD_NUMBER: _builtins.int
+    VALIDATED_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the constraint in the request, from 0."""
     name: _builtins.str
@@ -347,6 +349,10 @@ class ConstraintVerdict(_message.Message):
     """Its kind."""
     ok: _builtins.bool
     """True when it compiled."""
+    validated: _builtins.bool
+    """Whether outputs of this constraint are validated against its original
+    schema (and generated again on a violation unless lenient).
+    """
     @_builtins.property
     def error(self) -> Global___ConstraintError:
         """Why it did not compile; unset when ok."""
@@ -354,6 +360,12 @@ class ConstraintVerdict(_message.Message):
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Non-fatal findings: ignored keywords, lenient fallbacks."""
+
+    @_builtins.property
+    def schema_keywords(self) -> _containers.RepeatedCompositeFieldContainer[_constraints_pb2.SchemaKeyword]:
+        """A JSON schema whose preparation rewrote or dropped keywords: each of them
+        and how it is enforced (see JsonSchemaOptions.strict).
+        """
 
     def __init__(
         self,
@@ -364,10 +376,12 @@ class ConstraintVerdict(_message.Message):
         ok: _builtins.bool = ...,
         error: Global___ConstraintError | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        schema_keywords: _abc.Iterable[_constraints_pb2.SchemaKeyword] | None = ...,
+        validated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "kind", b"kind", "name", b"name", "ok", b"ok", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "kind", b"kind", "name", b"name", "ok", b"ok", "schema_keywords", b"schema_keywords", "validated", b"validated", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,7 +80,11 @@ class InferenceServiceServicer:
         """Generates under constraints and streams the output as it is produced: one
         GenerationStarted event, then TokenChunk events, then one
         GenerationFinished event. Cancelling the call or passing its deadline
-        aborts generation at once.
+        aborts generation at once. When an output may be generated again (a JSON
+        schema the grammar over-approximates, validated and not lenient: see
+        JsonSchemaOptions.strict), the chunks are held until the output
+        validated: they then arrive all at once, and no chunk of a rejected
+        attempt is ever sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,11 @@ class InferenceServiceStub:
     """Generates under constraints and streams the output as it is produced: one
     GenerationStarted event, then TokenChunk events, then one
     GenerationFinished event. Cancelling the call or passing its deadline
-    aborts generation at once.
+    aborts generation at once. When an output may be generated again (a JSON
+    schema the grammar over-approximates, validated and not lenient: see
+    JsonSchemaOptions.strict), the chunks are held until the output
+    validated: they then arrive all at once, and no chunk of a rejected
+    attempt is ever sent.
     """
     Generate: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GenerateRequest, _inference_service_pb2.GenerateResponse]
     """Generates under constraints and returns the whole output at once; the
@@ -75,7 +79,11 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """Generates under constraints and streams the output as it is produced: one
     GenerationStarted event, then TokenChunk events, then one
     GenerationFinished event. Cancelling the call or passing its deadline
-    aborts generation at once.
+    aborts generation at once. When an output may be generated again (a JSON
+    schema the grammar over-approximates, validated and not lenient: see
+    JsonSchemaOptions.strict), the chunks are held until the output
+    validated: they then arrive all at once, and no chunk of a rejected
+    attempt is ever sent.
     """
     Generate: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GenerateRequest, _inference_service_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generates under constraints and returns the whole output at once; the
@@ -110,7 +118,11 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Generates under constraints and streams the output as it is produced: one
         GenerationStarted event, then TokenChunk events, then one
         GenerationFinished event. Cancelling the call or passing its deadline
-        aborts generation at once.
+        aborts generation at once. When an output may be generated again (a JSON
+        schema the grammar over-approximates, validated and not lenient: see
+        JsonSchemaOptions.strict), the chunks are held until the output
+        validated: they then arrive all at once, and no chunk of a rejected
+        attempt is ever sent.
         """
 
     @_abc_1.abstractmethod

@@ -96,6 +96,38 @@ buf:lint:ignore ENUM_VALUE_PREFIX
 """
 Global___ConstraintEnforcement: _TypeAlias = ConstraintEnforcement  # noqa: Y015
 
+class _SchemaVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SchemaVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SchemaVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEMA_VERDICT_UNSPECIFIED: _SchemaVerdict.ValueType  # 0
+    """Not validated."""
+    SCHEMA_VERDICT_VALID: _SchemaVerdict.ValueType  # 1
+    """The output validates against the original schema."""
+    SCHEMA_VERDICT_INVALID: _SchemaVerdict.ValueType  # 2
+    """The output violates the original schema (returned only under lenient)."""
+    SCHEMA_VERDICT_NOT_CHECKED: _SchemaVerdict.ValueType  # 3
+    """Not checked: the output is incomplete (max_tokens or a stop sequence cut
+    it), so it is no whole document.
+    """
+
+class SchemaVerdict(_SchemaVerdict, metaclass=_SchemaVerdictEnumTypeWrapper):
+    """A validator's verdict."""
+
+SCHEMA_VERDICT_UNSPECIFIED: SchemaVerdict.ValueType  # 0
+"""Not validated."""
+SCHEMA_VERDICT_VALID: SchemaVerdict.ValueType  # 1
+"""The output validates against the original schema."""
+SCHEMA_VERDICT_INVALID: SchemaVerdict.ValueType  # 2
+"""The output violates the original schema (returned only under lenient)."""
+SCHEMA_VERDICT_NOT_CHECKED: SchemaVerdict.ValueType  # 3
+"""Not checked: the output is incomplete (max_tokens or a stop sequence cut
+it), so it is no whole document.
+"""
+Global___SchemaVerdict: _TypeAlias = SchemaVerdict  # noqa: Y015
+
 class _CacheOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -389,26 +421,84 @@ class ConstraintSummary(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    SCHEMA_KEYWORDS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Its name, as sent."""
     kind: _constraints_pb2.ConstraintKind.ValueType
     """Its kind."""
     priority: _builtins.int
     """Its priority, as sent."""
+    attempts: _builtins.int
+    """Generations run for this output: 1, or more when an earlier output
+    violated this constraint's schema and was generated again; 0 when the
+    constraint is not validated.
+    """
+    @_builtins.property
+    def schema_keywords(self) -> _containers.RepeatedCompositeFieldContainer[_constraints_pb2.SchemaKeyword]:
+        """A JSON schema constraint whose preparation rewrote or dropped keywords:
+        each of them and how it is enforced (see JsonSchemaOptions.strict);
+        empty when the grammar enforces the schema as written.
+        """
+
+    @_builtins.property
+    def validation(self) -> Global___SchemaValidation:
+        """The validator's verdict on the returned output against the original
+        schema; unset when the constraint is not validated.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         kind: _constraints_pb2.ConstraintKind.ValueType = ...,
         priority: _builtins.int = ...,
+        schema_keywords: _abc.Iterable[_constraints_pb2.SchemaKeyword] | None = ...,
+        attempts: _builtins.int = ...,
+        validation: Global___SchemaValidation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "kind", b"kind", "name", b"name", "priority", b"priority", "schema_keywords", b"schema_keywords", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConstraintSummary: _TypeAlias = ConstraintSummary  # noqa: Y015
+
+@_typing.final
+class SchemaValidation(_message.Message):
+    """A JSON Schema validator's verdict on an output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    INSTANCE_POINTER_FIELD_NUMBER: _builtins.int
+    SCHEMA_POINTER_FIELD_NUMBER: _builtins.int
+    verdict: Global___SchemaVerdict.ValueType
+    """The verdict."""
+    message: _builtins.str
+    """The validator's message when invalid."""
+    instance_pointer: _builtins.str
+    """JSON pointer of the offending value in the output ("" for the whole)."""
+    schema_pointer: _builtins.str
+    """JSON pointer of the failing keyword in the schema."""
+    def __init__(
+        self,
+        *,
+        verdict: Global___SchemaVerdict.ValueType = ...,
+        message: _builtins.str = ...,
+        instance_pointer: _builtins.str = ...,
+        schema_pointer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_pointer", b"instance_pointer", "message", b"message", "schema_pointer", b"schema_pointer", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SchemaValidation: _TypeAlias = SchemaValidation  # noqa: Y015
 
 @_typing.final
 class AppliedSampling(_message.Message):

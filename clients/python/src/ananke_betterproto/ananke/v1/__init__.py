@@ -44,10 +44,14 @@ __all__ = (
     "InferenceServiceStub",
     "JsonSchemaConstraint",
     "JsonSchemaOptions",
+    "KeywordEnforcement",
     "Placement",
     "Provenance",
     "RegexConstraint",
     "SamplingParams",
+    "SchemaKeyword",
+    "SchemaValidation",
+    "SchemaVerdict",
     "TokenChunk",
     "TokenMaskConstraint",
     "Usage",
@@ -571,6 +575,18 @@ class ErrorReason(betterproto2.Enum):
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
+    CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES = 80
+    """
+    ABORTED: a JSON schema's grammar over-approximates it (see
+    JsonSchemaOptions.strict) and every attempt (the setting
+    schema_max_attempts) produced a document that violates the original
+    schema. ErrorInfo metadata: "attempts", "field" (the constraint),
+    "message" (the validator's), "instance_pointer" (where in the output),
+    "schema_pointer" (which keyword). Another call (other seed, prompt or
+    max_tokens) may succeed.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
 
 class FinishReason(betterproto2.Enum):
     """
@@ -663,6 +679,96 @@ class GrammarSyntax(betterproto2.Enum):
             "GRAMMAR_SYNTAX_UNSPECIFIED": 0,
             "GRAMMAR_SYNTAX_LARK": 1,
             "GRAMMAR_SYNTAX_GBNF": 2,
+        }
+
+
+class KeywordEnforcement(betterproto2.Enum):
+    """
+    How a JSON schema keyword is enforced.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set.
+    """
+
+    GRAMMAR = 1
+    """
+    Rewritten into an equivalent form: the grammar enforces it.
+    """
+
+    VALIDATION = 2
+    """
+    Not in the grammar: every output is validated, a violation retried.
+    """
+
+    IGNORED = 3
+    """
+    Not in the grammar and the caller set lenient: validated and reported,
+    never retried (or not checked inside a sequence / any_of).
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "KEYWORD_ENFORCEMENT_UNSPECIFIED",
+            1: "KEYWORD_ENFORCEMENT_GRAMMAR",
+            2: "KEYWORD_ENFORCEMENT_VALIDATION",
+            3: "KEYWORD_ENFORCEMENT_IGNORED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "KEYWORD_ENFORCEMENT_UNSPECIFIED": 0,
+            "KEYWORD_ENFORCEMENT_GRAMMAR": 1,
+            "KEYWORD_ENFORCEMENT_VALIDATION": 2,
+            "KEYWORD_ENFORCEMENT_IGNORED": 3,
+        }
+
+
+class SchemaVerdict(betterproto2.Enum):
+    """
+    A validator's verdict.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not validated.
+    """
+
+    VALID = 1
+    """
+    The output validates against the original schema.
+    """
+
+    INVALID = 2
+    """
+    The output violates the original schema (returned only under lenient).
+    """
+
+    NOT_CHECKED = 3
+    """
+    Not checked: the output is incomplete (max_tokens or a stop sequence cut
+    it), so it is no whole document.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "SCHEMA_VERDICT_UNSPECIFIED",
+            1: "SCHEMA_VERDICT_VALID",
+            2: "SCHEMA_VERDICT_INVALID",
+            3: "SCHEMA_VERDICT_NOT_CHECKED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "SCHEMA_VERDICT_UNSPECIFIED": 0,
+            "SCHEMA_VERDICT_VALID": 1,
+            "SCHEMA_VERDICT_INVALID": 2,
+            "SCHEMA_VERDICT_NOT_CHECKED": 3,
         }
 
 
@@ -1030,6 +1136,30 @@ class ConstraintSummary(betterproto2.Message):
     Its priority, as sent.
     """
 
+    schema_keywords: "list[SchemaKeyword]" = betterproto2.field(
+        50, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    A JSON schema constraint whose preparation rewrote or dropped keywords:
+    each of them and how it is enforced (see JsonSchemaOptions.strict);
+    empty when the grammar enforces the schema as written.
+    """
+
+    attempts: "int" = betterproto2.field(51, betterproto2.TYPE_UINT32)
+    """
+    Generations run for this output: 1, or more when an earlier output
+    violated this constraint's schema and was generated again; 0 when the
+    constraint is not validated.
+    """
+
+    validation: "SchemaValidation | None" = betterproto2.field(
+        52, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The validator's verdict on the returned output against the original
+    schema; unset when the constraint is not validated.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "ConstraintSummary", ConstraintSummary)
 
@@ -1072,6 +1202,20 @@ class ConstraintVerdict(betterproto2.Message):
     warnings: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
     """
     Non-fatal findings: ignored keywords, lenient fallbacks.
+    """
+
+    schema_keywords: "list[SchemaKeyword]" = betterproto2.field(
+        50, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    A JSON schema whose preparation rewrote or dropped keywords: each of them
+    and how it is enforced (see JsonSchemaOptions.strict).
+    """
+
+    validated: "bool" = betterproto2.field(51, betterproto2.TYPE_BOOL)
+    """
+    Whether outputs of this constraint are validated against its original
+    schema (and generated again on a violation unless lenient).
     """
 
 
@@ -1744,7 +1888,10 @@ class JsonSchemaOptions(betterproto2.Message):
     lenient: "bool | None" = betterproto2.field(2, betterproto2.TYPE_BOOL, optional=True)
     """
     Optional. Treat unsupported keywords and formats as warnings and ignore
-    them instead of failing. Default: false.
+    them instead of failing. Default: false. With schema preparation (see
+    `strict`), a keyword the grammar cannot enforce is then IGNORED: the
+    output is still validated and the verdict reported in provenance, but a
+    violating output is returned (flagged), never retried or refused.
     """
 
     coerce_one_of: "bool | None" = betterproto2.field(3, betterproto2.TYPE_BOOL, optional=True)
@@ -1764,6 +1911,26 @@ class JsonSchemaOptions(betterproto2.Message):
     Optional. Separator between a key and its value, for example ": ".
     Default: ":" (compact) or flexible whitespace when whitespace_flexible is
     set.
+    """
+
+    strict: "bool | None" = betterproto2.field(50, betterproto2.TYPE_BOOL, optional=True)
+    """
+    Optional. Refuse a schema the grammar cannot enforce fully. Default:
+    false: the server prepares the schema instead. Keywords llguidance lacks
+    are rewritten into equivalent forms where one exists (dependencies,
+    decidable if/then/else, oneOf with provably disjoint branches, not of a
+    finite complement) and otherwise dropped from the grammar (a sound
+    over-approximation: every document the schema accepts, the grammar
+    accepts); every output is then validated against the ORIGINAL schema
+    (jsonschema, the draft the schema declares, 2020-12 by default, formats
+    checked) and generated again with a new seed on a violation, at most
+    `schema_max_attempts` times in all, after which the call fails with
+    CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES. A stream whose output may be
+    retried is buffered: its chunks arrive once the output validated.
+    Validation needs the schema to be the whole output (top level or
+    all_of); inside a sequence or any_of an over-approximated schema is
+    CONSTRAINT_UNSUPPORTED unless lenient. With strict, exact rewrites are
+    still used; anything else is refused as the schema's compile error.
     """
 
 
@@ -1995,6 +2162,73 @@ default_message_pool.register_message("ananke.v1", "SamplingParams", SamplingPar
 
 
 @dataclass(eq=False, repr=False)
+class SchemaKeyword(betterproto2.Message):
+    """
+    How one keyword of a JSON schema is enforced, when schema preparation
+    rewrote or dropped it (keywords not listed are enforced by the grammar).
+    """
+
+    pointer: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    JSON pointer of the keyword in the original schema, for example
+    "/properties/tags/uniqueItems".
+    """
+
+    keyword: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The keyword, for example "uniqueItems".
+    """
+
+    enforcement: "KeywordEnforcement" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: KeywordEnforcement(0)
+    )
+    """
+    How it is enforced.
+    """
+
+    detail: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    What preparation did, for example "rewritten as the complement" or
+    "dropped; checked by the validator".
+    """
+
+
+default_message_pool.register_message("ananke.v1", "SchemaKeyword", SchemaKeyword)
+
+
+@dataclass(eq=False, repr=False)
+class SchemaValidation(betterproto2.Message):
+    """
+    A JSON Schema validator's verdict on an output.
+    """
+
+    verdict: "SchemaVerdict" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: SchemaVerdict(0)
+    )
+    """
+    The verdict.
+    """
+
+    message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The validator's message when invalid.
+    """
+
+    instance_pointer: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    JSON pointer of the offending value in the output ("" for the whole).
+    """
+
+    schema_pointer: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    JSON pointer of the failing keyword in the schema.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "SchemaValidation", SchemaValidation)
+
+
+@dataclass(eq=False, repr=False)
 class TokenChunk(betterproto2.Message):
     """
     Some generated tokens. One event may carry several tokens.
@@ -2143,7 +2377,11 @@ class InferenceServiceStub:
         Generates under constraints and streams the output as it is produced: one
         GenerationStarted event, then TokenChunk events, then one
         GenerationFinished event. Cancelling the call or passing its deadline
-        aborts generation at once.
+        aborts generation at once. When an output may be generated again (a JSON
+        schema the grammar over-approximates, validated and not lenient: see
+        JsonSchemaOptions.strict), the chunks are held until the output
+        validated: they then arrive all at once, and no chunk of a rejected
+        attempt is ever sent.
         """
 
         yield from self._channel.unary_stream(

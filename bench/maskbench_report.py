@@ -40,6 +40,8 @@ for _path in (ROOT / "service", ROOT / "clients" / "python" / "src"):
 
 from ananke.v1 import constraints_pb2  # noqa: E402
 from ananke_server.constraints import CompiledConstraints, ConstraintCompiler  # noqa: E402
+from ananke_server.constraints.schema_check import SchemaCheck  # noqa: E402
+from ananke_server.constraints.schema_logic import pointer_get, resolve  # noqa: E402
 from ananke_server.errors import ServiceError  # noqa: E402
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer  # noqa: E402
 
@@ -60,12 +62,24 @@ class Side:
     """Results of one compile path."""
 
     compiled: int = 0
-    valid_accepted: int = 0
-    invalid_rejected: int = 0
+    validated: int = 0  # served with output validation (the grammar over-approximates)
+    valid_accepted: int = 0  # by the grammar (and by the validator, where one runs)
+    valid_accepted_grammar: int = 0  # by the grammar alone
+    valid_accepted_reordered: int = 0  # by grammar (+ validator), keys in schema order
+    invalid_rejected: int = 0  # by the grammar or the validator
+    invalid_rejected_grammar: int = 0  # by the grammar alone
     errors: Counter[str] = field(default_factory=Counter)
     compile_seconds: float = 0.0
-    verdicts: dict[tuple[str, int], bool] = field(default_factory=dict)  # accepted?
+    verdicts: dict[tuple[str, int], bool] = field(default_factory=dict)  # grammar accepts?
     compiled_names: set[str] = field(default_factory=set)
+    validated_names: set[str] = field(default_factory=set)
+    # (schema, test index, valid?) where grammar + validator decide against the label
+    wrong: list[tuple[str, int, bool]] = field(default_factory=list)
+
+    @property
+    def exact(self) -> int:
+        """Schemas served with the grammar enforcing every keyword."""
+        return self.compiled - self.validated
 
 
 @dataclass
@@ -80,9 +94,9 @@ class Report:
     seconds: float
 
     def disagreements(self) -> list[tuple[str, int, bool, bool]]:
-        """(schema, test index, project accepted, direct accepted) where they differ,
-        a document of a schema only one side compiled counting as rejected there."""
-        keys = set(self.project.verdicts) | set(self.direct.verdicts)
+        """(schema, test index, project grammar accepted, direct accepted) where they
+        differ, on schemas both sides compiled."""
+        keys = set(self.project.verdicts) & set(self.direct.verdicts)
         found = []
         for key in sorted(keys):
             p = self.project.verdicts.get(key, False)
@@ -110,8 +124,12 @@ class Report:
             **{
                 name: {
                     "compiled": side.compiled,
+                    "validated": side.validated,
                     "valid_accepted": side.valid_accepted,
+                    "valid_accepted_grammar": side.valid_accepted_grammar,
+                    "valid_accepted_reordered": side.valid_accepted_reordered,
                     "invalid_rejected": side.invalid_rejected,
+                    "invalid_rejected_grammar": side.invalid_rejected_grammar,
                     "compile_seconds": round(side.compile_seconds, 1),
                     "errors": side.errors.most_common(top),
                 }
@@ -154,6 +172,39 @@ def render(data: Any) -> str:
         return json.dumps(data, separators=(",", ":"))
 
 
+def _property_schemas(schema: Any, root: Any, seen: int = 0) -> dict[str, Any]:
+    """Property name -> subschema, in the order llguidance generates them
+    (properties first seen first, across $ref/allOf/anyOf/oneOf branches)."""
+    found: dict[str, Any] = {}
+    if seen > 20 or not isinstance(schema, dict):
+        return found
+    if isinstance(schema.get("$ref"), str):
+        found.update(_property_schemas(pointer_get(root, schema["$ref"]), root, seen + 1))
+    for name, sub in (schema.get("properties") or {}).items():
+        found.setdefault(name, sub)
+    for key in ("allOf", "anyOf", "oneOf"):
+        for branch in schema.get(key) or []:
+            for name, sub in _property_schemas(branch, root, seen + 1).items():
+                found.setdefault(name, sub)
+    return found
+
+
+def in_schema_order(data: Any, schema: Any, root: Any) -> Any:
+    """`data` with every object's keys in schema order (unknown keys last):
+    the only order llguidance accepts, whatever order JSON Schema allows."""
+    if isinstance(data, dict):
+        order = _property_schemas(resolve(schema, root), root)
+        known = [k for k in order if k in data]
+        keys = known + [k for k in data if k not in order]
+        return {k: in_schema_order(data[k], order.get(k), root) for k in keys}
+    if isinstance(data, list):
+        items = (
+            resolve(schema, root).get("items") if isinstance(resolve(schema, root), dict) else None
+        )
+        return [in_schema_order(v, items if isinstance(items, dict) else None, root) for v in data]
+    return data
+
+
 _PREFIX = re.compile(r"^constraints\[0\]\.json_schema\.schema: ")
 
 
@@ -186,8 +237,9 @@ class Conformance:
     def close(self) -> None:
         self.compiler.close()
 
-    def project_grammar(self, schema: Any) -> str:
-        """The grammar the engine would get for this schema; raises ServiceError."""
+    def project_grammar(self, schema: Any) -> tuple[str, list[SchemaCheck]]:
+        """The grammar the engine would get for this schema and the validators
+        its outputs go through; raises ServiceError."""
         constraint = constraints_pb2.ConstraintIR(
             json_schema=constraints_pb2.JsonSchemaConstraint(
                 schema=json.dumps(schema, ensure_ascii=False)
@@ -198,9 +250,9 @@ class Conformance:
             raise result
         assert isinstance(result, CompiledConstraints)
         assert result.grammar is not None
-        return result.grammar
+        return result.grammar, list(result.validated)
 
-    def direct_grammar(self, schema: Any) -> str:
+    def direct_grammar(self, schema: Any) -> tuple[str, list[SchemaCheck]]:
         """llguidance alone, the project's default options; raises ValueError."""
         grammar = LLMatcher.grammar_from_json_schema(schema, defaults=DEFAULT_OPTIONS)  # type: ignore[arg-type]
         is_error, messages = LLMatcher.validate_grammar_with_warnings(
@@ -208,7 +260,7 @@ class Conformance:
         )
         if is_error:
             raise ValueError(messages[0] if messages else "invalid grammar")
-        return grammar
+        return grammar, []
 
     def accepts(self, matcher: LLMatcher, tokens: Sequence[int]) -> bool:
         matcher.reset()
@@ -226,7 +278,7 @@ class Conformance:
             for side, build in ((project, self.project_grammar), (direct, self.direct_grammar)):
                 t0 = time.perf_counter()
                 try:
-                    grammar = build(case.schema)
+                    grammar, checks = build(case.schema)
                 except (ServiceError, ValueError) as error:
                     side.compile_seconds += time.perf_counter() - t0
                     message = error.message if isinstance(error, ServiceError) else str(error)
@@ -235,14 +287,32 @@ class Conformance:
                 side.compile_seconds += time.perf_counter() - t0
                 side.compiled += 1
                 side.compiled_names.add(case.name)
+                if checks:
+                    side.validated += 1
+                    side.validated_names.add(case.name)
                 matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=self.limits)
-                for index, ((valid, _), ids) in enumerate(zip(case.tests, tokens, strict=True)):
+                for index, ((valid, _), ids, text) in enumerate(
+                    zip(case.tests, tokens, texts, strict=True)
+                ):
                     accepted = self.accepts(matcher, ids)
                     side.verdicts[(case.name, index)] = accepted
-                    if valid and accepted:
-                        side.valid_accepted += 1
-                    elif not valid and not accepted:
-                        side.invalid_rejected += 1
+                    final = accepted and all(check.check(text) is None for check in checks)
+                    side.valid_accepted_grammar += valid and accepted
+                    side.invalid_rejected_grammar += not valid and not accepted
+                    side.valid_accepted += valid and final
+                    side.invalid_rejected += not valid and not final
+                    if valid and not final:
+                        # Rejected: is it only the key order llguidance imposes?
+                        ordered = render(
+                            in_schema_order(case.tests[index][1], case.schema, case.schema)
+                        )
+                        again = self.accepts(
+                            matcher, self.hf.encode(ordered, add_special_tokens=False)
+                        )
+                        final = again and all(check.check(ordered) is None for check in checks)
+                    side.valid_accepted_reordered += valid and final
+                    if final != valid:
+                        side.wrong.append((case.name, index, valid))
         return Report(
             len(cases), valid_docs, invalid_docs, project, direct, time.perf_counter() - started
         )
@@ -262,15 +332,29 @@ def markdown(report: Report, top: int = 10) -> str:
         "",
         "| | Ananke (service compile path) | llguidance directly |",
         "|---|---|---|",
-        f"| schemas compiled | {pct(p.compiled, report.schemas)} | "
+        f"| schemas served | {pct(p.compiled, report.schemas)} | "
         f"{pct(d.compiled, report.schemas)} |",
-        f"| valid documents accepted | {pct(p.valid_accepted, report.valid_docs)} | "
-        f"{pct(d.valid_accepted, report.valid_docs)} |",
-        f"| invalid documents rejected | {pct(p.invalid_rejected, report.invalid_docs)} | "
-        f"{pct(d.invalid_rejected, report.invalid_docs)} |",
+        f"| … enforced fully by the grammar | {pct(p.exact, report.schemas)} | "
+        f"{pct(d.compiled, report.schemas)} |",
+        f"| … grammar over-approximates, output validated | "
+        f"{pct(p.validated, report.schemas)} | – |",
+        f"| valid documents accepted by the grammar | "
+        f"{pct(p.valid_accepted_grammar, report.valid_docs)} | "
+        f"{pct(d.valid_accepted_grammar, report.valid_docs)} |",
+        f"| valid documents accepted (grammar + validator) | "
+        f"{pct(p.valid_accepted, report.valid_docs)} | – |",
+        f"| … with keys in schema order (the order llguidance generates) | "
+        f"{pct(p.valid_accepted_reordered, report.valid_docs)} | "
+        f"{pct(d.valid_accepted_reordered, report.valid_docs)} |",
+        f"| invalid documents rejected by the grammar | "
+        f"{pct(p.invalid_rejected_grammar, report.invalid_docs)} | "
+        f"{pct(d.invalid_rejected_grammar, report.invalid_docs)} |",
+        f"| invalid documents rejected (grammar + validator) | "
+        f"{pct(p.invalid_rejected, report.invalid_docs)} | – |",
         f"| compile time (s) | {p.compile_seconds:.1f} | {d.compile_seconds:.1f} |",
         "",
-        f"Documents where the two disagree: {len(report.disagreements())}. "
+        f"Documents where the two grammars disagree (schemas both compile): "
+        f"{len(report.disagreements())}. "
         f"Schemas compiled only by llguidance directly: {len(report.compile_mismatches()[0])}; "
         f"only by Ananke: {len(report.compile_mismatches()[1])}.",
         "",

@@ -24,7 +24,7 @@ from .core import (
 )
 from .diagnostics import GBNF_LINE, GrammarValidator, locate
 from .folding import fold_composite
-from .prepare import MAX_LEVEL, PreparedSchema, prepare
+from .prepare import PreparedSchema, ladder, prepare
 from .schema_check import SchemaCheck, build_validator
 
 _JSON_DEFAULTS: dict[str, object] = {"whitespace_flexible": False}
@@ -126,6 +126,7 @@ class Lowerer:
         schema = {**schema, "x-guidance": options}
         strict = spec.options.HasField("strict") and spec.options.strict
         prepared = prepare(schema)
+        failure: ServiceError | None = None
         if not prepared.keywords or (strict and not prepared.exact):
             # Nothing to prepare, or strict: the schema as written (today's behaviour).
             try:
@@ -133,19 +134,27 @@ class Lowerer:
             except ServiceError as error:
                 if strict or error.reason != "JSON_SCHEMA_INVALID":
                     raise
-                failure, level = error, 1
-        else:
-            failure, level = None, 0
-        while True:
+                failure = error
+        elif self._enforces_as_written(schema, options):
+            return self._json_leaf(schema, field_path, spec.schema)
+        found: Piece | None = None
+        for candidate in ladder(schema):
+            if strict and not candidate.exact:
+                continue
             try:
-                piece = self._json_leaf(prepared.schema, field_path, spec.schema)
-                break
+                found = self._json_leaf(candidate.schema, field_path, spec.schema)
             except ServiceError as error:
-                if error.reason != "JSON_SCHEMA_INVALID" or level >= MAX_LEVEL:
-                    raise failure or error from None
+                if error.reason != "JSON_SCHEMA_INVALID":
+                    raise
                 failure = failure or error
-                level += 1
-                prepared = prepare(schema, level)
+                continue
+            prepared = candidate
+            break
+        if found is None:
+            if failure is None:  # strict, and no exact rewrite compiles: the schema's own error
+                return self._json_leaf(schema, field_path, spec.schema)
+            raise failure
+        piece = found
         if prepared.keywords:
             lenient = bool(options.get("lenient"))
             then = "ignored (lenient)" if lenient else "checked by validating the output"
@@ -157,6 +166,21 @@ class Lowerer:
                 schema_check(original, prepared, field_path, lenient=lenient, whole=whole),
             )
         return piece
+
+    def _enforces_as_written(self, schema: dict[str, object], options: dict[str, object]) -> bool:
+        """Whether llguidance compiles the schema without approximating anything
+        (it proves some oneOf branches disjoint and skips formats on
+        non-strings, which preparation would flag)."""
+        exact = {**schema, "x-guidance": {**options, "lenient": False, "coerce_one_of": False}}
+        try:
+            self._validate(
+                LARK_HEADER + "start: %json " + json.dumps(exact, ensure_ascii=False),
+                K.CONSTRAINT_KIND_JSON_SCHEMA,
+                "",
+            )
+        except ServiceError:
+            return False
+        return True
 
     def _json_leaf(self, schema: dict[str, object], path: str, source: str) -> Piece:
         body = "%json " + json.dumps(schema, ensure_ascii=False)

@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import FormatChecker
+
 from .schema_logic import complement, disjoint
 
 MAX_LEVEL = 3
@@ -39,6 +41,9 @@ MAX_LEVEL = 3
 KNOWN_FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"}
 )
+# Formats the validator checks (what its optional dependencies allow); any
+# other format is an annotation to it.
+VALIDATOR_FORMATS = frozenset(FormatChecker().checkers)
 _DROPPED: tuple[str, ...] = ("contains", "minContains", "maxContains", "propertyNames")
 _DROPPED += ("unevaluatedProperties", "unevaluatedItems")
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -81,9 +86,11 @@ class PreparedSchema:
         return tuple(k for k in self.keywords if not k.exact)
 
 
-def prepare(schema: Any, level: int = 0) -> PreparedSchema:
-    """Prepares `schema` (not modified) at a preparation level (0: rewrites)."""
-    preparer = _Preparer(schema, level)
+def prepare(schema: Any, level: int = 0, *, one_of: bool = True) -> PreparedSchema:
+    """Prepares `schema` (not modified) at a preparation level (0: rewrites).
+    `one_of=False` leaves `oneOf` to llguidance, which proves some branches
+    disjoint that schema_logic cannot (it refuses the rest)."""
+    preparer = _Preparer(schema, level, one_of)
     return PreparedSchema(preparer.node(schema, ""), tuple(preparer.found), level)
 
 
@@ -92,14 +99,22 @@ def needs_preparation(schema: Any) -> bool:
     return bool(prepare(schema).keywords)
 
 
+def ladder(schema: Any) -> list[PreparedSchema]:
+    """The preparations to try in order, from the closest to the original:
+    oneOf left to llguidance, then every level."""
+    first = prepare(schema, one_of=False)
+    return [first, *(prepare(schema, level) for level in range(MAX_LEVEL + 1))]
+
+
 def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
 class _Preparer:
-    def __init__(self, root: Any, level: int) -> None:
+    def __init__(self, root: Any, level: int, one_of: bool) -> None:
         self.root = root
         self.level = level
+        self.rewrite_one_of = one_of
         self.found: list[Keyword] = []
 
     def note(self, pointer: str, keyword: str, exact: bool, how: str) -> None:
@@ -150,7 +165,10 @@ class _Preparer:
         fmt = out.get("format")
         if isinstance(fmt, str) and (fmt not in KNOWN_FORMATS or self.level >= 2):
             out.pop("format")
-            self.note(pointer, "format", False, f"format {fmt!r} dropped from the grammar")
+            how = f"format {fmt!r} dropped from the grammar"
+            if fmt not in VALIDATOR_FORMATS and fmt not in KNOWN_FORMATS:
+                how += " (the validator has no checker for it either: an annotation)"
+            self.note(pointer, "format", False, how)
         self.dependencies(out, pointer, extras)
         self.negation(out, original, pointer, extras)
         self.conditional(out, original, pointer, extras)
@@ -221,15 +239,18 @@ class _Preparer:
     def one_of(
         self, out: dict[str, Any], original: dict[str, Any], pointer: str, extras: list[Any]
     ) -> None:
-        branches = out.pop("oneOf", None)
+        branches = out.pop("oneOf", None) if self.rewrite_one_of else None
         if not isinstance(branches, list):
             if branches is not None:
                 out["oneOf"] = branches
             return
         raw = original["oneOf"]
+        # The parent's `required` holds in every branch too.
+        required = original.get("required")
+        context = [k for k in required if isinstance(k, str)] if isinstance(required, list) else []
         pairs = len(raw) * (len(raw) - 1) // 2
         exact = pairs <= _MAX_ONE_OF_PAIRS and all(
-            disjoint(raw[i], raw[j], self.root)
+            disjoint(raw[i], raw[j], self.root, context)
             for i in range(len(raw))
             for j in range(i + 1, len(raw))
         )

@@ -7,6 +7,7 @@ its answer: callers then over-approximate and leave the keyword to the validator
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 JSON_TYPES = ("null", "boolean", "object", "array", "number", "string")
@@ -134,10 +135,11 @@ def _forbids(schema: dict[str, Any], key: str) -> bool:
     return schema.get("additionalProperties") is False and not schema.get("patternProperties")
 
 
-def disjoint(a: Any, b: Any, root: Any) -> bool:
+def disjoint(a: Any, b: Any, root: Any, required: Sequence[str] = ()) -> bool:
     """Whether no document satisfies both schemas, by one of: disjoint types,
-    disjoint const/enum values, or a property one side requires that the
-    other forbids or restricts to disjoint values/types."""
+    disjoint const/enum values, or a property one side requires (or the
+    context does: `required`, the parent's list) that the other forbids or
+    restricts to disjoint values/types."""
     a, b = resolve(a, root), resolve(b, root)
     if a is False or b is False:
         return True
@@ -149,10 +151,9 @@ def disjoint(a: Any, b: Any, root: Any) -> bool:
     if va is not None and vb is not None and not {_canon(v) for v in va} & {_canon(v) for v in vb}:
         return True
     for first, second in ((a, b), (b, a)):
-        required = first.get("required")
-        if not isinstance(required, list):
-            continue
-        for key in required:
+        own = first.get("required")
+        keys = [*required, *(own if isinstance(own, list) else [])]
+        for key in keys:
             if not isinstance(key, str):
                 continue
             if _forbids(second, key):

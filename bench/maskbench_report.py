@@ -337,12 +337,12 @@ def markdown(report: Report, top: int = 10) -> str:
         f"| … enforced fully by the grammar | {pct(p.exact, report.schemas)} | "
         f"{pct(d.compiled, report.schemas)} |",
         f"| … grammar over-approximates, output validated | "
-        f"{pct(p.validated, report.schemas)} | – |",
+        f"{pct(p.validated, report.schemas)} | n/a |",
         f"| valid documents accepted by the grammar | "
         f"{pct(p.valid_accepted_grammar, report.valid_docs)} | "
         f"{pct(d.valid_accepted_grammar, report.valid_docs)} |",
         f"| valid documents accepted (grammar + validator) | "
-        f"{pct(p.valid_accepted, report.valid_docs)} | – |",
+        f"{pct(p.valid_accepted, report.valid_docs)} | n/a |",
         f"| … with keys in schema order (the order llguidance generates) | "
         f"{pct(p.valid_accepted_reordered, report.valid_docs)} | "
         f"{pct(d.valid_accepted_reordered, report.valid_docs)} |",
@@ -350,7 +350,7 @@ def markdown(report: Report, top: int = 10) -> str:
         f"{pct(p.invalid_rejected_grammar, report.invalid_docs)} | "
         f"{pct(d.invalid_rejected_grammar, report.invalid_docs)} |",
         f"| invalid documents rejected (grammar + validator) | "
-        f"{pct(p.invalid_rejected, report.invalid_docs)} | – |",
+        f"{pct(p.invalid_rejected, report.invalid_docs)} | n/a |",
         f"| compile time (s) | {p.compile_seconds:.1f} | {d.compile_seconds:.1f} |",
         "",
         f"Documents where the two grammars disagree (schemas both compile): "

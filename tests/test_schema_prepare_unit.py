@@ -208,7 +208,7 @@ async def test_over_approximation_keeps_every_valid_document(compiler: Constrain
 
 
 def test_keyword_pointers_follow_refs_containers_and_escapes() -> None:
-    schema = {
+    schema: dict[str, Any] = {
         "definitions": {"group": {"item": {"type": "array", "uniqueItems": True}}},
         "properties": {"a/b": {"$ref": "#/definitions/group/item"}},
     }

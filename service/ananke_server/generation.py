@@ -7,6 +7,7 @@ finish reason and a verdict are pure functions at the bottom."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from .errors import ServiceError
 from .logging_setup import bind_request_id, prompt_fields
 from .metrics import Metrics
 from .provenance import Clock, build_provenance
+from .schema_outcome import SchemaOutcome, not_satisfied, retry_sampling, validate_output
 from .settings import Settings
 from .validation import ValidatedRequest, check_prompt_length, validate_generation
 
@@ -109,35 +111,79 @@ class Generations:
                     constraint_digest=compiled.digest,
                 )
             )
-            output = _Output()
+            # An output that may be generated again is held back until it validated.
+            hold = compiled.retried and self._settings.schema_max_attempts > 1
+            first_sampling = validated.sampling
+            attempt = 1
             async with _deadline(deadline_s):
-                async for delta in self._engine.generate(
-                    f"{validated.request_id}-{time.monotonic_ns():x}",
-                    prompt,
-                    engine_params(validated, compiled),
-                ):
-                    ids = [t for t in delta.token_ids if t not in self._eos]
-                    output.token_ids.extend(delta.token_ids)
-                    self._metrics.record_tokens(len(delta.token_ids))
-                    if delta.token_ids and clock.first_token is None:
-                        clock.first_token = now()
-                    if ids or delta.text:
-                        output.text.append(delta.text)
-                        yield StreamEvent(
-                            chunk=inference_service_pb2.TokenChunk(text=delta.text, token_ids=ids)
-                        )
-                    if delta.finished:
-                        if delta.finish_reason in ("abort", "error"):
-                            raise ServiceError(
-                                "ENGINE_UNAVAILABLE",
-                                f"the engine ended the generation ({delta.finish_reason})",
-                                retry_after_s=1.0,
-                            )
-                        output.engine_reason = delta.finish_reason or "stop"
-                        output.stop_string = isinstance(delta.stop_reason, str)
-            yield StreamEvent(
-                finished=await self._finish(validated, compiled, cache_hit, clock, prompt, output)
-            )
+                while True:
+                    output = _Output()
+                    held: list[StreamEvent] = []
+                    async for chunk in self._run(validated, compiled, prompt, clock, output):
+                        if hold:
+                            held.append(chunk)
+                        else:
+                            yield chunk
+                    finished, outcome = await self._finish(
+                        validated, compiled, cache_hit, clock, prompt, output, attempt
+                    )
+                    rejected = outcome.rejected if outcome is not None else None
+                    if rejected is None:
+                        for chunk in held:
+                            yield chunk
+                        yield StreamEvent(finished=finished)
+                        return
+                    if attempt >= self._settings.schema_max_attempts:
+                        raise not_satisfied(*rejected, attempt)
+                    log.info(
+                        "output violates its schema; generating again",
+                        extra={
+                            "attempt": attempt,
+                            "schema_pointer": rejected[1].schema_pointer,
+                            "instance_pointer": rejected[1].instance_pointer,
+                        },
+                    )
+                    attempt += 1
+                    validated = dataclasses.replace(
+                        validated,
+                        sampling=retry_sampling(
+                            first_sampling, attempt, self._settings.schema_retry_temperature
+                        ),
+                    )
+
+    async def _run(
+        self,
+        validated: ValidatedRequest,
+        compiled: CompiledConstraints,
+        prompt: PromptTokens,
+        clock: Clock,
+        output: _Output,
+    ) -> AsyncIterator[StreamEvent]:
+        """One engine run: its chunks, recorded into `output` as they come."""
+        async for delta in self._engine.generate(
+            f"{validated.request_id}-{time.monotonic_ns():x}",
+            prompt,
+            engine_params(validated, compiled),
+        ):
+            ids = [t for t in delta.token_ids if t not in self._eos]
+            output.token_ids.extend(delta.token_ids)
+            self._metrics.record_tokens(len(delta.token_ids))
+            if delta.token_ids and clock.first_token is None:
+                clock.first_token = now()
+            if ids or delta.text:
+                output.text.append(delta.text)
+                yield StreamEvent(
+                    chunk=inference_service_pb2.TokenChunk(text=delta.text, token_ids=ids)
+                )
+            if delta.finished:
+                if delta.finish_reason in ("abort", "error"):
+                    raise ServiceError(
+                        "ENGINE_UNAVAILABLE",
+                        f"the engine ended the generation ({delta.finish_reason})",
+                        retry_after_s=1.0,
+                    )
+                output.engine_reason = delta.finish_reason or "stop"
+                output.stop_string = isinstance(delta.stop_reason, str)
 
     async def _finish(
         self,
@@ -147,7 +193,10 @@ class Generations:
         clock: Clock,
         prompt: PromptTokens,
         output: _Output,
-    ) -> inference_service_pb2.GenerationFinished:
+        attempt: int,
+    ) -> tuple[inference_service_pb2.GenerationFinished, SchemaOutcome | None]:
+        """The finished event of one attempt and, for a validated schema, the
+        validator's verdicts on it (a rejection the caller may retry)."""
         started = time.perf_counter()
         checked = output.token_ids
         cut_inside_token = False
@@ -161,6 +210,16 @@ class Generations:
             self._compiler.check_output, compiled, checked, self._engine.info.eos_token_ids
         )
         verdict, detail = verdict_after_stop(verdict, detail, cut_inside_token=cut_inside_token)
+        outcome: SchemaOutcome | None = None
+        if compiled.validated:
+            # Only a complete sentence of the grammar is a whole document.
+            outcome = await asyncio.to_thread(
+                validate_output,
+                compiled,
+                "".join(output.text),
+                complete=verdict == provenance_pb2.CHECK_VERDICT_SATISFIED,
+                attempts=attempt,
+            )
         clock.check_seconds = time.perf_counter() - started
         if may_be_dead_end(compiled, verdict, output.engine_reason, output.stop_string):
             # The intersection processor forces EOS only at a dead end: prove it
@@ -191,10 +250,12 @@ class Generations:
             finish_reason=reason,
             check=provenance_pb2.ConstraintCheck(verdict=verdict, detail=detail),
             placement=self._placement,
+            schema=outcome,
         )
-        return inference_service_pb2.GenerationFinished(
+        finished = inference_service_pb2.GenerationFinished(
             finish_reason=reason, usage=usage, provenance=provenance
         )
+        return finished, outcome
 
     def _record_finish(
         self, validated: ValidatedRequest, clock: Clock, tokens: int, engine_reason: str

@@ -35,6 +35,7 @@ from .errors import (
 from .generation import Generations, StreamEvent
 from .metrics import Metrics
 from .provenance import SERVICE_VERSION, placement_from_environment
+from .schema_outcome import keyword_protos
 from .serving_state import Phase, ServingState, unavailable
 from .settings import Settings
 
@@ -167,6 +168,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                         ok=v.error is None,
                         error=_constraint_error(v.error) if v.error else None,
                         warnings=v.warnings,
+                        schema_keywords=[
+                            keyword
+                            for check in v.schema_checks
+                            for keyword in keyword_protos(check)
+                        ],
+                        validated=any(check.validated for check in v.schema_checks),
                     )
                     for v in verdicts
                 ]

@@ -62,6 +62,7 @@ class Settings:
     compile_timeout_s: float = 10.0
     compile_workers: int = 2
     schema_max_attempts: int = 3
+    schema_retry_temperature: float = 0.7
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
     log_prompts: bool = False
@@ -109,6 +110,8 @@ _HELP: dict[str, str] = {
     "compile_cache_size": "compiled constraint sets kept (LRU)",
     "compile_timeout_s": "longest a constraint compile may take",
     "compile_workers": "threads compiling constraints",
+    "schema_retry_temperature": "temperature of a retry of a greedy request (greedy would "
+    "repeat the rejected output); other requests keep theirs",
     "schema_max_attempts": "generations per output when a JSON schema's grammar over-approximates "
     "it and the output fails validation (1: no retry)",
     "shutdown_grace_s": "how long in-flight streams may finish on SIGTERM",
@@ -246,6 +249,7 @@ def validate_settings(settings: Settings) -> None:
         (settings.compile_timeout_s > 0, "compile_timeout_s must be > 0"),
         (settings.compile_workers >= 1, "compile_workers must be >= 1"),
         (settings.schema_max_attempts >= 1, "schema_max_attempts must be >= 1"),
+        (settings.schema_retry_temperature > 0, "schema_retry_temperature must be > 0"),
         (settings.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0"),
         (
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},

@@ -66,6 +66,9 @@ async def test_rejected_output_is_generated_again_and_only_the_accepted_one_stre
     chunks = "".join(e.chunk.text for e in events if e.WhichOneof("event") == "chunk")
     assert chunks == "[1,2]"
     finished = events[-1].finished
+    assert finished.provenance.constraints.enforcement_mode == (
+        provenance_pb2.ENFORCEMENT_GRAMMAR_AND_VALIDATION
+    )
     (item,) = finished.provenance.constraints.items
     assert item.attempts == 3
     assert item.validation.verdict == provenance_pb2.SCHEMA_VERDICT_VALID
@@ -103,6 +106,7 @@ async def test_lenient_returns_the_violation_flagged(monkeypatch: pytest.MonkeyP
     async with serving(SETTINGS) as served:
         reply = await served.stub.Generate(s.GenerateRequest(request=request(lenient=True)))
     assert reply.text == "[1,1]"
+    assert reply.provenance.constraints.enforcement_mode == provenance_pb2.ENFORCEMENT_GRAMMAR
     (item,) = reply.provenance.constraints.items
     assert item.attempts == 1
     assert item.validation.verdict == provenance_pb2.SCHEMA_VERDICT_INVALID

@@ -87,6 +87,10 @@ class CompiledConstraints:
         """How the constraints reach the engine (Provenance's enforcement_mode)."""
         if self.intersection:
             return provenance_pb2.ENFORCEMENT_INTERSECTION
+        if self.grammar is not None and self.retried:
+            # The grammar over-approximates a JSON schema: outputs are validated
+            # and regenerated (under lenient they are only reported: GRAMMAR).
+            return provenance_pb2.ENFORCEMENT_GRAMMAR_AND_VALIDATION
         if self.grammar is not None:
             return provenance_pb2.ENFORCEMENT_GRAMMAR
         if self.has_token_mask:

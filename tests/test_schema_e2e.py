@@ -177,7 +177,7 @@ def test_unsatisfiable_uniqueness_fails_after_retries_then_serves(
     assert reason == "CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES"
     assert (metadata["attempts"], metadata["schema_pointer"]) == ("3", "/uniqueItems")
     assert "non-unique" in metadata["message"]
-    fine = _request({"type": "integer"}, "A number:", max_tokens=8)
+    fine = _request({"enum": ["yes", "no"]}, "Yes or no?", max_tokens=8)
     response = stub.Generate(inference_service_pb2.GenerateRequest(request=fine), timeout=120)
     assert response.finish_reason == COMPLETE
 

@@ -85,6 +85,8 @@ SCALEDOWN_WINDOW_S = 60
 
 HF_CACHE_DIR = "/root/.cache/huggingface"
 VLLM_CACHE_DIR = "/root/.cache/vllm"
+# Compiled constraints (the server's compile_disk_cache_dir), kept across scale-to-zero.
+COMPILE_CACHE_DIR = "/root/.cache/ananke-compile"
 MODEL_LINK_DIR = "/root/ananke-models"
 HF_SECRET_NAME = "huggingface-secret"  # holds HF_TOKEN (or the older HUGGING_FACE_HUB_TOKEN)
 API_KEYS_SECRET_NAME = "ananke-api-keys"  # holds ANANKE_API_KEYS=key1,key2
@@ -497,6 +499,7 @@ image = (
         {
             "HF_HOME": HF_CACHE_DIR,
             "VLLM_CACHE_ROOT": VLLM_CACHE_DIR,
+            "ANANKE_COMPILE_DISK_CACHE_DIR": COMPILE_CACHE_DIR,
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         }
@@ -505,6 +508,7 @@ image = (
 )
 hf_cache = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
 vllm_cache = modal.Volume.from_name("vllm-cache", create_if_missing=True)
+compile_cache = modal.Volume.from_name("ananke-compile-cache", create_if_missing=True)
 
 app = modal.App(CONFIG.app_name)
 
@@ -512,7 +516,7 @@ app = modal.App(CONFIG.app_name)
 @app.server(
     image=image,
     gpu=CONFIG.gpu_spec,
-    volumes={HF_CACHE_DIR: hf_cache, VLLM_CACHE_DIR: vllm_cache},
+    volumes={HF_CACHE_DIR: hf_cache, VLLM_CACHE_DIR: vllm_cache, COMPILE_CACHE_DIR: compile_cache},
     secrets=[modal.Secret.from_name(name) for name in CONFIG.secret_names()],
     env=CONFIG.container_env(),
     port=GRPC_PORT,
@@ -562,6 +566,7 @@ class InferenceServer:
         if self.process is not None:
             code = stop_server(self.process, self.grace_s + 5)
             log.info("ananke-server exited with %s", code)
+        compile_cache.commit()  # what this container compiled, for the next cold start
 
 
 @app.local_entrypoint()

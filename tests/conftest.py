@@ -25,6 +25,9 @@ from pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 300.0
+# The session's servers share one compile cache folder (not the user's
+# $ANANKE_HOME one): what one compiled, another loads as after a restart.
+COMPILE_CACHE_DIR = Path(tempfile.mkdtemp(prefix="ananke-compile-cache-"))
 
 
 @dataclass
@@ -98,6 +101,8 @@ def start_server(
         str(port_file),
         "--shutdown-grace-s",
         "10",
+        "--compile-disk-cache-dir",
+        str(COMPILE_CACHE_DIR),
         *extra_args,
     ]
     with log_path.open("wb") as log:

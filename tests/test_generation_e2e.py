@@ -217,6 +217,7 @@ def test_provenance_is_filled(live_server: LiveServer) -> None:
     assert p.constraints.cache in (
         provenance_pb2.CACHE_OUTCOME_HIT,
         provenance_pb2.CACHE_OUTCOME_MISS,
+        provenance_pb2.CACHE_OUTCOME_DISK_HIT,  # another session server compiled it
     )
     assert p.sampling.seed == 42
     assert p.sampling.max_tokens == 32

@@ -209,10 +209,13 @@ def test_weights_and_vllm_caches_on_volumes(app_module: types.ModuleType) -> Non
     assert {path: v.name for path, v in volumes.items()} == {
         "/root/.cache/huggingface": "huggingface-cache",
         "/root/.cache/vllm": "vllm-cache",
+        "/root/.cache/ananke-compile": "ananke-compile-cache",
     }
     commands, _ = _dockerfile_commands(app_module.image)
     assert "ENV HF_HOME=/root/.cache/huggingface" in commands
     assert "ENV VLLM_CACHE_ROOT=/root/.cache/vllm" in commands
+    # The server's compile cache folder is the volume (settings read ANANKE_* env).
+    assert "ENV ANANKE_COMPILE_DISK_CACHE_DIR=/root/.cache/ananke-compile" in commands
 
 
 def test_secrets_by_name(app_module: types.ModuleType) -> None:
@@ -418,6 +421,7 @@ def test_every_profile_builds_offline(
     assert {path: v.name for path, v in info.volumes.items()} == {
         "/root/.cache/huggingface": "huggingface-cache",
         "/root/.cache/vllm": "vllm-cache",
+        "/root/.cache/ananke-compile": "ananke-compile-cache",
     }
     assert "modal.Secret.from_name('huggingface-secret')" in info.secrets
     (server,) = [c for c in calls if c.get("is_server")]

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,7 +41,13 @@ HELLO: tuple[EngineDelta, ...] = (
     EngineDelta((EOS,), "", finished=True, finish_reason="stop", stop_reason=EOS),
 )
 HELLO_REGEX = c.ConstraintIR(name="greeting", regex=c.RegexConstraint(pattern="Hel+o wor.d"))
-SETTINGS = Settings(host="127.0.0.1", port=0, max_tokens_cap=512, compile_cache_size=8)
+SETTINGS = Settings(
+    host="127.0.0.1",
+    port=0,
+    max_tokens_cap=512,
+    compile_cache_size=8,
+    compile_disk_cache_dir=tempfile.mkdtemp(prefix="ananke-unit-compile-"),
+)
 
 
 class FakeEngine:
@@ -712,6 +721,24 @@ async def test_get_server_stats(served: Served, engine: FakeEngine) -> None:
     )
     assert 1 <= after.compile_cache.size <= SETTINGS.compile_cache_size
     assert after.uptime.ToNanoseconds() > before.uptime.ToNanoseconds() > 0
+
+
+async def test_compiled_constraints_survive_a_restart(tmp_path: Path) -> None:
+    """A second server on the same compile cache folder loads what the first compiled."""
+    settings = dataclasses.replace(SETTINGS, compile_disk_cache_dir=str(tmp_path))
+    request = s.GenerateRequest(request=gen_request(constraints=[HELLO_REGEX]))
+    outcomes = []
+    for _ in range(2):
+        async with serving(settings) as server:
+            response = await server.stub.Generate(request, timeout=5)
+            outcomes.append(response.provenance.constraints.cache)
+            stats = await server.stub.GetServerStats(s.GetServerStatsRequest(), timeout=5)
+    assert outcomes == [provenance_pb2.CACHE_OUTCOME_MISS, provenance_pb2.CACHE_OUTCOME_DISK_HIT]
+    cache = stats.compile_cache
+    assert (cache.misses, cache.disk_hits, cache.disk_misses, cache.disk_writes) == (1, 1, 0, 0)
+    assert (cache.disk_entries, cache.disk_max_bytes) == (1, settings.compile_disk_cache_bytes)
+    assert cache.disk_bytes > 0
+    assert cache.disk_discarded == 0
 
 
 # -- ValidateConstraints ---------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class Metrics:
         )  # fmt: skip
         # Read from the compile cache's own counters at scrape time, so /metrics
         # and GetServerStats report the same hits and misses.
-        self._cache_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self._cache_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
         r.register(_CacheLookups(lambda: self._cache_counts()))
         self.engine_errors = Counter(
             "ananke_engine_errors", "Engine failures: dead (process gone) or rejected (raised).",
@@ -70,8 +70,8 @@ class Metrics:
         self.running.set_function(lambda: float(running()))
         self.queued.set_function(lambda: float(queued()))
 
-    def track_compile_cache(self, counts: Callable[[], tuple[int, int]]) -> None:
-        """Reads the compile cache's (hits, misses) from `counts` at scrape time."""
+    def track_compile_cache(self, counts: Callable[[], tuple[int, int, int]]) -> None:
+        """Reads the compile cache's (hits, compiles, disk loads) from `counts` at scrape time."""
         self._cache_counts = counts
 
     def record_compile(self, seconds: float) -> None:
@@ -96,21 +96,22 @@ class Metrics:
 
 
 class _CacheLookups(Collector):
-    """ananke_constraint_cache_lookups_total{result="hit"|"miss"}."""
+    """ananke_constraint_cache_lookups_total{result="hit"|"miss"|"disk"}."""
 
-    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, counts: Callable[[], tuple[int, int, int]]) -> None:
         self._counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        hits, misses = self._counts()
+        hits, misses, disk = self._counts()
         family = CounterMetricFamily(
             "ananke_constraint_cache_lookups",
-            "Compile cache lookups by result: hit, or miss (a compile started), "
-            "as GetServerStats reports them.",
+            "Compile cache lookups by result: hit (memory), disk (loaded from the disk "
+            "cache) or miss (a compile started), as GetServerStats reports them.",
             labels=["result"],
         )
         family.add_metric(["hit"], hits)
         family.add_metric(["miss"], misses)
+        family.add_metric(["disk"], disk)
         yield family
 
 

@@ -26,10 +26,19 @@ MARKER = "ananke-prepared.json"
 log = logging.getLogger("ananke.model_prep")
 
 
+def ananke_home() -> Path:
+    """$ANANKE_HOME (default ~/.cache/ananke): the models and caches of this machine."""
+    return Path(os.environ.get("ANANKE_HOME") or str(Path.home() / ".cache" / "ananke"))
+
+
 def default_cache_dir() -> Path:
     """Where prepared models live: $ANANKE_HOME/models (default ~/.cache/ananke/models)."""
-    home = os.environ.get("ANANKE_HOME") or str(Path.home() / ".cache" / "ananke")
-    return Path(home) / "models"
+    return ananke_home() / "models"
+
+
+def default_compile_cache_dir() -> Path:
+    """Where compiled constraints are kept on disk: $ANANKE_HOME/compile-cache."""
+    return ananke_home() / "compile-cache"
 
 
 def default_model_dir(cache_dir: Path | None = None) -> Path:

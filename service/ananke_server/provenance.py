@@ -86,6 +86,8 @@ def build_provenance(
     cache = provenance_pb2.CACHE_OUTCOME_UNSPECIFIED
     if compiled.constrained:
         cache = provenance_pb2.CACHE_OUTCOME_HIT if cache_hit else provenance_pb2.CACHE_OUTCOME_MISS
+        if not cache_hit and compiled.from_disk:
+            cache = provenance_pb2.CACHE_OUTCOME_DISK_HIT
     sampling = request.sampling
     return provenance_pb2.Provenance(
         request_id=request.request_id,

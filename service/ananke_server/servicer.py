@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from ananke.v1 import (
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .generation import Generations, StreamEvent
 from .metrics import Metrics
+from .model_prep import default_compile_cache_dir
 from .provenance import SERVICE_VERSION, placement_from_environment
 from .schema_outcome import keyword_protos
 from .serving_state import Phase, ServingState, unavailable
@@ -89,6 +91,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             timeout_s=self._settings.compile_timeout_s,
             workers=self._settings.compile_workers,
             eos_ids=info.eos_token_ids,
+            disk_cache_dir=Path(self._settings.compile_disk_cache_dir)
+            if self._settings.compile_disk_cache_dir
+            else default_compile_cache_dir(),
+            disk_cache_bytes=self._settings.compile_disk_cache_bytes,
         )
         compiler = self._compiler
         self.metrics.track_compile_cache(lambda: _hits_and_misses(compiler))
@@ -246,6 +252,16 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                     size=stats.size, capacity=stats.capacity, hits=stats.hits, misses=stats.misses
                 )
             )
+            disk = self._compiler.disk_stats()
+            if disk is not None:
+                cache = response.compile_cache
+                cache.disk_hits, cache.disk_misses, cache.disk_writes = (
+                    disk.hits,
+                    disk.misses,
+                    disk.writes,
+                )
+                cache.disk_entries, cache.disk_bytes = disk.entries, disk.bytes
+                cache.disk_max_bytes, cache.disk_discarded = disk.max_bytes, disk.discarded
         return response
 
     # -- generation ---------------------------------------------------------------
@@ -312,9 +328,11 @@ class _Outcome:
         return False
 
 
-def _hits_and_misses(compiler: ConstraintCompiler) -> tuple[int, int]:
-    stats = compiler.stats()
-    return stats.hits, stats.misses
+def _hits_and_misses(compiler: ConstraintCompiler) -> tuple[int, int, int]:
+    """(memory hits, compiles, disk loads): misses answered from disk are not compiles."""
+    stats, disk = compiler.stats(), compiler.disk_stats()
+    disk_hits = disk.hits if disk is not None else 0
+    return stats.hits, stats.misses - disk_hits, disk_hits
 
 
 def _header(context: Context, name: str) -> str | None:

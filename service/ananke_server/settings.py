@@ -43,8 +43,8 @@ AUTH_EXEMPT_DEFAULT = (
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server reads at startup. Besides it, only the model cache
-    location (ANANKE_HOME, model_prep.py) and Modal's placement variables
+    """Everything the server reads at startup. Besides it, only the model and
+    compile cache location (ANANKE_HOME, model_prep.py) and Modal's placement variables
     (provenance.py) come from the environment."""
 
     host: str = "127.0.0.1"
@@ -63,6 +63,8 @@ class Settings:
     compile_workers: int = 2
     schema_max_attempts: int = 3
     schema_retry_temperature: float = 0.7
+    compile_disk_cache_dir: str = ""  # default: $ANANKE_HOME/compile-cache
+    compile_disk_cache_bytes: int = 256 << 20  # 0: no disk cache
     shutdown_grace_s: float = 30.0
     log_level: str = "INFO"
     log_prompts: bool = False
@@ -114,6 +116,10 @@ _HELP: dict[str, str] = {
     "repeat the rejected output); other requests keep theirs",
     "schema_max_attempts": "generations per output when a JSON schema's grammar over-approximates "
     "it and the output fails validation (1: no retry)",
+    "compile_disk_cache_dir": "folder of compiled constraints kept across restarts "
+    "(default $ANANKE_HOME/compile-cache; on Modal a Volume)",
+    "compile_disk_cache_bytes": "most bytes the compile cache folder may hold, least "
+    "recently used files deleted first (0: no disk cache)",
     "shutdown_grace_s": "how long in-flight streams may finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_prompts": "log prompt text (off: only sizes)",
@@ -250,6 +256,7 @@ def validate_settings(settings: Settings) -> None:
         (settings.compile_workers >= 1, "compile_workers must be >= 1"),
         (settings.schema_max_attempts >= 1, "schema_max_attempts must be >= 1"),
         (settings.schema_retry_temperature > 0, "schema_retry_temperature must be > 0"),
+        (settings.compile_disk_cache_bytes >= 0, "compile_disk_cache_bytes must be >= 0"),
         (settings.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0"),
         (
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},

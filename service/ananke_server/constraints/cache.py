@@ -1,6 +1,8 @@
 """The compile cache: an LRU bounded by entry count and by an estimate of its
 size in bytes, with in-flight dedupe (identical concurrent compiles share one)
-and compiles run on a thread pool, off the event loop."""
+and compiles run on a thread pool, off the event loop. Behind it, optionally,
+the disk cache (disk_cache.py): a memory miss looks there before compiling,
+and a compile is written there."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import TypeAlias
 
 from ..errors import ServiceError
 from .core import CacheStats, CompiledConstraints
+from .disk_cache import DiskCache
 
 Result: TypeAlias = CompiledConstraints | ServiceError
 
@@ -39,7 +42,13 @@ class CompileCache:
     A compile that outlives its callers' timeout still finishes and is cached."""
 
     def __init__(
-        self, pool: ThreadPoolExecutor, *, capacity: int, max_bytes: int, timeout_s: float
+        self,
+        pool: ThreadPoolExecutor,
+        *,
+        capacity: int,
+        max_bytes: int,
+        timeout_s: float,
+        disk: DiskCache | None = None,
     ) -> None:
         self._capacity = capacity
         self._max_bytes = max_bytes
@@ -52,6 +61,7 @@ class CompileCache:
         self._hits = 0
         self._misses = 0
         self._pool = pool
+        self.disk = disk
 
     def stats(self) -> CacheStats:
         """A snapshot of the cache counters."""
@@ -77,7 +87,7 @@ class CompileCache:
                 shared = self._in_flight.get(key)
                 if shared is None:
                     self._misses += 1
-                    shared = started = self._pool.submit(compile_now)
+                    shared = started = self._pool.submit(self._load_or_compile, key, compile_now)
                     self._in_flight[key] = started
         if started is not None:
             # Outside the lock: a future already done runs the callback at once.
@@ -95,6 +105,17 @@ class CompileCache:
             # A fresh copy per caller: re-raising one object grows its traceback.
             raise dataclasses.replace(cached)
         return cached, shared is None
+
+    def _load_or_compile(self, key: str, compile_now: Callable[[], Result]) -> Result:
+        """On a compile thread: the disk cache's entry, else a compile (then stored)."""
+        if self.disk is None:
+            return compile_now()
+        loaded = self.disk.load(key)
+        if loaded is not None:
+            return loaded
+        result = compile_now()
+        self.disk.store(key, result)
+        return result
 
     def _compiled(self, key: str, future: concurrent.futures.Future[Result]) -> None:
         """Done callback of a compile: caches its result, even when every caller

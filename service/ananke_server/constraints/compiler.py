@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from ananke.v1 import constraints_pb2, provenance_pb2
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
@@ -31,6 +32,7 @@ from .core import (
     order_by_priority,
 )
 from .diagnostics import GrammarValidator, unsatisfiable
+from .disk_cache import DiskCache, DiskStats, namespace
 from .folding import combine_all_of, grammar_of, intersection_grammars
 from .lowering import Lowerer
 
@@ -54,6 +56,8 @@ class ConstraintCompiler:
         workers: int,
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
         eos_ids: Sequence[int] = (),
+        disk_cache_dir: Path | None = None,
+        disk_cache_bytes: int = 0,
     ) -> None:
         self._tokenizer = tokenizer
         # The engine's EOS set (EngineInfo.eos_token_ids); the tokenizer's own by default.
@@ -62,8 +66,22 @@ class ConstraintCompiler:
         self._timeout_s = timeout_s
         self._limits = LLParserLimits(verbose_errors=False)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile")
+        disk = None
+        if disk_cache_dir is not None and disk_cache_bytes > 0:
+            version = namespace(
+                tokenizer,
+                tokenizer_id=tokenizer_id,
+                vocab_size=vocab_size,
+                eos_ids=self._eos_ids,
+                max_constraint_bytes=max_constraint_bytes,
+            )
+            disk = DiskCache(disk_cache_dir, max_bytes=disk_cache_bytes, version=version)
         self._cache = CompileCache(
-            self._pool, capacity=cache_size, max_bytes=max_cache_bytes, timeout_s=timeout_s
+            self._pool,
+            capacity=cache_size,
+            max_bytes=max_cache_bytes,
+            timeout_s=timeout_s,
+            disk=disk,
         )
         self._validate = GrammarValidator(tokenizer, self._limits)
         self._lowerer = Lowerer(
@@ -73,6 +91,10 @@ class ConstraintCompiler:
     def stats(self) -> CacheStats:
         """A snapshot of the cache counters."""
         return self._cache.stats()
+
+    def disk_stats(self) -> DiskStats | None:
+        """The disk cache's counters (None when there is no disk cache)."""
+        return self._cache.disk.stats() if self._cache.disk is not None else None
 
     async def compile(
         self, constraints: Sequence[constraints_pb2.ConstraintIR], field_path: str

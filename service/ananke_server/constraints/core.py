@@ -56,6 +56,8 @@ class CompiledConstraints:
     # Per summary (same order): its JSON schemas whose preparation rewrote or
     # dropped keywords (see prepare.py).
     summary_checks: tuple[tuple[SchemaCheck, ...], ...] = ()
+    # Loaded from the disk cache (compiled by an earlier process); not stored.
+    from_disk: bool = field(default=False, compare=False)
 
     @property
     def schema_checks(self) -> tuple[SchemaCheck, ...]:

@@ -694,6 +694,13 @@ class CompileCacheStats(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     HITS_FIELD_NUMBER: _builtins.int
     MISSES_FIELD_NUMBER: _builtins.int
+    DISK_HITS_FIELD_NUMBER: _builtins.int
+    DISK_MISSES_FIELD_NUMBER: _builtins.int
+    DISK_WRITES_FIELD_NUMBER: _builtins.int
+    DISK_ENTRIES_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_MAX_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_DISCARDED_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """Entries held now."""
     capacity: _builtins.int
@@ -706,7 +713,28 @@ class CompileCacheStats(_message.Message):
     counts.
     """
     misses: _builtins.int
-    """Lookups that started a compile (a compile error is cached too)."""
+    """Lookups not found in memory, each of which started a compile or a load
+    from the disk cache (disk_hits of them); a compile error is cached too.
+    """
+    disk_hits: _builtins.int
+    """Memory misses answered by the disk cache (compile_disk_cache_dir); the
+    Prometheus counter reports them as result="disk" and misses - disk_hits as
+    result="miss".
+    """
+    disk_misses: _builtins.int
+    """Memory misses that found nothing usable on disk and compiled."""
+    disk_writes: _builtins.int
+    """Entries written to the disk cache."""
+    disk_entries: _builtins.int
+    """Files in the disk cache folder, as this process last counted them."""
+    disk_bytes: _builtins.int
+    """Bytes of those files."""
+    disk_max_bytes: _builtins.int
+    """Most bytes the folder may hold (compile_disk_cache_bytes); 0 when there is
+    no disk cache.
+    """
+    disk_discarded: _builtins.int
+    """Corrupt, truncated or foreign files found and deleted."""
     def __init__(
         self,
         *,
@@ -714,10 +742,17 @@ class CompileCacheStats(_message.Message):
         capacity: _builtins.int = ...,
         hits: _builtins.int = ...,
         misses: _builtins.int = ...,
+        disk_hits: _builtins.int = ...,
+        disk_misses: _builtins.int = ...,
+        disk_writes: _builtins.int = ...,
+        disk_entries: _builtins.int = ...,
+        disk_bytes: _builtins.int = ...,
+        disk_max_bytes: _builtins.int = ...,
+        disk_discarded: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "hits", b"hits", "misses", b"misses", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "disk_bytes", b"disk_bytes", "disk_discarded", b"disk_discarded", "disk_entries", b"disk_entries", "disk_hits", b"disk_hits", "disk_max_bytes", b"disk_max_bytes", "disk_misses", b"disk_misses", "disk_writes", b"disk_writes", "hits", b"hits", "misses", b"misses", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -142,6 +142,10 @@ class _CacheOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheOut
     """Compiled for this request, or by an identical request at the same time
     (and cached).
     """
+    CACHE_OUTCOME_DISK_HIT: _CacheOutcome.ValueType  # 80
+    """Not in this process's memory; loaded from the compile cache on disk (written
+    by an earlier process, for example before a restart or a scale to zero).
+    """
 
 class CacheOutcome(_CacheOutcome, metaclass=_CacheOutcomeEnumTypeWrapper):
     """Whether a compiled constraint came from the cache."""
@@ -153,6 +157,10 @@ CACHE_OUTCOME_HIT: CacheOutcome.ValueType  # 1
 CACHE_OUTCOME_MISS: CacheOutcome.ValueType  # 2
 """Compiled for this request, or by an identical request at the same time
 (and cached).
+"""
+CACHE_OUTCOME_DISK_HIT: CacheOutcome.ValueType  # 80
+"""Not in this process's memory; loaded from the compile cache on disk (written
+by an earlier process, for example before a restart or a scale to zero).
 """
 Global___CacheOutcome: _TypeAlias = CacheOutcome  # noqa: Y015
 

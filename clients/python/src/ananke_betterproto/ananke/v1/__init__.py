@@ -94,12 +94,19 @@ class CacheOutcome(betterproto2.Enum):
     (and cached).
     """
 
+    DISK_HIT = 80
+    """
+    Not in this process's memory; loaded from the compile cache on disk (written
+    by an earlier process, for example before a restart or a scale to zero).
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
             0: "CACHE_OUTCOME_UNSPECIFIED",
             1: "CACHE_OUTCOME_HIT",
             2: "CACHE_OUTCOME_MISS",
+            80: "CACHE_OUTCOME_DISK_HIT",
         }
 
     @classmethod
@@ -108,6 +115,7 @@ class CacheOutcome(betterproto2.Enum):
             "CACHE_OUTCOME_UNSPECIFIED": 0,
             "CACHE_OUTCOME_HIT": 1,
             "CACHE_OUTCOME_MISS": 2,
+            "CACHE_OUTCOME_DISK_HIT": 80,
         }
 
 
@@ -877,7 +885,46 @@ class CompileCacheStats(betterproto2.Message):
 
     misses: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
     """
-    Lookups that started a compile (a compile error is cached too).
+    Lookups not found in memory, each of which started a compile or a load
+    from the disk cache (disk_hits of them); a compile error is cached too.
+    """
+
+    disk_hits: "int" = betterproto2.field(80, betterproto2.TYPE_UINT64)
+    """
+    Memory misses answered by the disk cache (compile_disk_cache_dir); the
+    Prometheus counter reports them as result="disk" and misses - disk_hits as
+    result="miss".
+    """
+
+    disk_misses: "int" = betterproto2.field(81, betterproto2.TYPE_UINT64)
+    """
+    Memory misses that found nothing usable on disk and compiled.
+    """
+
+    disk_writes: "int" = betterproto2.field(82, betterproto2.TYPE_UINT64)
+    """
+    Entries written to the disk cache.
+    """
+
+    disk_entries: "int" = betterproto2.field(83, betterproto2.TYPE_UINT64)
+    """
+    Files in the disk cache folder, as this process last counted them.
+    """
+
+    disk_bytes: "int" = betterproto2.field(84, betterproto2.TYPE_UINT64)
+    """
+    Bytes of those files.
+    """
+
+    disk_max_bytes: "int" = betterproto2.field(85, betterproto2.TYPE_UINT64)
+    """
+    Most bytes the folder may hold (compile_disk_cache_bytes); 0 when there is
+    no disk cache.
+    """
+
+    disk_discarded: "int" = betterproto2.field(86, betterproto2.TYPE_UINT64)
+    """
+    Corrupt, truncated or foreign files found and deleted.
     """
 
 

@@ -127,7 +127,7 @@ def test_prompt_text_only_when_asked() -> None:
 def test_metrics_recording() -> None:
     metrics = Metrics()
     metrics.track_admission(lambda: 3, lambda: 1)
-    metrics.track_compile_cache(lambda: (1, 2))
+    metrics.track_compile_cache(lambda: (1, 2, 3))
     metrics.record_compile(0.01)
     metrics.record_tokens(5)
     metrics.record_tokens(0)
@@ -140,6 +140,7 @@ def test_metrics_recording() -> None:
         "ananke_queued_generations 1.0",
         'ananke_constraint_cache_lookups_total{result="hit"} 1.0',
         'ananke_constraint_cache_lookups_total{result="miss"} 2.0',
+        'ananke_constraint_cache_lookups_total{result="disk"} 3.0',
         "ananke_constraint_compile_seconds_count 1.0",
         "ananke_generated_tokens_total 5.0",
         "ananke_time_to_first_token_seconds_count 1.0",

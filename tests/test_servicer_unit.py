@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ SETTINGS = Settings(
     port=0,
     max_tokens_cap=512,
     compile_cache_size=8,
-    compile_disk_cache_dir=tempfile.mkdtemp(prefix="ananke-unit-compile-"),
+    compile_disk_cache_bytes=0,  # no disk cache but where a test asks for one
 )
 
 
@@ -725,7 +724,9 @@ async def test_get_server_stats(served: Served, engine: FakeEngine) -> None:
 
 async def test_compiled_constraints_survive_a_restart(tmp_path: Path) -> None:
     """A second server on the same compile cache folder loads what the first compiled."""
-    settings = dataclasses.replace(SETTINGS, compile_disk_cache_dir=str(tmp_path))
+    settings = dataclasses.replace(
+        SETTINGS, compile_disk_cache_dir=str(tmp_path), compile_disk_cache_bytes=1 << 20
+    )
     request = s.GenerateRequest(request=gen_request(constraints=[HELLO_REGEX]))
     outcomes = []
     for _ in range(2):
@@ -733,6 +734,14 @@ async def test_compiled_constraints_survive_a_restart(tmp_path: Path) -> None:
             response = await server.stub.Generate(request, timeout=5)
             outcomes.append(response.provenance.constraints.cache)
             stats = await server.stub.GetServerStats(s.GetServerStatsRequest(), timeout=5)
+            registry = server.running.metrics.registry
+            lookups = {
+                result: registry.get_sample_value(
+                    "ananke_constraint_cache_lookups_total", {"result": result}
+                )
+                for result in ("hit", "miss", "disk")
+            }
+    assert lookups == {"hit": 0.0, "miss": 0.0, "disk": 1.0}  # the second server's
     assert outcomes == [provenance_pb2.CACHE_OUTCOME_MISS, provenance_pb2.CACHE_OUTCOME_DISK_HIT]
     cache = stats.compile_cache
     assert (cache.misses, cache.disk_hits, cache.disk_misses, cache.disk_writes) == (1, 1, 0, 0)

@@ -241,3 +241,18 @@ def test_namespace_changes_with_the_vocabulary() -> None:
         TOKENIZER, tokenizer_id="t", vocab_size=256, eos_ids=(1,), max_constraint_bytes=1
     )
     assert len(tokenizer_fingerprint(TOKENIZER)) == 64
+
+
+async def test_a_schema_checked_by_a_validator_stays_in_memory_only(tmp_path: Path) -> None:
+    # uniqueItems is not in the grammar: a jsonschema validator (a Python
+    # object, not stored on disk) checks every output instead.
+    prepared = schema('{"type":"array","items":{"type":"integer"},"uniqueItems":true}')
+    first, _, compiler = await compile_once(tmp_path, [prepared])
+    assert first.validated  # the validator is part of the result
+    assert entries(tmp_path) == []
+    disk = compiler.disk_stats()
+    assert disk is not None
+    assert disk.writes == 0
+    again, _, _ = await compile_once(tmp_path, [prepared])
+    assert not again.from_disk
+    assert again.validated

@@ -151,11 +151,27 @@ def read_measured(path: Path) -> Measured:
     """Parses the tables of a `make bench` report."""
     text = path.read_text()
     frontend: dict[int, float] = {}
-    section = text.split("### CPU per generated token", 1)[1].split("###", 1)[0]
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > 2 and cells[0] == "JSON schema":
-            frontend[int(cells[1])] = _num(cells[2])
+    # The report names the table and its JSON rows one of two ways (before and
+    # after the serving benchmark gained workloads and fast-forward arms); the
+    # first number column is this service with a JSON schema either way.
+    for title, label in (
+        ("### Front-end CPU per output token", "short JSON"),
+        ("### CPU per generated token", "JSON schema"),
+    ):
+        if title not in text:
+            continue
+        section = text.split(title, 1)[1].split("###", 1)[0]
+        in_table = False
+        for line in section.splitlines():
+            if not line.startswith("|"):
+                if in_table:
+                    break  # only the first table under the title
+                continue
+            in_table = True
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) > 2 and cells[0] == label and cells[2] not in ("", "n/a"):
+                frontend[int(cells[1])] = _num(cells[2])
+        break
     if not frontend:
         raise ValueError(f"{path}: no JSON-schema rows in the CPU per token table")
     mask = [c for c in text.splitlines() if c.startswith("| llama3-128k |") and "Ananke" in c]

@@ -225,10 +225,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def subprocess_env() -> dict[str, str]:
-    """Environment for engine subprocesses."""
+def subprocess_env(root: Path = ROOT) -> dict[str, str]:
+    """Environment for engine subprocesses (the service code from `root`)."""
     env = dict(os.environ)
     env.update(ENGINE_ENV)
-    paths = [str(ROOT / "service"), str(ROOT / "clients" / "python" / "src")]
+    paths = [str(root / "service"), str(root / "clients" / "python" / "src")]
     env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env

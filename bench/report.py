@@ -5,17 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import report_serving
 from common import Spread, fmt, fmt_spread
 
-SYSTEM_LABELS = {
-    "grpc": "this service (gRPC)",
-    "peer": "vLLM OpenAI server",
-    "inproc": "in process",
-}
-HEADER = (
-    "| mode | streams | this service | vLLM server | in process | this/vLLM | this/in-process |"
-)
-COLORS = {"grpc": "#1f77b4", "peer": "#ff7f0e", "inproc": "#2ca02c", "limit": "#7f7f7f"}
+COLORS = {"limit": "#7f7f7f"}
 
 
 def _every(stride: int) -> str:
@@ -33,95 +26,6 @@ def _spread(data: dict[str, float] | None) -> Spread:
 
 def _s(data: dict[str, float] | None, digits: int = 1) -> str:
     return fmt_spread(_spread(data), digits)
-
-
-def _cells(serving: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    cells = serving["summary"]["cells"]
-    return sorted(cells.items(), key=lambda kv: (kv[1]["constrained"], kv[1]["concurrency"]))
-
-
-def _mode(cell: dict[str, Any]) -> str:
-    return "JSON schema" if cell["constrained"] else "unconstrained"
-
-
-def serving_tables(serving: dict[str, Any], limit: dict[str, Any] | None) -> list[str]:
-    """Throughput, latency and CPU tables of the serving benchmark."""
-    roof = (limit or {}).get("roofline_1_thread", {})
-    lines = [
-        "### Tokens/s, total over all streams (higher is better)",
-        "",
-        "| mode | streams | this service | vLLM server | in process | physical limit "
-        "| this/vLLM | this/in-process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for _, cell in _cells(serving):
-        sy, ra = cell["systems"], cell["ratios"]
-        c = cell["concurrency"]
-        lim = roof.get(str(c), {}).get("total_tps", float("nan"))
-        lines.append(
-            f"| {_mode(cell)} | {c} | {_s(sy['grpc']['total_tps'])} "
-            f"| {_s(sy['peer']['total_tps'])} | {_s(sy['inproc']['total_tps'])} | {fmt(lim, 0)} "
-            f"| {_s(ra['grpc/peer:total_tps'], 2)} | {_s(ra['grpc/inproc:total_tps'], 2)} |"
-        )
-    lines += [
-        "",
-        "### Tokens/s per stream (higher is better)",
-        "",
-        HEADER,
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for _, cell in _cells(serving):
-        sy, ra = cell["systems"], cell["ratios"]
-        lines.append(
-            f"| {_mode(cell)} | {cell['concurrency']} | {_s(sy['grpc']['stream_tps'])} "
-            f"| {_s(sy['peer']['stream_tps'])} | {_s(sy['inproc']['stream_tps'])} "
-            f"| {_s(ra['grpc/peer:stream_tps'], 2)} | {_s(ra['grpc/inproc:stream_tps'], 2)} |"
-        )
-    for metric, title in (
-        ("ttft_ms", "Time to first token, ms (lower is better)"),
-        ("itl_ms", "Inter-token latency, ms (lower is better)"),
-    ):
-        lines += [
-            "",
-            f"### {title}",
-            "",
-            HEADER,
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for _, cell in _cells(serving):
-            sy, ra = cell["systems"], cell["ratios"]
-            lines.append(
-                f"| {_mode(cell)} | {cell['concurrency']} | {_s(sy['grpc'][metric])} "
-                f"| {_s(sy['peer'][metric])} | {_s(sy['inproc'][metric])} "
-                f"| {_s(ra['grpc/peer:' + metric], 2)} | {_s(ra['grpc/inproc:' + metric], 2)} |"
-            )
-    lines += [
-        "",
-        "### CPU per generated token, ms (front end = server main process + client; "
-        "engine = EngineCore + worker)",
-        "",
-        "| mode | streams | front end: this | vLLM server | in process "
-        "| engine: this | vLLM server | in process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for _, cell in _cells(serving):
-        sy = cell["systems"]
-        front = " | ".join(_s(sy[n]["front_cpu_ms_per_token"], 2) for n in SYSTEM_LABELS)
-        engine = " | ".join(_s(sy[n]["engine_cpu_ms_per_token"], 1) for n in SYSTEM_LABELS)
-        lines.append(f"| {_mode(cell)} | {cell['concurrency']} | {front} | {engine} |")
-    cost = serving["summary"]["constraint_cost"]
-    concurrencies = sorted({cell["concurrency"] for _, cell in _cells(serving)})
-    lines += [
-        "",
-        "### Constraint cost: JSON-schema / unconstrained total tokens/s, same engine",
-        "",
-        "| streams | " + " | ".join(SYSTEM_LABELS.values()) + " |",
-        "|---:|" + "---:|" * len(SYSTEM_LABELS),
-    ]
-    for c in concurrencies:
-        row = " | ".join(_s(cost.get(f"{n}@{c}"), 2) for n in SYSTEM_LABELS)
-        lines.append(f"| {c} | {row} |")
-    return lines
 
 
 def masking_table(masking: dict[str, Any]) -> list[str]:
@@ -238,37 +142,10 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     serving = results.get("serving")
     limit = results.get("limit")
-    if serving:
-        st = serving["settings"]
-        cons = serving["consistency"]
-        lines += [
-            "",
-            "## Serving: this service vs vLLM's OpenAI server vs the engine in process",
-            "",
-            f"Same {st['prompts']} chat prompts ({st['schemas']} JSON schemas), max_tokens "
-            f"{st['max_tokens']}, temperature 0, seed 0; engine settings on every side: "
-            f"max_num_seqs {st['max_num_seqs']}, max_num_batched_tokens "
-            f"{st['max_num_batched_tokens']}, max_model_len {st['max_model_len']}, KV cache "
-            f"{st['kv_cache_bytes'] >> 20} MiB, guidance backend. {st['rounds']} rounds; in each "
-            "round every cell runs on the three systems back to back in rotating order. "
-            "The ratios are medians of the per-round ratios.",
-            f"Greedy outputs (first 200 characters) identical on all three systems in "
-            f"{cons['identical_text_all_systems']} of {cons['comparisons']} same-prompt "
-            "comparisons (same cell and round; bf16 batching can flip a near-tie); prompt "
-            f"token counts identical in {cons['identical_prompt_tokens']} of "
-            f"{cons['prompt_comparisons']}; median tokens per stream: "
-            f"{fmt(cons['p50_tokens_free'], 0)} unconstrained, {fmt(cons['p50_tokens_json'], 0)} "
-            f"JSON; {cons['constrained_outputs_valid_json']} of {cons['constrained_outputs']} "
-            "JSON outputs parse. Load during serving: "
-            f"{serving['load_start']} -> {serving['load_end']}; idle CPU (cores) "
-            + ", ".join(f"{k} {v:.2f}" for k, v in serving["idle_cpu_cores"].items())
-            + ".",
-            "",
-            "![throughput](serving_throughput.png)",
-            "![latency](serving_latency.png)",
-            "",
-            *serving_tables(serving, limit),
-        ]
+    if serving and "workloads" in serving.get("settings", {}):
+        lines += ["", *report_serving.serving_section(serving)]
+    elif serving:
+        lines += ["", "(Serving results in an older format: re-run the benchmark.)"]
     if limit:
         lines += [
             "",
@@ -368,34 +245,8 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         written.append(path)
 
     serving = results.get("serving")
-    limit = results.get("limit") or {}
-    if serving:
-        cells = _cells(serving)
-        labels = [
-            f"{'JSON' if cell['constrained'] else 'free'}\n{cell['concurrency']} str."
-            for _, cell in cells
-        ]
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        _grouped(ax, cells, "total_tps", labels)
-        roof = limit.get("roofline_1_thread", {})
-        for i, (_, cell) in enumerate(cells):
-            value = roof.get(str(cell["concurrency"]), {}).get("total_tps")
-            if value:
-                ax.hlines(value, i - 0.4, i + 0.4, colors=COLORS["limit"], linestyles="dashed")
-        ax.plot([], [], color=COLORS["limit"], linestyle="dashed", label="physical limit (1 core)")
-        ax.set_ylabel("tokens/s, all streams")
-        ax.set_title("Throughput (median, bars = min/max over rounds)")
-        ax.legend(fontsize=8)
-        save(fig, "serving_throughput.png")
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for ax, metric, title in (
-            (axes[0], "ttft_ms", "Time to first token, ms"),
-            (axes[1], "itl_ms", "Inter-token latency, ms"),
-        ):
-            _grouped(ax, cells, metric, labels)
-            ax.set_title(title)
-        axes[0].legend(fontsize=8)
-        save(fig, "serving_latency.png")
+    if serving and "workloads" in serving.get("settings", {}):
+        report_serving.serving_plots(serving, save, plt)
     masking = results.get("masking")
     if masking:
         fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -459,16 +310,3 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_title("Startup (median, bars = min/max)")
         save(fig, "startup.png")
     return written
-
-
-def _grouped(
-    ax: Any, cells: list[tuple[str, dict[str, Any]]], metric: str, labels: list[str]
-) -> None:
-    width = 0.27
-    for s_index, name in enumerate(SYSTEM_LABELS):
-        data = [cell["systems"][name][metric] for _, cell in cells]
-        xs = [i + (s_index - 1) * width for i in range(len(cells))]
-        ys = [d["median"] for d in data]
-        err = [[d["median"] - d["min"] for d in data], [d["max"] - d["median"] for d in data]]
-        ax.bar(xs, ys, width, yerr=err, capsize=2, label=SYSTEM_LABELS[name], color=COLORS[name])
-    ax.set_xticks(range(len(cells)), labels, fontsize=8)

@@ -2,8 +2,9 @@
 results.json, PNG plots), then copies the report and plots to bench/figures/.
 
     .venv/bin/python bench/run.py            # full suite (~25 min on 2 cores)
-    .venv/bin/python bench/run.py --quick    # short run (~6 min)
+    .venv/bin/python bench/run.py --quick    # short run (~5 min)
     .venv/bin/python bench/run.py --sections masking,compile
+    .venv/bin/python bench/run.py --quick --sections serving --workloads json
 
 Not a test: nothing here asserts on timings."""
 
@@ -31,8 +32,8 @@ class Plan:
     """Counts for one run of the suite."""
 
     serving_rounds: int
-    max_tokens: int
     concurrencies: tuple[int, ...]
+    workloads: tuple[str, ...]
     mask_stride: int
     mask_docs: int
     mask_runs: int
@@ -45,9 +46,9 @@ class Plan:
 
 
 FULL = Plan(
-    serving_rounds=3,
-    max_tokens=128,
+    serving_rounds=2,
     concurrencies=(1, 4, 16),
+    workloads=("code", "json", "json_long"),
     mask_stride=1,
     mask_docs=1,
     mask_runs=3,
@@ -60,29 +61,42 @@ FULL = Plan(
 )
 QUICK = Plan(
     serving_rounds=1,
-    max_tokens=32,
-    concurrencies=(1, 4, 16),
-    mask_stride=16,
+    concurrencies=(1, 16),
+    workloads=("code", "json", "json_long"),
+    mask_stride=32,
     mask_docs=1,
-    mask_runs=2,
-    compile_stride=8,
-    compile_runs=2,
+    mask_runs=1,
+    compile_stride=16,
+    compile_runs=1,
     cold_runs=0,
-    warm_runs=1,
+    warm_runs=0,
     peer_runs=0,
-    budget_s=6 * 60,
+    budget_s=5 * 60,
 )
 
 
-def _serving(plan: Plan, out_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Options:
+    """Serving choices from the command line."""
+
+    quick: bool
+    workloads: tuple[str, ...]
+    fast_forward: str
+    inproc: bool
+
+
+def _serving(plan: Plan, options: Options, out_dir: Path) -> dict[str, Any]:
     import serving
 
     return asyncio.run(
         serving.run_serving(
             out_dir,
             rounds=plan.serving_rounds,
-            max_tokens=plan.max_tokens,
+            quick=options.quick,
             concurrencies=plan.concurrencies,
+            workloads=options.workloads or plan.workloads,
+            fast_forward=options.fast_forward,
+            inproc=options.inproc,
         )
     )
 
@@ -92,18 +106,22 @@ def _mean_load(serving_result: dict[str, Any]) -> float:
     return sum(loads) / max(1, len(loads))
 
 
-def _section(name: str, plan: Plan, out_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+def _section(
+    name: str, plan: Plan, options: Options, out_dir: Path, results: dict[str, Any]
+) -> dict[str, Any]:
     """Runs one section and returns its raw results."""
     if name == "serving":
-        return _serving(plan, out_dir)
+        return _serving(plan, options, out_dir)
     if name == "limit":
         import limit
 
         log("limit: measuring memory bandwidth and matmul peak")
-        context = 100.0 + plan.max_tokens / 2
+        context = 100.0 + 64
         if "serving" in results:
-            prompt = [s["prompt_tokens"] for r in results["serving"]["runs"] for s in r["samples"]]
-            context = sorted(prompt)[len(prompt) // 2] + plan.max_tokens / 2
+            runs = results["serving"]["runs"]
+            prompt = [s["prompt_tokens"] for r in runs for s in r["samples"]]
+            output = [s["tokens"] for r in runs for s in r["samples"]]
+            context = sorted(prompt)[len(prompt) // 2] + sorted(output)[len(output) // 2] / 2
         return limit.run_limit(context, plan.concurrencies)
     if name == "masking":
         import masking
@@ -124,7 +142,9 @@ def _section(name: str, plan: Plan, out_dir: Path, results: dict[str, Any]) -> d
     )
 
 
-def run(plan: Plan, sections: tuple[str, ...], mode: str, rerun: str) -> dict[str, Any]:
+def run(
+    plan: Plan, options: Options, sections: tuple[str, ...], mode: str, rerun: str
+) -> dict[str, Any]:
     """Runs the sections in order; returns every raw result."""
     started = time.perf_counter()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -145,11 +165,12 @@ def run(plan: Plan, sections: tuple[str, ...], mode: str, rerun: str) -> dict[st
             continue
         section_start = time.perf_counter()
         try:
-            results[section] = _section(section, plan, out_dir, results)
+            results[section] = _section(section, plan, options, out_dir, results)
         except Exception as error:  # one failed section must not lose the others
             log(f"{section}: FAILED: {error!r}")
             results.setdefault("errors", {})[section] = traceback.format_exc()
         timings[section] = time.perf_counter() - section_start
+        log(f"{section}: {timings[section] / 60:.1f} min; load average {load_average()}")
         results["section_s"] = timings
         # Raw numbers so far, in case a later section fails or the run is stopped.
         (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -161,7 +182,7 @@ def run(plan: Plan, sections: tuple[str, ...], mode: str, rerun: str) -> dict[st
         fits = elapsed + serving_s <= plan.budget_s
         if rerun == "always" or (rerun == "auto" and loaded and fits):
             log(f"serving: load was {_mean_load(first):.1f}; running the serving part again")
-            second = _serving(plan, out_dir / "serving-again")
+            second = _serving(plan, options, out_dir / "serving-again")
             keep, other = (
                 (second, first) if _mean_load(second) < _mean_load(first) else (first, second)
             )
@@ -182,6 +203,12 @@ def write(results: dict[str, Any], update_figures: bool) -> Path:
     text = report.markdown(results)
     (out_dir / "results.md").write_text(text)
     pngs = report.plots(results, out_dir)
+    serving = results.get("serving")
+    if serving and "workloads" in serving.get("settings", {}):
+        import report_serving
+
+        table = "\n".join(report_serving.readme_table(serving)) + "\n"
+        (out_dir / "readme_table.md").write_text(table)
     if update_figures:
         FIGURES.mkdir(parents=True, exist_ok=True)
         for old in FIGURES.glob("*.png"):
@@ -195,7 +222,24 @@ def write(results: dict[str, Any], update_figures: bool) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short run (about 6 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short run (about 5 minutes)")
+    parser.add_argument(
+        "--workloads",
+        default="",
+        help="comma-separated serving workloads (code, json, json_long); default all",
+    )
+    parser.add_argument(
+        "--fast-forward-arms",
+        choices=("auto", "both", "one"),
+        default="auto",
+        help="auto: a second gRPC server with --no-fast-forward when the server has the "
+        "setting; both: require it; one: only the server with its defaults",
+    )
+    parser.add_argument(
+        "--with-inproc",
+        action="store_true",
+        help="also run the engine in process (isolates the cost of the gRPC layer)",
+    )
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -221,13 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.report_only:
-        import serving
-
         results = json.loads(args.report_only.read_text())
         results["out_dir"] = str(args.report_only.parent)
+        import summary
+
         for key in ("serving", "serving_other_pass"):
-            if results.get(key):
-                results[key]["consistency"] = serving.consistency(results[key]["runs"])
+            data = results.get(key)
+            if data and "workloads" in data.get("settings", {}):
+                data["summary"] = summary.summarize(data["runs"])
+                data["consistency"] = summary.consistency(data["runs"], data["settings"]["systems"])
         path = write(results, not args.no_figures)
         print(path.read_text())
         return 0
@@ -237,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections: {sorted(unknown)}")
     plan = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
-    results = run(plan, sections, mode, args.rerun_serving)
+    options = Options(
+        quick=args.quick,
+        workloads=tuple(w.strip() for w in args.workloads.split(",") if w.strip()),
+        fast_forward=args.fast_forward_arms,
+        inproc=args.with_inproc,
+    )
+    results = run(plan, options, sections, mode, args.rerun_serving)
     update = not args.no_figures and set(sections) == set(SECTIONS)
     path = write(results, update)
     print(path.read_text())

@@ -25,6 +25,8 @@ STARTUP_TIMEOUT_S = 600.0
 MAX_NUM_SEQS = 16
 MAX_MODEL_LEN = 4096
 KV_CACHE_BYTES = 256 << 20
+# The scheduler budget vLLM resolves for this model on CPU (given to the peer explicitly).
+DEFAULT_BATCHED_TOKENS = 2048
 
 
 @dataclass
@@ -56,8 +58,11 @@ class ServerHandle:
         return "\n".join(text[-lines:])
 
 
-def launch_grpc(log_dir: Path, extra_args: list[str] | None = None) -> ServerHandle:
-    """Starts `ananke-server` on a free port (not waiting for SERVING)."""
+def launch_grpc(
+    log_dir: Path, extra_args: list[str] | None = None, root: Path = ROOT
+) -> ServerHandle:
+    """Starts `ananke-server` on a free port (not waiting for SERVING), with the
+    service code of the checkout at `root` (another one to compare against)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port_file = log_dir / "port"
     port_file.unlink(missing_ok=True)
@@ -89,7 +94,7 @@ def launch_grpc(log_dir: Path, extra_args: list[str] | None = None) -> ServerHan
     with log_path.open("wb") as out:
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, cwd=ROOT, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT
+            command, cwd=root, env=subprocess_env(root), stdout=out, stderr=subprocess.STDOUT
         )
     return ServerHandle("grpc", process, "", log_path, started, port_file=port_file)
 

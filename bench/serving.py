@@ -1,7 +1,8 @@
-"""Serving benchmark: this service over gRPC, vLLM's own OpenAI server (the
-peer) and the same vLLM engine called in process, side by side.
+"""Serving benchmark: this service over gRPC with fast-forward and without it
+(two servers), vLLM's own OpenAI server (the peer) and optionally the same
+vLLM engine called in process, side by side.
 
-All three run at once and take turns cell by cell (A/B/C alternation in one
+Every system runs at once and they take turns cell by cell (alternation in one
 run, order rotated every round) because runs drift 10-15% on a shared machine.
 Same prompts, schemas, max tokens, greedy decoding and engine settings."""
 
@@ -9,64 +10,39 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
 import psutil
 import servers
-import workload
-from common import (
-    MODEL_NAME,
-    Spread,
-    load_average,
-    log,
-    median,
-    model_dir,
-    percentile,
-    tree_cpu_seconds,
-)
+import summary
+import systems
+from common import ROOT, load_average, log, median, model_dir, subprocess_env
+from workload import BY_NAME, TASKS, WORKLOADS, Workload
 
-SYSTEMS = ("grpc", "peer", "inproc")
 SETTLE_S = 1.0
-LABELS = {
-    "grpc": "this service (gRPC)",
-    "peer": "vLLM OpenAI server",
-    "inproc": "engine in process",
-}
-
-
-@dataclass
-class StreamSample:
-    """One generation as the caller saw it."""
-
-    prompt: int
-    ttft_s: float
-    duration_s: float
-    tokens: int
-    prompt_tokens: int
-    text: str = field(repr=False)
-
-    @property
-    def itl_s(self) -> float:
-        """Mean inter-token latency after the first token."""
-        return (self.duration_s - self.ttft_s) / max(1, self.tokens - 1)
+# How the two gRPC arms are started when the server has the setting.
+FAST_FORWARD_ON = ["--fast-forward"]
+FAST_FORWARD_OFF = ["--no-fast-forward"]
 
 
 @dataclass
 class CellRun:
-    """One run of one cell (system, constrained, concurrency) in one round."""
+    """One run of one arm (system, constrained) in one cell (workload, streams)."""
 
     system: str
+    workload: str
     constrained: bool
     concurrency: int
     round: int
     wall_s: float
-    samples: list[StreamSample]
-    front_cpu_s: float  # server front process + benchmark client process
+    samples: list[systems.StreamSample]
+    server_cpu_s: float  # the server's front process (0 in process)
+    client_cpu_s: float  # the benchmark process (the whole front end in process)
     engine_cpu_s: float  # EngineCore + workers
     load1: float
 
@@ -76,38 +52,30 @@ class CellRun:
         return sum(s.tokens for s in self.samples)
 
     def metrics(self) -> dict[str, float]:
-        """The figures of this run."""
+        """The figures of this run. Decode tokens/s counts the tokens after each
+        stream's first one, over the time from the earliest first token to the
+        last end (all streams together)."""
+        tokens = max(1, self.tokens)
+        decode_tokens = sum(max(0, s.tokens - 1) for s in self.samples)
+        window = max(s.end_at for s in self.samples) - min(s.first_at for s in self.samples)
         return {
             "ttft_ms": 1000 * median(s.ttft_s for s in self.samples),
             "itl_ms": 1000 * median(s.itl_s for s in self.samples),
             "stream_tps": median(s.tokens / s.duration_s for s in self.samples),
             "total_tps": self.tokens / self.wall_s,
-            "front_cpu_ms_per_token": 1000 * self.front_cpu_s / max(1, self.tokens),
-            "engine_cpu_ms_per_token": 1000 * self.engine_cpu_s / max(1, self.tokens),
+            "decode_tps": decode_tokens / window if window > 0 else float("nan"),
+            "stream_decode_tps": median(
+                (s.tokens - 1) / (s.duration_s - s.ttft_s)
+                for s in self.samples
+                if s.tokens > 1 and s.duration_s > s.ttft_s
+            ),
+            "front_cpu_ms_per_token": 1000 * (self.server_cpu_s + self.client_cpu_s) / tokens,
+            "server_cpu_ms_per_token": 1000 * self.server_cpu_s / tokens,
+            "client_cpu_ms_per_token": 1000 * self.client_cpu_s / tokens,
+            "engine_cpu_ms_per_token": 1000 * self.engine_cpu_s / tokens,
             "tokens_per_stream": self.tokens / len(self.samples),
+            "tokens_per_chunk": tokens / max(1, sum(s.chunks for s in self.samples)),
         }
-
-
-class System(Protocol):
-    """One way of generating: gRPC, the OpenAI peer or the in-process engine."""
-
-    name: str
-
-    async def stream(self, prompt: int, constrained: bool, max_tokens: int) -> StreamSample:
-        """Runs one greedy generation and times it."""
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """(front-end CPU, engine CPU) seconds so far."""
-
-
-def _split_cpu(pid: int) -> tuple[float, float]:
-    """(main process CPU, descendants' CPU) seconds."""
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.NoSuchProcess:
-        return 0.0, 0.0
-    main = times.user + times.system
-    return main, tree_cpu_seconds(pid) - main
 
 
 def _client_cpu() -> float:
@@ -116,244 +84,13 @@ def _client_cpu() -> float:
     return times.user + times.system
 
 
-class GrpcSystem:
-    """This service, through the project's asyncio client."""
-
-    name = "grpc"
-
-    def __init__(self, handle: servers.ServerHandle) -> None:
-        from ananke.aio import AsyncAnankeClient
-
-        self.handle = handle
-        self.client = AsyncAnankeClient(handle.address, timeout=600)
-
-    async def stream(self, prompt: int, constrained: bool, max_tokens: int) -> StreamSample:
-        """One GenerateStream call."""
-        from ananke import constraints as c
-        from ananke.results import GenerationFinished, TokenChunk
-
-        constraint = [c.json_schema(workload.schema_for(prompt))] if constrained else []
-        started = time.perf_counter()
-        first = 0.0
-        texts: list[str] = []
-        finished: Any = None
-        stream = self.client.generate_stream(
-            messages=workload.messages_for(prompt, constrained),  # type: ignore[arg-type]
-            constraints=constraint,
-            max_tokens=max_tokens,
-            temperature=0.0,
-            seed=0,
-        )
-        async for event in stream:
-            if isinstance(event, TokenChunk):
-                if not first and (event.token_ids or event.text):
-                    first = time.perf_counter()
-                texts.append(event.text)
-            elif isinstance(event, GenerationFinished):
-                finished = event
-        end = time.perf_counter()
-        usage = finished.usage
-        return StreamSample(
-            prompt,
-            (first or end) - started,
-            end - started,
-            int(usage.completion_tokens),
-            int(usage.prompt_tokens),
-            "".join(texts),
-        )
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """Server main process vs its engine processes."""
-        return _split_cpu(self.handle.pid)
-
-    async def close(self) -> None:
-        """Closes the channel."""
-        await self.client.close()
-
-
-class PeerSystem:
-    """vLLM's OpenAI-compatible server, streaming chat completions over HTTP."""
-
-    name = "peer"
-
-    def __init__(self, handle: servers.ServerHandle) -> None:
-        self.handle = handle
-        self.url = f"http://{handle.address}/v1/chat/completions"
-        self.session: aiohttp.ClientSession | None = None
-
-    async def stream(self, prompt: int, constrained: bool, max_tokens: int) -> StreamSample:
-        """One streaming chat completion (SSE)."""
-        if self.session is None:
-            self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64),
-                timeout=aiohttp.ClientTimeout(total=600),
-            )
-        body: dict[str, Any] = {
-            "model": MODEL_NAME,
-            "messages": [
-                {"role": role, "content": text}
-                for role, text in workload.messages_for(prompt, constrained)
-            ],
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "seed": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if constrained:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "out", "schema": workload.schema_for(prompt)},
-            }
-        started = time.perf_counter()
-        first = 0.0
-        end = 0.0
-        texts: list[str] = []
-        usage: dict[str, int] = {}
-        async with self.session.post(self.url, json=body) as response:
-            if response.status != 200:
-                raise RuntimeError(f"peer answered {response.status}: {await response.text()}")
-            async for raw in response.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                event = json.loads(data)
-                for choice in event.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content") or ""
-                    if content and not first:
-                        first = time.perf_counter()
-                    texts.append(content)
-                    if choice.get("finish_reason"):
-                        end = time.perf_counter()
-                if event.get("usage"):
-                    usage = event["usage"]
-        end = end or time.perf_counter()
-        return StreamSample(
-            prompt,
-            (first or end) - started,
-            end - started,
-            int(usage.get("completion_tokens", 0)),
-            int(usage.get("prompt_tokens", 0)),
-            "".join(texts),
-        )
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """API server process vs its engine processes."""
-        return _split_cpu(self.handle.pid)
-
-    async def close(self) -> None:
-        """Closes the HTTP session."""
-        if self.session is not None:
-            await self.session.close()
-
-
-class InProcessSystem:
-    """The service's own VllmEngine, called directly (no gRPC layer)."""
-
-    name = "inproc"
-
-    def __init__(self) -> None:
-        from ananke_server.engine_config import EngineConfig
-        from ananke_server.vllm_engine import VllmEngine
-
-        self.engine = VllmEngine(
-            EngineConfig(
-                str(model_dir()),
-                MODEL_NAME,
-                max_model_len=servers.MAX_MODEL_LEN,
-                max_num_seqs=servers.MAX_NUM_SEQS,
-                kv_cache_bytes=servers.KV_CACHE_BYTES,
-                enforce_eager=True,
-                dtype="auto",
-            )
-        )
-        self.server_pids: set[int] = set()  # bench children that are not this engine
-        self.grammars: dict[int, str] = {}
-        self.prompts: dict[tuple[int, bool], Any] = {}
-
-    async def start(self) -> float:
-        """Starts the engine; compiles the schemas with the project's compiler."""
-        started = time.perf_counter()
-        await self.engine.start()
-        ready = time.perf_counter() - started
-        from ananke import constraints as c
-        from ananke_server.constraints import ConstraintCompiler
-
-        compiler = ConstraintCompiler(
-            self.engine.llg_tokenizer(),
-            vocab_size=self.engine.info.vocab_size,
-            tokenizer_id=MODEL_NAME,
-            max_constraint_bytes=1 << 20,
-            cache_size=64,
-            timeout_s=60,
-            workers=1,
-        )
-        for index in range(len(workload.TASKS)):
-            compiled, _ = await compiler.compile([c.json_schema(workload.schema_for(index))], "c")
-            assert compiled.grammar is not None
-            self.grammars[index] = compiled.grammar
-            for constrained in (False, True):
-                messages = workload.messages_for(index, constrained)
-                self.prompts[index, constrained] = self.engine.encode_chat(messages)
-        compiler.close()
-        return ready
-
-    def max_num_batched_tokens(self) -> int:
-        """The engine's resolved scheduler budget (given to the peer explicitly)."""
-        llm: Any = self.engine._llm
-        return int(llm.vllm_config.scheduler_config.max_num_batched_tokens)
-
-    async def stream(self, prompt: int, constrained: bool, max_tokens: int) -> StreamSample:
-        """One generation through VllmEngine.generate."""
-        from ananke_server.engine_api import EngineParams
-
-        params = EngineParams(
-            max_tokens=max_tokens,
-            temperature=0.0,
-            top_p=1.0,
-            top_k=0,
-            seed=0,
-            grammar=self.grammars[prompt] if constrained else None,
-        )
-        tokens = self.prompts[prompt, constrained]
-        started = time.perf_counter()
-        first = 0.0
-        count = 0
-        texts: list[str] = []
-        async for delta in self.engine.generate(uuid.uuid4().hex, tokens, params):
-            if delta.token_ids and not first:
-                first = time.perf_counter()
-            count += len(delta.token_ids)
-            texts.append(delta.text)
-        end = time.perf_counter()
-        return StreamSample(
-            prompt,
-            (first or end) - started,
-            end - started,
-            count,
-            len(tokens.token_ids),
-            "".join(texts),
-        )
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """The front end runs in the benchmark process (counted as client CPU);
-        the engine is the benchmark's children other than the servers."""
-        engine = 0.0
-        for child in psutil.Process().children():
-            if child.pid not in self.server_pids:
-                engine += tree_cpu_seconds(child.pid)
-        return 0.0, engine
-
-    async def close(self) -> None:
-        """Stops the engine."""
-        self.engine.shutdown()
-
-
 async def run_cell(
-    system: System, constrained: bool, concurrency: int, max_tokens: int, round_index: int
+    system: systems.System,
+    workload: Workload,
+    constrained: bool,
+    concurrency: int,
+    max_tokens: int,
+    round_index: int,
 ) -> CellRun:
     """`concurrency` streams at once, each with its own prompt."""
     front0, engine0 = system.cpu_seconds()
@@ -361,98 +98,189 @@ async def run_cell(
     load1 = load_average()[0]
     started = time.perf_counter()
     samples = await asyncio.gather(
-        *(system.stream(i, constrained, max_tokens) for i in range(concurrency))
+        *(system.stream(workload, i, constrained, max_tokens) for i in range(concurrency))
     )
     wall = time.perf_counter() - started
     front1, engine1 = system.cpu_seconds()
-    client = _client_cpu() - client0
     return CellRun(
         system.name,
+        workload.name,
         constrained,
         concurrency,
         round_index,
         wall,
         list(samples),
-        front1 - front0 + client,
+        front1 - front0,
+        _client_cpu() - client0,
         engine1 - engine0,
         load1,
     )
 
 
-async def _idle_cpu(systems: list[Any], seconds: float = 3.0) -> dict[str, float]:
+def server_has_fast_forward() -> bool:
+    """Whether `ananke-server` has the fast-forward setting (it lands separately)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ananke_server.cli", "--help"],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return "--no-fast-forward" in out
+
+
+async def _idle_cpu(running: list[Any], seconds: float = 3.0) -> dict[str, float]:
     """CPU cores each system burns while idle (engine busy-waits show here)."""
-    before = {s.name: sum(s.cpu_seconds()) for s in systems}
+    before = {s.name: sum(s.cpu_seconds()) for s in running}
     client0 = _client_cpu()
     await asyncio.sleep(seconds)
-    result = {s.name: (sum(s.cpu_seconds()) - before[s.name]) / seconds for s in systems}
+    result = {s.name: (sum(s.cpu_seconds()) - before[s.name]) / seconds for s in running}
     result["client"] = (_client_cpu() - client0) / seconds
     return result
 
 
+def arms(workload: Workload, names: list[str]) -> list[tuple[str, bool]]:
+    """(system, constrained) pairs run in a cell of this workload. The no-fast-
+    forward server runs free generation only on the code workload (enough to
+    show what the fast-forward machinery costs when nothing is forced)."""
+    result: list[tuple[str, bool]] = []
+    if workload.constrained:
+        result += [(n, True) for n in names]
+        result += [(n, False) for n in names if n != "grpc_noff"]
+    else:
+        result += [(n, False) for n in names]
+    return result
+
+
 async def run_serving(
-    out_dir: Path, *, rounds: int, max_tokens: int, concurrencies: tuple[int, ...]
+    out_dir: Path,
+    *,
+    rounds: int,
+    quick: bool,
+    concurrencies: tuple[int, ...],
+    workloads: tuple[str, ...],
+    fast_forward: str = "auto",
+    inproc: bool = False,
 ) -> dict[str, Any]:
-    """Starts the three systems, warms them, runs the rounds; returns raw results."""
-    log("serving: starting the in-process engine, the gRPC server and the OpenAI peer")
-    inproc = InProcessSystem()
-    grpc_handle = servers.launch_grpc(out_dir / "grpc")
-    inproc_ready = await inproc.start()
-    batched = inproc.max_num_batched_tokens()
-    peer_handle = servers.launch_peer(out_dir / "peer", model_dir(), batched)
-    await asyncio.to_thread(servers.wait_grpc_serving, grpc_handle)
-    await asyncio.to_thread(servers.wait_peer_ready, peer_handle)
-    inproc.server_pids = {grpc_handle.pid, peer_handle.pid}
-    systems: list[Any] = [GrpcSystem(grpc_handle), PeerSystem(peer_handle), inproc]
-    runs: list[CellRun] = []
-    load_start = load_average()
+    """Starts the systems, warms them, runs the rounds; returns raw results."""
+    chosen = [BY_NAME[w] for w in workloads]
+    has_ff = server_has_fast_forward()
+    two_arms = fast_forward == "both" or (fast_forward == "auto" and has_ff)
+    if fast_forward == "both" and not has_ff:
+        raise RuntimeError("--fast-forward-arms both: the server has no --no-fast-forward")
+    log(
+        "serving: starting "
+        + ("two gRPC servers (fast-forward on / off)" if two_arms else "the gRPC server")
+        + ", the OpenAI peer"
+        + (" and the in-process engine" if inproc else "")
+    )
+    handles = {"grpc": servers.launch_grpc(out_dir / "grpc", FAST_FORWARD_ON if two_arms else [])}
+    if two_arms:
+        handles["grpc_noff"] = servers.launch_grpc(out_dir / "grpc_noff", FAST_FORWARD_OFF)
+    local = systems.InProcessSystem() if inproc else None
+    ready: dict[str, float] = {}
+    if local is not None:
+        ready["inproc"] = await local.start()
+        batched = local.max_num_batched_tokens()
+    else:
+        batched = servers.DEFAULT_BATCHED_TOKENS
+    handles["peer"] = servers.launch_peer(out_dir / "peer", model_dir(), batched)
+    running: list[Any] = []
     try:
-        log("serving: warm-up")
-        for system in systems:
-            for constrained in (False, True):
-                # Every prompt and schema once (grammar compiles, prefix cache), short.
-                await run_cell(system, constrained, len(workload.TASKS), min(16, max_tokens), -1)
-        await asyncio.sleep(3.0)
-        idle = await _idle_cpu(systems)
-        cells = [(k, c) for k in (False, True) for c in concurrencies]
-        for round_index in range(rounds):
-            for cell_index, (constrained, concurrency) in enumerate(cells):
-                shift = (round_index + cell_index) % len(systems)
-                for system in systems[shift:] + systems[:shift]:
-                    # An engine keeps spinning briefly after its last step: let it settle.
-                    await asyncio.sleep(SETTLE_S)
-                    run = await run_cell(system, constrained, concurrency, max_tokens, round_index)
-                    runs.append(run)
-            log(f"serving: round {round_index + 1}/{rounds} done, load {load_average()}")
+        for name, handle in handles.items():
+            if name == "peer":
+                await asyncio.to_thread(servers.wait_peer_ready, handle)
+                running.append(systems.PeerSystem(handle))
+            else:
+                await asyncio.to_thread(servers.wait_grpc_serving, handle)
+                running.append(systems.GrpcSystem(name, handle))
+            ready[name] = handle.ready_s
+        if local is not None:
+            local.server_pids = {h.pid for h in handles.values()}
+            running.append(local)
+        runs = await _rounds(running, chosen, rounds, quick, concurrencies, out_dir)
+        idle = await _idle_cpu(running)
     finally:
-        for system in systems:
+        for system in running:
             await system.close()
-        servers.stop(grpc_handle)
-        servers.stop(peer_handle)
-    load_end = load_average()
+        for handle in handles.values():
+            servers.stop(handle)
+    names = [s.name for s in running]
+    json_runs = [_run_json(r) for r in runs]
+    try:
+        # In a thread: it compiles with the project's compiler, which runs its own loop.
+        forced = await asyncio.to_thread(summary.forced_fractions, runs, chosen)
+    except Exception as error:  # the timings must survive a failure here
+        log(f"forced: FAILED: {error!r}")
+        forced = {"error": repr(error)}
     return {
         "settings": {
-            "max_tokens": max_tokens,
             "rounds": rounds,
             "concurrencies": list(concurrencies),
+            "workloads": {
+                w.name: {
+                    "label": w.label,
+                    "max_tokens": w.quick_max_tokens if quick else w.max_tokens,
+                    "schemas": len(w.schemas),
+                }
+                for w in chosen
+            },
+            "systems": names,
+            "fast_forward": {"server_has_setting": has_ff, "two_arms": two_arms},
             "max_num_seqs": servers.MAX_NUM_SEQS,
             "max_num_batched_tokens": batched,
             "max_model_len": servers.MAX_MODEL_LEN,
             "kv_cache_bytes": servers.KV_CACHE_BYTES,
-            "prompts": len(workload.TASKS),
-            "schemas": len(workload.SCHEMAS),
+            "prompts": len(TASKS),
         },
-        "startup_while_loading_others_s": {
-            "grpc": grpc_handle.ready_s,
-            "peer": peer_handle.ready_s,
-            "inproc": inproc_ready,
-        },
+        "startup_while_loading_others_s": ready,
         "idle_cpu_cores": idle,
-        "load_start": load_start,
-        "load_end": load_end,
-        "runs": [_run_json(r) for r in runs],
-        "summary": summarize(runs),
-        "consistency": consistency([_run_json(r) for r in runs]),
+        "load_start": runs[0].load1 if runs else load_average()[0],
+        "load_end": load_average(),
+        "runs": json_runs,
+        "forced": forced,
+        "summary": summary.summarize(json_runs),
+        "consistency": summary.consistency(json_runs, names),
     }
+
+
+async def _rounds(
+    running: list[Any],
+    chosen: list[Workload],
+    rounds: int,
+    quick: bool,
+    concurrencies: tuple[int, ...],
+    out_dir: Path,
+) -> list[CellRun]:
+    by_name = {s.name: s for s in running}
+    # Every run as it ends, in case the benchmark is stopped or fails later.
+    journal = out_dir / "serving_runs.jsonl"
+    names = list(by_name)
+    log("serving: warm-up")
+    for workload in chosen:
+        for name, constrained in arms(workload, names):
+            # Every prompt and schema once (grammar compiles, prefix cache), short.
+            await run_cell(by_name[name], workload, constrained, len(TASKS), 8, -1)
+    await asyncio.sleep(3.0)
+    runs: list[CellRun] = []
+    cells = [(w, c) for w in chosen for c in concurrencies]
+    for round_index in range(rounds):
+        for cell_index, (workload, concurrency) in enumerate(cells):
+            max_tokens = workload.quick_max_tokens if quick else workload.max_tokens
+            order = arms(workload, names)
+            shift = (round_index + cell_index) % len(order)
+            for name, constrained in order[shift:] + order[:shift]:
+                # An engine keeps spinning briefly after its last step: let it settle.
+                await asyncio.sleep(SETTLE_S)
+                run = await run_cell(
+                    by_name[name], workload, constrained, concurrency, max_tokens, round_index
+                )
+                runs.append(run)
+                with journal.open("a") as out:
+                    out.write(json.dumps(_run_json(run), default=str) + "\n")
+        log(f"serving: round {round_index + 1}/{rounds} done, load {load_average()}")
+    return runs
 
 
 def _run_json(run: CellRun) -> dict[str, Any]:
@@ -460,97 +288,8 @@ def _run_json(run: CellRun) -> dict[str, Any]:
     data["metrics"] = run.metrics()
     for sample in data["samples"]:
         sample["text"] = sample["text"][:200]
+        sample.pop("token_ids", None)
     return data
 
 
-def summarize(runs: list[CellRun]) -> dict[str, Any]:
-    """Per cell and system: median [min, max] over rounds of each metric, plus
-    per-round ratios gRPC/peer and gRPC/in-process (median over rounds)."""
-    cells: dict[str, Any] = {}
-    keys = sorted({(r.constrained, r.concurrency) for r in runs})
-    for constrained, concurrency in keys:
-        cell_runs = [
-            r for r in runs if (r.constrained, r.concurrency) == (constrained, concurrency)
-        ]
-        by_system: dict[str, Any] = {}
-        for name in SYSTEMS:
-            mine = [r.metrics() for r in cell_runs if r.system == name]
-            by_system[name] = {
-                metric: Spread.of([m[metric] for m in mine]).as_dict() for metric in mine[0]
-            }
-        ratios: dict[str, Any] = {}
-        for other in ("peer", "inproc"):
-            for metric in ("ttft_ms", "itl_ms", "stream_tps", "total_tps"):
-                values = []
-                for round_index in sorted({r.round for r in cell_runs}):
-                    a = [r for r in cell_runs if r.round == round_index and r.system == "grpc"]
-                    b = [r for r in cell_runs if r.round == round_index and r.system == other]
-                    if a and b and b[0].metrics()[metric]:
-                        values.append(a[0].metrics()[metric] / b[0].metrics()[metric])
-                ratios[f"grpc/{other}:{metric}"] = Spread.of(values).as_dict()
-        name = f"{'json' if constrained else 'free'}@{concurrency}"
-        cells[name] = {
-            "constrained": constrained,
-            "concurrency": concurrency,
-            "systems": by_system,
-            "ratios": ratios,
-        }
-    # Constraint cost: constrained/unconstrained tokens/s on the same system and concurrency.
-    cost: dict[str, Any] = {}
-    for name in SYSTEMS:
-        for concurrency in sorted({r.concurrency for r in runs}):
-            values = []
-            for round_index in sorted({r.round for r in runs}):
-                pick = [
-                    r
-                    for r in runs
-                    if r.system == name and r.concurrency == concurrency and r.round == round_index
-                ]
-                free = [r for r in pick if not r.constrained]
-                json_ = [r for r in pick if r.constrained]
-                if free and json_:
-                    values.append(json_[0].metrics()["total_tps"] / free[0].metrics()["total_tps"])
-            cost[f"{name}@{concurrency}"] = Spread.of(values).as_dict()
-    return {"cells": cells, "constraint_cost": cost}
-
-
-def consistency(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Whether the three systems produced the same text (first 200 characters) and
-    prompt length for the same prompt in the same cell and round (runs in JSON form)."""
-    texts: dict[tuple[Any, ...], dict[str, str]] = {}
-    prompts: dict[tuple[Any, ...], set[int]] = {}
-    for run in runs:
-        for s in run["samples"]:
-            key = (run["constrained"], run["concurrency"], run["round"], s["prompt"])
-            texts.setdefault(key, {})[run["system"]] = s["text"]
-            prompts.setdefault(key, set()).add(s["prompt_tokens"])
-    complete = [per for per in texts.values() if len(per) == len(SYSTEMS)]
-    same_text = sum(1 for per in complete if len(set(per.values())) == 1)
-    json_outputs = [
-        s["text"]
-        for run in runs
-        if run["constrained"] and run["round"] >= 0
-        for s in run["samples"]
-    ]
-    valid_json = 0
-    for text in json_outputs:
-        try:
-            json.loads(text)
-            valid_json += 1
-        except ValueError:
-            pass
-    counted = [run for run in runs if run["round"] >= 0]
-    return {
-        "comparisons": len(complete),
-        "identical_text_all_systems": same_text,
-        "identical_prompt_tokens": sum(1 for v in prompts.values() if len(v) == 1),
-        "prompt_comparisons": len(prompts),
-        "constrained_outputs": len(json_outputs),
-        "constrained_outputs_valid_json": valid_json,
-        "p50_tokens_free": percentile(
-            [s["tokens"] for r in counted if not r["constrained"] for s in r["samples"]], 50
-        ),
-        "p50_tokens_json": percentile(
-            [s["tokens"] for r in counted if r["constrained"] for s in r["samples"]], 50
-        ),
-    }
+__all__ = ["WORKLOADS", "CellRun", "arms", "run_cell", "run_serving"]

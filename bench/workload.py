@@ -1,8 +1,18 @@
-"""The serving workload: chat prompts and JSON schemas shared by every system."""
+"""The serving workloads: chat prompts and JSON schemas shared by every system.
+
+- `code`: free code generation (no schema anywhere).
+- `json`: short JSON records (function signatures, summaries; ~30 tokens).
+- `json_long`: long JSON outputs (>= 150 tokens): an array of code-symbol
+  records, and a function call whose arguments carry a code body string.
+
+A JSON workload runs constrained (the schema enforced) and unconstrained (the
+very same prompt, which shows the schema, with nothing enforced), so the two
+differ only in the constraint."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 SYSTEM = "You are a coding assistant. Answer briefly."
@@ -28,9 +38,11 @@ TASKS: tuple[str, ...] = (
 )
 
 _NAME = {"type": "string", "maxLength": 40}
+_IDENT = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,30}$"}
+_PATH = {"type": "string", "pattern": "^[a-z_][a-z0-9_/]{0,40}\\.[a-z]{1,4}$"}
 # Four schemas of the kind a code assistant fills in; strings and arrays are
 # bounded so a small model finishes them well within max_tokens.
-SCHEMAS: tuple[dict[str, Any], ...] = (
+SHORT_SCHEMAS: tuple[dict[str, Any], ...] = (
     {
         "type": "object",
         "properties": {
@@ -81,22 +93,101 @@ SCHEMAS: tuple[dict[str, Any], ...] = (
     },
 )
 
+# Long outputs: at least six symbol records (~30 tokens each), or a code body
+# of at least 400 characters; upper bounds keep them within max_tokens.
+LONG_SCHEMAS: tuple[dict[str, Any], ...] = (
+    {
+        "type": "object",
+        "properties": {
+            "file": _PATH,
+            "symbols": {
+                "type": "array",
+                "minItems": 6,
+                "maxItems": 8,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": _IDENT,
+                        "kind": {"enum": ["function", "class", "method", "variable", "constant"]},
+                        "line": {"type": "integer", "minimum": 1, "maximum": 9999},
+                        "exported": {"type": "boolean"},
+                        "signature": {"type": "string", "maxLength": 60},
+                    },
+                    "required": ["name", "kind", "line", "exported", "signature"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["file", "symbols"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "tool": {"const": "write_file"},
+            "arguments": {
+                "type": "object",
+                "properties": {
+                    "path": _PATH,
+                    "language": {"enum": ["python", "javascript", "typescript", "go", "sql"]},
+                    "body": {"type": "string", "minLength": 400, "maxLength": 900},
+                },
+                "required": ["path", "language", "body"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["tool", "arguments"],
+        "additionalProperties": False,
+    },
+)
+
 # The same compile options on every side: no free whitespace (else a weak model
 # may emit whitespace until max_tokens), set inside the schema so the OpenAI
 # peer's guidance backend applies it too.
 GUIDANCE_OPTIONS = {"whitespace_flexible": False}
 
+_LONG_ASK = (
+    "List the symbols (functions, classes, variables) of a module that does this, "
+    "one record per symbol:",
+    "Call the write_file tool with the complete source code for this:",
+)
 
-def schema_for(index: int) -> dict[str, Any]:
-    """The schema of prompt `index`, with the shared llguidance options."""
-    schema = SCHEMAS[index % len(SCHEMAS)]
-    return {**schema, "x-guidance": GUIDANCE_OPTIONS}
+
+@dataclass(frozen=True)
+class Workload:
+    """Prompts (one per stream index), their schemas, and how long outputs may get."""
+
+    name: str
+    label: str
+    schemas: tuple[dict[str, Any], ...]  # empty: unconstrained only
+    max_tokens: int
+    quick_max_tokens: int
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the workload has a schema (and so a constrained arm)."""
+        return bool(self.schemas)
+
+    def schema(self, index: int) -> dict[str, Any]:
+        """The schema of prompt `index`, with the shared llguidance options."""
+        schema = self.schemas[index % len(self.schemas)]
+        return {**schema, "x-guidance": GUIDANCE_OPTIONS}
+
+    def messages(self, index: int) -> list[tuple[str, str]]:
+        """Chat messages of prompt `index` (a JSON workload shows its schema)."""
+        task = TASKS[index % len(TASKS)]
+        if self.name == "json_long":
+            which = index % len(self.schemas)
+            task = f"{_LONG_ASK[which]} {task}"
+        if self.schemas:
+            schema = json.dumps(self.schemas[index % len(self.schemas)])
+            task = f"{task} Reply only with JSON matching this schema: {schema}"
+        return [("system", SYSTEM), ("user", task)]
 
 
-def messages_for(index: int, constrained: bool) -> list[tuple[str, str]]:
-    """Chat messages of prompt `index` (the constrained one asks for JSON)."""
-    task = TASKS[index % len(TASKS)]
-    if constrained:
-        schema = json.dumps(SCHEMAS[index % len(SCHEMAS)])
-        task = f"{task} Reply only with JSON matching this schema: {schema}"
-    return [("system", SYSTEM), ("user", task)]
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("code", "code, unconstrained", (), max_tokens=128, quick_max_tokens=48),
+    Workload("json", "short JSON", SHORT_SCHEMAS, max_tokens=128, quick_max_tokens=64),
+    Workload("json_long", "long JSON", LONG_SCHEMAS, max_tokens=320, quick_max_tokens=160),
+)
+BY_NAME = {w.name: w for w in WORKLOADS}

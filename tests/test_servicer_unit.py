@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class FakeEngine:
         self.started: list[str] = []
         self.closed: list[str] = []
         self.running = 0
+        self.encode_threads: list[int] = []
+        self.encode_delay_s = 0.0
 
     async def start(self) -> None:
         return None
@@ -81,6 +84,8 @@ class FakeEngine:
         return LLTokenizer("byte")
 
     def encode_prompt(self, prompt: str) -> PromptTokens:
+        self.encode_threads.append(threading.get_ident())
+        time.sleep(self.encode_delay_s)
         return PromptTokens(token_ids=list(prompt.encode()), text=prompt)
 
     def encode_chat(self, messages: Sequence[tuple[str, str]]) -> PromptTokens:
@@ -526,6 +531,28 @@ async def test_generate_equals_stream(served: Served, engine: FakeEngine) -> Non
     # Each call gets its own engine request id, and every generator was closed.
     assert len(set(engine.started[-2:])) == 2
     assert engine.closed[-2:] == engine.started[-2:]
+
+
+async def test_concurrent_prompts_tokenize_on_one_thread(
+    served: Served, engine: FakeEngine
+) -> None:
+    """vLLM's tokenizer deep-copies itself when more threads use it at once than
+    it has copies: every prompt is tokenized on the same single thread."""
+    engine.encode_threads.clear()
+    engine.encode_delay_s = 0.02  # long enough that a pool would use several threads
+    registry = served.running.metrics.registry
+    tokens_before = registry.get_sample_value("ananke_generated_tokens_total") or 0.0
+    try:
+        await asyncio.gather(*(stream_events(served, gen_request()) for _ in range(6)))
+    finally:
+        engine.encode_delay_s = 0.0
+    assert len(engine.encode_threads) == 6
+    assert len(set(engine.encode_threads)) == 1
+    assert engine.encode_threads[0] != threading.get_ident()  # off the event loop
+    # Every engine token is counted once (EOS included), at the end of each generation.
+    per_call = sum(len(d.token_ids) for d in HELLO)
+    tokens_after = registry.get_sample_value("ananke_generated_tokens_total") or 0.0
+    assert tokens_after - tokens_before == 6 * per_call
 
 
 async def test_unconstrained_and_header_request_id(served: Served, engine: FakeEngine) -> None:

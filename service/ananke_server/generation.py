@@ -7,10 +7,12 @@ finish reason and a verdict are pure functions at the bottom."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from .validation import ValidatedRequest, check_prompt_length, validate_generati
 log = logging.getLogger("ananke.generation")
 
 StreamEvent = inference_service_pb2.GenerateStreamResponse
+TokenChunk = inference_service_pb2.TokenChunk
 Verdict: TypeAlias = provenance_pb2.CheckVerdict.ValueType
 Reason: TypeAlias = generation_pb2.FinishReason.ValueType
 
@@ -70,6 +73,14 @@ class Generations:
         self._metrics = metrics
         self._placement = placement
         self._eos = frozenset(engine.info.eos_token_ids)
+        # One thread tokenizes, in arrival order: chat templating holds the GIL
+        # anyway, and vLLM's tokenizer deep-copies itself (tens of ms of CPU)
+        # whenever more threads use it at once than it has copies.
+        self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ananke-tokenize")
+
+    def close(self) -> None:
+        """Releases the tokenizing thread."""
+        self._tokenize.shutdown(wait=False, cancel_futures=True)
 
     async def stream(
         self,
@@ -94,7 +105,10 @@ class Generations:
         clock.compiled_seconds = time.perf_counter() - compile_started
         self._metrics.record_compile(clock.compiled_seconds)
         # Tokenizing (and chat templating) a long prompt must not stall other streams.
-        prompt = await asyncio.to_thread(self._encode, validated)
+        context = contextvars.copy_context()
+        prompt = await asyncio.get_running_loop().run_in_executor(
+            self._tokenize, context.run, self._encode, validated
+        )
         check_prompt_length(
             len(prompt.token_ids),
             validated.sampling.max_tokens,
@@ -159,31 +173,40 @@ class Generations:
         clock: Clock,
         output: _Output,
     ) -> AsyncIterator[StreamEvent]:
-        """One engine run: its chunks, recorded into `output` as they come."""
-        async for delta in self._engine.generate(
-            f"{validated.request_id}-{time.monotonic_ns():x}",
-            prompt,
-            engine_params(validated, compiled),
-        ):
-            ids = [t for t in delta.token_ids if t not in self._eos]
-            output.token_ids.extend(delta.token_ids)
-            self._metrics.record_tokens(len(delta.token_ids))
-            if delta.token_ids and clock.first_token is None:
-                clock.first_token = now()
-            if ids or delta.text:
-                output.text.append(delta.text)
-                yield StreamEvent(
-                    chunk=inference_service_pb2.TokenChunk(text=delta.text, token_ids=ids)
-                )
-            if delta.finished:
-                if delta.finish_reason in ("abort", "error"):
-                    raise ServiceError(
-                        "ENGINE_UNAVAILABLE",
-                        f"the engine ended the generation ({delta.finish_reason})",
-                        retry_after_s=1.0,
-                    )
-                output.engine_reason = delta.finish_reason or "stop"
-                output.stop_string = isinstance(delta.stop_reason, str)
+        """One engine run: its chunks, recorded into `output` as they come.
+        Per delta only what the stream needs: the tokens are counted into the
+        metrics once, when the run ends."""
+        eos = self._eos
+        token_ids = output.token_ids
+        texts = output.text
+        produced = 0
+        try:
+            async for delta in self._engine.generate(
+                f"{validated.request_id}-{time.monotonic_ns():x}",
+                prompt,
+                engine_params(validated, compiled),
+            ):
+                new = delta.token_ids
+                if new:
+                    if clock.first_token is None:
+                        clock.first_token = now()
+                    produced += len(new)
+                    token_ids.extend(new)
+                ids = new if eos.isdisjoint(new) else [t for t in new if t not in eos]
+                if ids or delta.text:
+                    texts.append(delta.text)
+                    yield StreamEvent(chunk=TokenChunk(text=delta.text, token_ids=ids))
+                if delta.finished:
+                    if delta.finish_reason in ("abort", "error"):
+                        raise ServiceError(
+                            "ENGINE_UNAVAILABLE",
+                            f"the engine ended the generation ({delta.finish_reason})",
+                            retry_after_s=1.0,
+                        )
+                    output.engine_reason = delta.finish_reason or "stop"
+                    output.stop_string = isinstance(delta.stop_reason, str)
+        finally:
+            self._metrics.record_tokens(produced)
 
     async def _finish(
         self,

@@ -108,9 +108,11 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         )
 
     def close(self) -> None:
-        """Releases the compile threads."""
+        """Releases the compile and tokenizing threads."""
         if self._compiler is not None:
             self._compiler.close()
+        if self._generations is not None:
+            self._generations.close()
 
     @property
     def active_generations(self) -> int:

@@ -90,6 +90,7 @@ class Settings:
     keepalive_timeout_s: float = 10.0
     metrics_port: int = 0  # 0: no metrics endpoint
     port_file: str = ""  # write the bound port here once listening
+    event_loop: str = "uvloop"  # or "asyncio"
 
     @property
     def address(self) -> str:
@@ -147,6 +148,7 @@ _HELP: dict[str, str] = {
     "keepalive_timeout_s": "seconds to wait for a keepalive ack before closing the connection",
     "metrics_port": "Prometheus metrics HTTP port (0: off)",
     "port_file": "write the bound port to this file once listening (useful with --port 0)",
+    "event_loop": "uvloop (less CPU per streamed token) or asyncio (the standard loop)",
 }
 
 
@@ -274,6 +276,7 @@ def validate_settings(settings: Settings) -> None:
         (settings.keepalive_time_s > 0, "keepalive_time_s must be > 0"),
         (settings.keepalive_timeout_s > 0, "keepalive_timeout_s must be > 0"),
         (0 <= settings.metrics_port <= 65535, "metrics_port must be 0..65535"),
+        (settings.event_loop in {"uvloop", "asyncio"}, "event_loop must be uvloop or asyncio"),
         *_engine_checks(settings),
     ]
     for ok, message in checks:

@@ -1182,3 +1182,21 @@ def test_kind_of_combinator_agrees_with_kind_of() -> None:
     for combinator in (SEQ, ANY, ALL, 99):
         assert kind_of_combinator(combinator) == kind_of(composite(combinator, regex("a")))  # type: ignore[arg-type]
     assert "compile_seconds" not in {f.name for f in dataclasses.fields(CompiledConstraints)}
+
+
+def test_fresh_matchers_are_independent_copies_of_a_pristine_one() -> None:
+    from ananke_server.constraints.check import FreshMatchers
+    from llguidance import LLParserLimits
+
+    fresh = FreshMatchers(TOKENIZER, LLParserLimits(), capacity=2)
+    grammar = LLMatcher.grammar_from_regex("ab+c")
+    first = fresh(grammar)
+    assert first.consume_tokens(list(b"abbc"))
+    assert first.is_accepting()
+    second = fresh(grammar)  # a copy of the kept one: untouched by `first`
+    assert not second.is_accepting()
+    assert not second.try_consume_tokens(list(b"c"))
+    assert second.try_consume_tokens(list(b"abc")) == 3
+    for pattern in ("x", "y", "z"):  # more grammars than kept: the oldest go
+        fresh(LLMatcher.grammar_from_regex(pattern))
+    assert fresh(grammar).try_consume_tokens(list(b"abc")) == 3

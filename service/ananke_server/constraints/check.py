@@ -3,7 +3,9 @@ dead-end probe of an intersection (no token allowed by every part)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 from ananke.v1 import provenance_pb2
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
@@ -12,14 +14,44 @@ from ..masks import TokenMasks, intersect, mask_words
 from .core import CompiledConstraints
 
 
+class FreshMatchers:
+    """Fresh (never advanced) matchers for re-checks. Building one costs about
+    a millisecond per grammar, a copy of a pristine one about a microsecond:
+    one pristine matcher per grammar is kept (bounded, least recently used
+    first out) and each call gets a deep copy of it."""
+
+    def __init__(self, tokenizer: LLTokenizer, limits: LLParserLimits, capacity: int = 64):
+        self._tokenizer = tokenizer
+        self._limits = limits
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._pristine: OrderedDict[str, LLMatcher] = OrderedDict()
+
+    def __call__(self, grammar: str) -> LLMatcher:
+        """A matcher for `grammar` in its start state."""
+        with self._lock:
+            kept = self._pristine.get(grammar)
+            if kept is not None:
+                self._pristine.move_to_end(grammar)
+                return kept.deep_copy()
+        built = LLMatcher(self._tokenizer, grammar, log_level=0, limits=self._limits)
+        with self._lock:
+            self._pristine[grammar] = built
+            while len(self._pristine) > self._capacity:
+                self._pristine.popitem(last=False)
+            return built.deep_copy()
+
+
 def check_output(
     tokenizer: LLTokenizer,
     limits: LLParserLimits,
     compiled: CompiledConstraints,
     token_ids: Sequence[int],
     eos_ids: Sequence[int],
+    fresh: Callable[[str], LLMatcher] | None = None,
 ) -> tuple[provenance_pb2.CheckVerdict.ValueType, str]:
-    """Re-checks generated tokens with fresh matchers, one per top-level constraint."""
+    """Re-checks generated tokens with fresh matchers, one per top-level
+    constraint (from `fresh` when given, else built here)."""
     if not compiled.constrained:
         return provenance_pb2.CHECK_VERDICT_UNCONSTRAINED, ""
     tokens = list(token_ids)
@@ -32,7 +64,10 @@ def check_output(
             return provenance_pb2.CHECK_VERDICT_VIOLATED, f"token {token} is forbidden"
     incomplete: list[str] = []
     for name, grammar in compiled.check_grammars:
-        matcher = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
+        if fresh is not None:
+            matcher = fresh(grammar)
+        else:
+            matcher = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
         if matcher.is_error():
             return provenance_pb2.CHECK_VERDICT_VIOLATED, f"{name}: {matcher.get_error()}"
         consumed = matcher.try_consume_tokens(tokens)

@@ -14,7 +14,7 @@ from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 
 from ..errors import ServiceError, invalid
 from .cache import CompileCache, timeout_error
-from .check import check_output, dead_end
+from .check import FreshMatchers, check_output, dead_end
 from .core import (
     DEFAULT_MAX_CACHE_BYTES,
     LARK_HEADER,
@@ -65,6 +65,7 @@ class ConstraintCompiler:
         self._tokenizer_id = tokenizer_id
         self._timeout_s = timeout_s
         self._limits = LLParserLimits(verbose_errors=False)
+        self._fresh = FreshMatchers(tokenizer, self._limits)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile")
         disk = None
         if disk_cache_dir is not None and disk_cache_bytes > 0:
@@ -127,7 +128,9 @@ class ConstraintCompiler:
         self, compiled: CompiledConstraints, token_ids: Sequence[int], eos_ids: Sequence[int]
     ) -> tuple[provenance_pb2.CheckVerdict.ValueType, str]:
         """Re-checks generated tokens with fresh matchers, one per top-level constraint."""
-        return check_output(self._tokenizer, self._limits, compiled, token_ids, eos_ids)
+        return check_output(
+            self._tokenizer, self._limits, compiled, token_ids, eos_ids, self._fresh
+        )
 
     def dead_end(self, compiled: CompiledConstraints, token_ids: Sequence[int]) -> bool:
         """Whether, after `token_ids`, no token (EOS included) is allowed by every

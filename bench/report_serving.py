@@ -194,8 +194,9 @@ def serving_section(serving: dict[str, Any]) -> list[str]:
         "## Serving: this service vs vLLM's OpenAI server",
         "",
         f"Workloads: {workloads}. {st['prompts']} chat prompts, one per stream; a JSON "
-        "workload runs constrained and unconstrained with the same prompt (which shows the "
-        f"schema). Greedy (temperature 0, seed 0). Engine settings on every side: max_num_seqs "
+        "workload runs constrained on every system, and unconstrained on this service with "
+        "the same prompt (which shows the schema): the baseline of the fast-forward ratio; "
+        f"free generation against vLLM's server is the code workload. Greedy (temperature 0, seed 0). Engine settings on every side: max_num_seqs "
         f"{st['max_num_seqs']}, max_num_batched_tokens {st['max_num_batched_tokens']}, "
         f"max_model_len {st['max_model_len']}, KV cache {st['kv_cache_bytes'] >> 20} MiB, "
         f"guidance backend. {ff_text} {st['rounds']} rounds; in each round every cell runs on "

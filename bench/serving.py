@@ -141,16 +141,13 @@ async def _idle_cpu(running: list[Any], seconds: float = 3.0) -> dict[str, float
 
 
 def arms(workload: Workload, names: list[str]) -> list[tuple[str, bool]]:
-    """(system, constrained) pairs run in a cell of this workload. The no-fast-
-    forward server runs free generation only on the code workload (enough to
-    show what the fast-forward machinery costs when nothing is forced)."""
-    result: list[tuple[str, bool]] = []
-    if workload.constrained:
-        result += [(n, True) for n in names]
-        result += [(n, False) for n in names if n != "grpc_noff"]
-    else:
-        result += [(n, False) for n in names]
-    return result
+    """(system, constrained) pairs run in a cell of this workload. Free
+    generation against vLLM's server (and on the no-fast-forward server) runs on
+    the code workload; a JSON workload adds this service unconstrained with the
+    same prompt, the baseline of the fast-forward ratio."""
+    if not workload.constrained:
+        return [(n, False) for n in names]
+    return [(n, True) for n in names] + [(n, False) for n in names if n in ("grpc", "inproc")]
 
 
 async def run_serving(

@@ -158,11 +158,13 @@ def launch_peer(log_dir: Path, model_path: Path, max_num_batched_tokens: int) ->
         "warning",
         "--disable-uvicorn-access-log",
     ]
+    env = subprocess_env()
+    # vLLM as shipped: this project's vLLM plugin (installed in the same
+    # environment) is not loaded into the peer.
+    env["VLLM_PLUGINS"] = ""
     with log_path.open("wb") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return ServerHandle("peer", process, f"127.0.0.1:{port}", log_path, started)
 
 

@@ -218,6 +218,39 @@ def test_keyword_pointers_follow_refs_containers_and_escapes() -> None:
     assert schema["definitions"]["group"]["item"]["uniqueItems"] is True  # not modified
 
 
+async def test_recursion_llguidance_cannot_build_is_cut_and_validated(
+    compiler: ConstraintCompiler,
+) -> None:
+    """A recursive `$ref` with sibling keywords: llguidance refuses it; the last
+    preparation level cuts the cycle (any value there) and the validator
+    enforces the recursion on the output."""
+    schema = {
+        "definitions": {
+            "node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "child": {"$ref": "#/definitions/node", "required": ["name"]},
+                },
+            }
+        },
+        "$ref": "#/definitions/node",
+    }
+    compiled, _ = await compiler.compile([constraint(schema)], P)
+    (check,) = compiled.validated
+    assert "/definitions/node/properties/child/$ref" in [
+        k.pointer for k in check.keywords if not k.exact
+    ]
+    good = {"name": "a", "child": {"name": "b", "child": {"name": "c"}}}
+    bad = {"name": "a", "child": {"child": {}}}  # the inner node lacks "name"
+    for document in (good, bad):
+        assert grammar_accepts(compiler, compiled, document)
+    assert check.check(json.dumps(good)) is None
+    violation = check.check(json.dumps(bad))
+    assert violation is not None
+    assert violation.instance_pointer == "/child"
+
+
 async def test_strict_refuses_what_the_grammar_cannot_enforce(compiler: ConstraintCompiler) -> None:
     unique = {"type": "array", "uniqueItems": True}
     with pytest.raises(ServiceError) as raised:

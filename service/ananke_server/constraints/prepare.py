@@ -24,7 +24,9 @@ llguidance still refuses the result, later levels drop more: level 1 also
 min/maxProperties, patterns with lookaround/backreferences and every rewrite
 (dropped instead); level 2 every `pattern`, `format` and `patternProperties`
 (with the `additionalProperties` it qualifies) and numeric bounds; level 3
-also `allOf`."""
+also `allOf`; level 4 also every `$ref` that is part of a cycle (recursion
+llguidance cannot build, such as a recursive `$ref` with sibling keywords),
+which then accepts any value there."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from jsonschema import FormatChecker
 
 from .schema_logic import complement, disjoint
 
-MAX_LEVEL = 3
+MAX_LEVEL = 4
 # Formats llguidance enforces (llguidance 1.7); any other is dropped from the grammar.
 KNOWN_FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri"}
@@ -91,7 +93,10 @@ def prepare(schema: Any, level: int = 0, *, one_of: bool = True) -> PreparedSche
     `one_of=False` leaves `oneOf` to llguidance, which proves some branches
     disjoint that schema_logic cannot (it refuses the rest)."""
     preparer = _Preparer(schema, level, one_of)
-    return PreparedSchema(preparer.node(schema, ""), tuple(preparer.found), level)
+    prepared = preparer.node(schema, "")
+    if level >= 4:
+        prepared = _break_cycles(prepared, preparer.found)
+    return PreparedSchema(prepared, tuple(preparer.found), level)
 
 
 def needs_preparation(schema: Any) -> bool:
@@ -104,6 +109,62 @@ def ladder(schema: Any) -> list[PreparedSchema]:
     oneOf left to llguidance, then every level."""
     first = prepare(schema, one_of=False)
     return [first, *(prepare(schema, level) for level in range(MAX_LEVEL + 1))]
+
+
+def _refs(node: Any, pointer: str, found: list[tuple[str, str]]) -> None:
+    """(location, target) of every local `$ref` under `node`."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            found.append((pointer, ref[1:]))
+        for key, value in node.items():
+            _refs(value, f"{pointer}/{_escape(key)}", found)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refs(value, f"{pointer}/{i}", found)
+
+
+def _inside(location: str, target: str) -> bool:
+    return location == target or location.startswith(target + "/")
+
+
+def _break_cycles(schema: Any, found: list[Keyword]) -> Any:
+    """`schema` with each `$ref` on a cycle replaced by `{}` (noted in `found`)."""
+    refs: list[tuple[str, str]] = []
+    _refs(schema, "", refs)
+    targets = {target for _, target in refs}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, stack = {start}, [start]
+        while stack:
+            current = stack.pop()
+            for location, target in refs:
+                if _inside(location, current) and target not in seen:
+                    if _inside(goal, target):
+                        return True
+                    seen.add(target)
+                    stack.append(target)
+        return False
+
+    circular = set()
+    for location, target in refs:
+        owner = [t for t in targets if _inside(location, t)]
+        if _inside(location, target) or any(reaches(target, o) for o in owner):
+            circular.add(location)
+    if not circular:
+        return schema
+
+    def rebuild(node: Any, pointer: str) -> Any:
+        if pointer in circular:
+            found.append(Keyword(f"{pointer}/$ref", "$ref", False, "recursion cut: any value"))
+            return {k: v for k, v in node.items() if k in ("description", "title")}
+        if isinstance(node, dict):
+            return {k: rebuild(v, f"{pointer}/{_escape(k)}") for k, v in node.items()}
+        if isinstance(node, list):
+            return [rebuild(v, f"{pointer}/{i}") for i, v in enumerate(node)]
+        return node
+
+    return rebuild(schema, "")
 
 
 def _escape(key: str) -> str:

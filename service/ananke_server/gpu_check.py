@@ -316,11 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print("gpu_check: needs torch (with CUDA for --device cuda)", file=sys.stderr)
         return 2
-    logging.getLogger("ananke").setLevel(logging.ERROR)  # forced-EOS warnings are expected
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available to torch", file=sys.stderr)
         return 2
-    report = run_checks(args.device, args.tokenizer)
+    quiet = logging.getLogger("ananke")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # forced-EOS warnings are expected
+    try:
+        report = run_checks(args.device, args.tokenizer)
+    finally:
+        quiet.setLevel(level)  # main() also runs in-process (tests): leave logging as it was
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report) | {"ok": report.ok}, indent=1))
     for result in report.results:

@@ -128,7 +128,7 @@ class Generations:
             # An output that may be generated again is held back until it validated.
             hold = compiled.retried and self._settings.schema_max_attempts > 1
             first_sampling = validated.sampling
-            attempt = 1
+            attempt, limit = 1, self._settings.schema_max_attempts
             async with _deadline(deadline_s):
                 while True:
                     output = _Output()
@@ -142,12 +142,14 @@ class Generations:
                         validated, compiled, cache_hit, clock, prompt, output, attempt
                     )
                     rejected = outcome.rejected if outcome is not None else None
+                    if outcome is not None and outcome.complete:
+                        self._metrics.record_schema_validation(_result(outcome, attempt, limit))
                     if rejected is None:
                         for chunk in held:
                             yield chunk
                         yield StreamEvent(finished=finished)
                         return
-                    if attempt >= self._settings.schema_max_attempts:
+                    if attempt >= limit:
                         raise not_satisfied(*rejected, attempt)
                     log.info(
                         "output violates its schema; generating again",
@@ -320,6 +322,15 @@ def engine_params(validated: ValidatedRequest, compiled: CompiledConstraints) ->
         allowed_token_ids=compiled.allowed_token_ids,
         forbidden_token_ids=compiled.forbidden_token_ids,
     )
+
+
+def _result(outcome: SchemaOutcome, attempt: int, limit: int) -> str:
+    """The metrics label of one validated output."""
+    if outcome.rejected is not None:
+        return "retried" if attempt < limit else "failed"
+    if any(violation is not None for _, violation in outcome.verdicts):
+        return "flagged"
+    return "valid"
 
 
 def finish_reason(

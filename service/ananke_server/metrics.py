@@ -1,6 +1,6 @@
 """Prometheus metrics: calls by method and code, in-flight calls, queue depth,
 time to first token, time per output token, tokens generated, constraint
-compile time and cache hits, engine errors; served over HTTP on metrics_port.
+compile time and cache hits, engine errors, schema validations; served over HTTP on metrics_port.
 Calls are counted by interceptors.CallObserver."""
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ class Metrics:
             "ananke_engine_errors", "Engine failures: dead (process gone) or rejected (raised).",
             ["kind"], registry=r,
         )  # fmt: skip
+        self.schema_validations = Counter(
+            "ananke_schema_validations",
+            "Outputs validated against an over-approximated JSON schema, by result: valid, "
+            "retried (generated again), failed (after the last attempt), flagged (lenient).",
+            ["result"], registry=r,
+        )  # fmt: skip
 
     def track_admission(self, running: Callable[[], int], queued: Callable[[], int]) -> None:
         """Reads the running and queued gauges from these callables at scrape time."""
@@ -89,6 +95,10 @@ class Metrics:
             self.time_to_first_token.observe(ttft_s)
             if tokens > 1:
                 self.time_per_output_token.observe(decode_s / (tokens - 1))
+
+    def record_schema_validation(self, result: str) -> None:
+        """One validated output: `valid`, `retried`, `failed` or `flagged`."""
+        self.schema_validations.labels(result).inc()
 
     def record_engine_error(self, kind: str) -> None:
         """An engine failure: `dead` or `rejected`."""

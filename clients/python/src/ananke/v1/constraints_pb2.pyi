@@ -311,7 +311,9 @@ class JsonSchemaOptions(_message.Message):
     """
     coerce_one_of: _builtins.bool
     """Optional. Treat `oneOf` as `anyOf` when the alternatives may overlap.
-    Default: false.
+    Default: false. Without `strict` the server makes that rewrite itself
+    when llguidance refuses a `oneOf`, and validates "exactly one" on the
+    output.
     """
     item_separator: _builtins.str
     """Optional. Separator between array items, for example ", ". Default: ","

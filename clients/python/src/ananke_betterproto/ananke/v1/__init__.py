@@ -1944,7 +1944,9 @@ class JsonSchemaOptions(betterproto2.Message):
     coerce_one_of: "bool | None" = betterproto2.field(3, betterproto2.TYPE_BOOL, optional=True)
     """
     Optional. Treat `oneOf` as `anyOf` when the alternatives may overlap.
-    Default: false.
+    Default: false. Without `strict` the server makes that rewrite itself
+    when llguidance refuses a `oneOf`, and validates "exactly one" on the
+    output.
     """
 
     item_separator: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)

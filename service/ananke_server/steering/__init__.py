@@ -1,0 +1,23 @@
+"""Steering to valid outputs: completion search over a product of llguidance
+matchers (search.py), its state (product.py) and the per-request policy of
+budget-aware completion and dead-end avoidance (guide.py). Imports nothing
+from the rest of the service, so any engine integration can use it."""
+
+from .guide import Guide, SteerConfig, eos_mask
+from .product import ByteTokens, Mask, Product, RegexTracker, byte_tokens, has_token
+from .search import Outcome, Search, shortest_completion
+
+__all__ = [
+    "ByteTokens",
+    "Guide",
+    "Mask",
+    "Outcome",
+    "Product",
+    "RegexTracker",
+    "Search",
+    "SteerConfig",
+    "byte_tokens",
+    "eos_mask",
+    "has_token",
+    "shortest_completion",
+]

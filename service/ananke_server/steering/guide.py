@@ -1,0 +1,226 @@
+"""One request's steering over its product of matchers: budget-aware
+completion (steer to a short completion when the tokens left under max_tokens
+come close to what the constraints still need) and dead-end avoidance for
+intersections (a token is taken only when a common completion still exists
+after it). Engine-independent: an engine feeds it the sampled tokens and asks
+for the mask to apply, or for the token to take among candidates it proposes.
+
+Tokens already sampled are never taken back (an engine cannot unsample them and
+a client may already hold them): dead ends are avoided ahead instead, by
+checking each candidate token before it is taken and keeping a verified
+completion from the current state at all times (its next token is always safe)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .product import ByteTokens, Mask, Product, has_token
+from .search import Outcome, Search, shortest_completion
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """Knobs of budget steering and dead-end search (settings.py sets them)."""
+
+    budget: bool = True  # steer to a completion near max_tokens
+    margin: int = 2  # tokens kept in hand beyond the known completion and EOS
+    check_every: int = 16  # most tokens between two budget checks
+    max_nodes: int = 400  # states one search may expand
+    retries: int = 8  # candidate tokens checked per step before the plan's is taken
+
+
+def eos_mask(words: int, eos_ids: Iterable[int]) -> Mask:
+    """A bitmask with only the EOS ids set."""
+    mask = np.zeros(words, dtype=np.int32)
+    for token in eos_ids:
+        if token < words * 32:
+            mask[token >> 5] |= np.int32(np.uint32(1 << (token & 31)).view(np.int32))
+    return mask
+
+
+class Guide:
+    """Steering state of one request; call `advance` with every sampled token."""
+
+    def __init__(
+        self,
+        product: Product,
+        table: ByteTokens,
+        *,
+        max_tokens: int,
+        eos_ids: Sequence[int],
+        config: SteerConfig,
+        verify: bool = False,
+    ) -> None:
+        self.product = product
+        self.table = table
+        self.max_tokens = max_tokens
+        self.config = config
+        self.verify = verify  # check candidates (an intersection can dead-end)
+        self._eos = eos_mask(product.words, eos_ids)
+        self._eos_ids = frozenset(eos_ids)
+        self.produced = 0
+        self.steered_from: int | None = None  # token index where steering first began
+        self._steering = False
+        self.plan: list[int] | None = None  # a verified completion from here
+        self.hopeless = False  # the known completion no longer fits in max_tokens
+        self.dead_end = False
+        self.last_search: Search | None = None
+        self._check_at = 0  # produced-count of the next budget check
+
+    @property
+    def remaining(self) -> int:
+        """Tokens left under max_tokens (EOS included)."""
+        return self.max_tokens - self.produced
+
+    @property
+    def steering(self) -> bool:
+        """Whether the output is being steered to its completion now."""
+        return self._steering
+
+    def advance(self, token: int) -> bool:
+        """Takes a sampled token; False when the product refuses it (a dead end)."""
+        self.produced += 1
+        if token in self._eos_ids:
+            return True
+        if self.dead_end or not self.product.consume(token):
+            self.dead_end = True
+            return False
+        if self.plan and self.plan[0] == token:
+            self.plan = self.plan[1:]
+        else:
+            self.plan = None
+            if self._steering:  # something else was taken after all: plan again
+                self._steering = False
+                self._check_at = self.produced
+        return True
+
+    def _search(self) -> Search:
+        search = shortest_completion(self.product, self.table, max_nodes=self.config.max_nodes)
+        self.last_search = search
+        return search
+
+    def steer_mask(self) -> Mask | None:
+        """The mask that restricts the next token to the completion when the
+        budget calls for it; None when nothing needs restricting."""
+        if not self.config.budget or self.hopeless or self.dead_end:
+            return None
+        if not self.steering:
+            if self.produced < self._check_at:
+                return None
+            self._budget_check()  # may start steering
+            if not self.steering:
+                return None
+        if self.plan:
+            return self._single(self.plan[0])
+        return self._eos.copy()
+
+    def _budget_check(self) -> None:
+        """Finds a completion and either starts steering or schedules the next check."""
+        search = self._search()
+        if search.outcome is Outcome.NO_TOKEN:
+            self.dead_end = True
+            return
+        if not search.found:
+            self._check_at = self.produced + 1 + min(self.config.check_every, 4)
+            return
+        need = len(search.tokens) + 1  # the completion, then EOS
+        gap = self.remaining - need - self.config.margin
+        if need > self.remaining:
+            self.hopeless = True
+        elif gap <= 0:
+            self._steering = True
+            if self.steered_from is None:
+                self.steered_from = self.produced
+            self.plan = list(search.tokens)
+        else:
+            self._check_at = self.produced + max(1, min(self.config.check_every, gap // 2))
+
+    def _single(self, token: int) -> Mask:
+        mask = np.zeros(self.product.words, dtype=np.int32)
+        mask[token >> 5] = np.uint32(1 << (token & 31)).view(np.int32)
+        return mask
+
+    def mask(self) -> Mask | None:
+        """The full mask for the next token (AND of the product, narrowed by
+        steering); None at a dead end."""
+        narrowed = self.steer_mask()
+        if self.dead_end:
+            return None
+        base = self.product.mask()
+        if narrowed is not None:
+            both = base & narrowed
+            if both.any():
+                return both
+        if not base.any():
+            self.dead_end = True
+            return None
+        return base.copy()
+
+    def choose(self, candidates: Iterable[int]) -> int | None:
+        """The first candidate (in the engine's sampling order) after which a
+        common completion still fits; when `retries` candidates fail, the
+        known completion's next token. None at a dead end with no way out."""
+        mask = self.mask()
+        if mask is None:
+            return None
+        if self.steering and self.plan is not None:
+            return self.plan[0] if self.plan else min(self._eos_ids)
+        if not self.verify:
+            for token in candidates:
+                if has_token(mask, token):
+                    return token
+            return None
+        tried = 0
+        for token in candidates:
+            if tried >= self.config.retries:
+                break
+            if not has_token(mask, token):
+                continue
+            tried += 1
+            if self._keeps_completion(token):
+                return token
+        if self.plan is None:
+            search = self._search()
+            if search.found:
+                self.plan = list(search.tokens)
+        if self.plan:
+            return self.plan[0]
+        if self.plan == [] and self.product.accepting():
+            return min(self._eos_ids)
+        return None
+
+    def _keeps_completion(self, token: int) -> bool:
+        """Whether a completion that fits the budget exists after `token` (kept as the plan)."""
+        if token in self._eos_ids:
+            return self.product.accepting()
+        if not self.product.consume(token):
+            return False
+        try:
+            left = self.remaining - 1  # after this token
+            if self.product.accepting():
+                self.plan = []
+                return True
+            candidate = self.plan[1:] if self.plan and self.plan[0] == token else self.plan
+            if candidate and self._completes(candidate, left):
+                self.plan = [token, *candidate]
+                return True
+            search = self._search()
+            limit = left if self.config.budget else None
+            if search.found and (limit is None or len(search.tokens) + 1 <= limit):
+                self.plan = [token, *search.tokens]
+                return True
+            return False
+        finally:
+            self.product.rollback(1)
+
+    def _completes(self, tokens: Sequence[int], left: int) -> bool:
+        """Whether `tokens` take the product to an accepting state within `left` tokens."""
+        if self.config.budget and len(tokens) + 1 > left:
+            return False
+        taken = self.product.consume_all(tokens)
+        ok = taken == len(tokens) and self.product.accepting()
+        self.product.rollback(taken)
+        return ok

@@ -1,0 +1,304 @@
+"""The state the completion search walks: a product of llguidance matchers
+(their AND, plus token masks), the single-byte tokens of a tokenizer, and exact
+regex automata where masks cannot tell states apart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from llguidance.numpy import fill_next_token_bitmask
+
+Mask = npt.NDArray[np.int32]
+
+# Bytes tried first at a branch: characters that close structures, then the
+# ones that start the shortest values. Order only affects speed and ties.
+PREFERRED = b'"}])\n:,0 1a'
+# At most this many members of a byte class ([a-z], [A-Z], [0-9], >= 0x80)
+# are expanded at one state; all other allowed bytes are expanded each.
+CLASS_REPRESENTATIVES = 2
+
+
+def byte_class(byte: int) -> int:
+    """A class id for bytes whose successors are usually alike (-1: no class)."""
+    if 0x61 <= byte <= 0x7A:
+        return 0
+    if 0x41 <= byte <= 0x5A:
+        return 1
+    if 0x30 <= byte <= 0x39:
+        return 2
+    if byte >= 0x80:
+        return 3
+    return -1
+
+
+class ByteTokens:
+    """The single-byte tokens of one tokenizer, in search order."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.words = (int(tokenizer.vocab_size) + 31) // 32
+        by_byte: dict[int, int] = {}
+        for token in range(int(tokenizer.vocab_size)):
+            if tokenizer.is_special_token(token):
+                continue
+            data = tokenizer.decode_bytes([token])
+            if len(data) == 1:
+                by_byte.setdefault(data[0], token)
+        order = [b for b in PREFERRED if b in by_byte]
+        order += [b for b in sorted(by_byte) if b not in order]
+        self.order: tuple[tuple[int, int], ...] = tuple((b, by_byte[b]) for b in order)
+        self.by_bytes: dict[bytes, int] = {}
+        for token in range(int(tokenizer.vocab_size)):
+            if not tokenizer.is_special_token(token):
+                self.by_bytes.setdefault(tokenizer.decode_bytes([token]), token)
+        self.longest = max(map(len, self.by_bytes), default=1)
+
+    def tokenize(self, data: bytes) -> list[int]:
+        """The tokenizer's canonical tokens for `data`."""
+        return [int(t) for t in self.tokenizer.tokenize_bytes(data)]
+
+
+_TABLES: dict[int, ByteTokens] = {}
+
+
+def byte_tokens(tokenizer: Any) -> ByteTokens:
+    """The ByteTokens of a tokenizer, built once per tokenizer object."""
+    table = _TABLES.get(id(tokenizer))
+    if table is None or table.tokenizer is not tokenizer:
+        table = _TABLES[id(tokenizer)] = ByteTokens(tokenizer)
+    return table
+
+
+def has_token(mask: Mask, token: int) -> bool:
+    """Whether bit `token` is set in an llguidance bitmask row."""
+    word = token >> 5
+    return word < mask.shape[0] and bool((int(mask[word]) >> (token & 31)) & 1)
+
+
+_LARK_REGEX = re.compile(r"(?:%llguidance \{\}\n)?start: /(?P<body>.*)/\s*", re.DOTALL)
+
+
+def regex_of_grammar(grammar: str) -> str | None:
+    """The pattern of a grammar that is one regex terminal (`start: /.../`, as the
+    compiler lowers a regex constraint), else None."""
+    text = grammar
+    if grammar.startswith("{"):
+        try:
+            parts = json.loads(grammar).get("grammars", [])
+        except (ValueError, AttributeError):
+            return None
+        if len(parts) != 1 or not isinstance(parts[0].get("lark_grammar"), str):
+            return None
+        text = parts[0]["lark_grammar"]
+    found = _LARK_REGEX.fullmatch(text)
+    if found is None or "\n" in found.group("body"):
+        return None
+    body, out, i = found.group("body"), [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append("/" if body[i + 1] == "/" else body[i : i + 2])
+            i += 2
+        else:
+            if body[i] == "/":
+                return None  # an unescaped slash: not one terminal
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+class RegexTracker:
+    r"""The exact automaton state of a regex over the bytes taken so far.
+
+    Masks alone cannot tell some regex states apart: inside `.*\)` the state
+    after `)` allows the same tokens as before it (`.*` absorbs the `)`), yet
+    only it can end the match. An interegular DFA over the same pattern gives
+    the search exact identities; where the two disagree (a syntax interegular
+    reads differently) the tracker switches itself off and masks decide."""
+
+    def __init__(self, fsm: Any, tokenizer: Any) -> None:
+        self._fsm = fsm
+        self._tokenizer = tokenizer
+        # (DFA state or None when off, undecoded UTF-8 tail) per token taken.
+        self._stack: list[tuple[Any, bytes]] = [(fsm.initial, b"")]
+
+    @classmethod
+    def for_grammar(cls, grammar: str, tokenizer: Any) -> RegexTracker | None:
+        """A tracker when the grammar is one regex interegular can read, else None."""
+        pattern = regex_of_grammar(grammar)
+        if pattern is None:
+            return None
+        try:
+            import interegular
+
+            fsm = interegular.parse_pattern(pattern).to_fsm()
+        except Exception:  # any pattern interegular does not support
+            return None
+        return cls(fsm, tokenizer)
+
+    def state(self) -> bytes | None:
+        """An identity of the current state, None when the tracker is off."""
+        state, tail = self._stack[-1]
+        return None if state is None else f"{state}:".encode() + tail
+
+    def push(self, token: int) -> None:
+        """Advances over one token's bytes."""
+        state, tail = self._stack[-1]
+        if state is not None:
+            data = tail + self._tokenizer.decode_bytes([token])
+            text, tail = _split_utf8(data)
+            fsm = self._fsm
+            for char in text:
+                state = fsm.map.get(state, {}).get(fsm.alphabet[char])
+                if state is None:
+                    break
+        self._stack.append((state, tail))
+
+    def pop(self, count: int) -> None:
+        """Undoes the last `count` tokens."""
+        del self._stack[len(self._stack) - count :]
+
+
+def _split_utf8(data: bytes) -> tuple[str, bytes]:
+    """The decodable head of `data` and an incomplete UTF-8 tail (at most 3 bytes)."""
+    for cut in range(len(data), max(-1, len(data) - 4), -1):
+        try:
+            return data[:cut].decode("utf-8"), data[cut:]
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace"), b""
+
+
+class Product:
+    """Several llguidance matchers stepped together (their AND) plus optional
+    allowed/forbidden token bitmasks. A token is taken only when every part
+    allows it, so a refused token never leaves a matcher in its error state."""
+
+    def __init__(
+        self,
+        matchers: Sequence[Any],
+        words: int,
+        allowed: Mask | None = None,
+        forbidden: Mask | None = None,
+        *,
+        tokenizer: Any = None,
+        grammars: Sequence[str] = (),
+    ) -> None:
+        self.matchers = list(matchers)
+        self.words = words
+        self.allowed = allowed
+        self.forbidden = forbidden
+        # Exact automata for the matchers that are plain regexes (see RegexTracker).
+        self.trackers: list[RegexTracker | None] = [None] * len(self.matchers)
+        if tokenizer is not None:
+            for i, grammar in enumerate(grammars[: len(self.matchers)]):
+                self.trackers[i] = RegexTracker.for_grammar(grammar, tokenizer)
+        self._scratch = np.empty((max(1, len(self.matchers)), words), dtype=np.int32)
+        self._mask: Mask | None = None  # of the current state, while valid
+        self._fingerprint: bytes | None = None
+        self._filled = [False] * len(self.matchers)
+
+    def is_error(self) -> bool:
+        """Whether a matcher is in its error state."""
+        return any(m.is_error() for m in self.matchers)
+
+    def accepting(self) -> bool:
+        """Whether every matcher accepts the output so far."""
+        return all(m.is_accepting() for m in self.matchers)
+
+    def _row(self, i: int) -> Mask:
+        """Matcher i's mask in the current state (filled once per state)."""
+        if not self._filled[i]:
+            fill_next_token_bitmask(self.matchers[i], self._scratch, i)
+            self._filled[i] = True
+        row: Mask = self._scratch[i]
+        return row
+
+    def mask(self) -> Mask:
+        """The AND of every part's next-token mask (a view: copy it to keep it)."""
+        if self._mask is None:
+            mask = self._row(0).copy()
+            for i in range(1, len(self.matchers)):
+                mask &= self._row(i)
+            if self.allowed is not None:
+                mask &= self.allowed
+            if self.forbidden is not None:
+                mask &= ~self.forbidden
+            self._mask = mask
+        return self._mask
+
+    def fingerprint(self) -> bytes:
+        """An identity of the current state: per matcher its exact regex state
+        or its mask and forced bytes, plus whether all accept."""
+        if self._fingerprint is None:
+            hasher = hashlib.blake2b(digest_size=16)
+            for i, matcher in enumerate(self.matchers):
+                tracker = self.trackers[i]
+                state = tracker.state() if tracker is not None else None
+                if state is not None:
+                    hasher.update(b"R" + state)
+                    continue
+                hasher.update(self._row(i).tobytes())
+                # Mid-way through a forced run taken byte by byte (not as the forced
+                # token) llguidance's mask can be empty; the forced bytes tell such states apart.
+                hasher.update(matcher.compute_ff_bytes() + b"\0")
+            hasher.update(b"A" if self.accepting() else b"-")
+            self._fingerprint = hasher.digest()
+        return self._fingerprint
+
+    def _changed(self) -> None:
+        self._mask = None
+        self._fingerprint = None
+        self._filled = [False] * len(self.matchers)
+
+    def allows(self, token: int) -> bool:
+        """Whether every part allows `token` now."""
+        return has_token(self.mask(), token)
+
+    def consume(self, token: int) -> bool:
+        """Takes `token` when every part allows it; False (nothing changed) otherwise."""
+        if self.allowed is not None and not has_token(self.allowed, token):
+            return False
+        if self.forbidden is not None and has_token(self.forbidden, token):
+            return False
+        for i, matcher in enumerate(self.matchers):
+            if matcher.try_consume_tokens([token]) != 1:
+                for earlier in self.matchers[:i]:
+                    earlier.rollback(1)
+                return False
+        for tracker in self.trackers:
+            if tracker is not None:
+                tracker.push(token)
+        self._changed()
+        return True
+
+    def consume_all(self, tokens: Sequence[int]) -> int:
+        """Takes tokens while every part allows them; how many were taken."""
+        for taken, token in enumerate(tokens):
+            if not self.consume(token):
+                return taken
+        return len(tokens)
+
+    def forced(self) -> list[int]:
+        """Takes the tokens some matcher forces (as far as every part allows them)
+        and returns them; empty when nothing is forced."""
+        for matcher in self.matchers:
+            tokens = [int(t) for t in matcher.compute_ff_tokens()]
+            if tokens:
+                return tokens[: self.consume_all(tokens)]
+        return []
+
+    def rollback(self, count: int) -> None:
+        """Undoes the last `count` tokens taken."""
+        if count:
+            for matcher in self.matchers:
+                matcher.rollback(count)
+            for tracker in self.trackers:
+                if tracker is not None:
+                    tracker.pop(count)
+            self._changed()

@@ -1,0 +1,290 @@
+"""Completion search and steering (ananke_server.steering) with real llguidance
+matchers and the default model's real tokenizer (SmolLM2, 49,152 tokens), no
+engine. A scripted "model" that always takes the longest allowed token stands
+in for one that runs on inside strings and numbers: without steering it runs
+out of budget or into dead ends, with steering the output completes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pytest
+from ananke_server.model_prep import prepare_default_model
+from ananke_server.steering import (
+    Guide,
+    Outcome,
+    Product,
+    SteerConfig,
+    byte_tokens,
+    has_token,
+    shortest_completion,
+)
+from ananke_server.steering.product import ByteTokens, regex_of_grammar
+from llguidance import LLMatcher, LLTokenizer
+from llguidance.gbnf_to_lark import gbnf_to_lark
+
+
+@pytest.fixture(scope="module")
+def tok() -> LLTokenizer:
+    from llguidance.hf import from_tokenizer
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(prepare_default_model()))
+    return from_tokenizer(hf, max(hf.vocab_size, len(hf)))
+
+
+@pytest.fixture(scope="module")
+def table(tok: LLTokenizer) -> ByteTokens:
+    return byte_tokens(tok)
+
+
+def js(schema: object) -> str:
+    return LLMatcher.grammar_from_json_schema(
+        json.dumps(schema), overrides={"whitespace_flexible": False}
+    )
+
+
+def rx(pattern: str) -> str:
+    return LLMatcher.grammar_from_lark("%llguidance {}\nstart: " + _terminal(pattern))
+
+
+def _terminal(pattern: str) -> str:
+    lark = json.loads(LLMatcher.grammar_from_regex(pattern))["grammars"][0]["lark_grammar"]
+    return str(lark).removeprefix("start: ")
+
+
+def lark(text: str) -> str:
+    return LLMatcher.grammar_from_lark(text)
+
+
+def product(tok: LLTokenizer, table: ByteTokens, *grammars: str, prefix: str = "") -> Product:
+    matchers = [LLMatcher(tok, g, log_level=0) for g in grammars]
+    assert not any(m.is_error() for m in matchers), [m.get_error() for m in matchers]
+    state = Product(matchers, table.words, tokenizer=tok, grammars=grammars)
+    ids = tok.tokenize_str(prefix)
+    assert state.consume_all(ids) == len(ids), prefix
+    return state
+
+
+NAME_N = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 16}, "n": {"type": "integer"}},
+    "required": ["name", "n"],
+}
+CLASS_RE = r"class \w+\(.*\):\s+def __init__\(self.*\):"
+FUNCTION_LARK = r"""
+start: function
+function: "def " IDENT "(" params? "):" NL body
+params: IDENT ("," " "? IDENT)*
+body: ("    " stmt NL)+
+stmt: "return " expr | "pass"
+expr: IDENT | NUMBER | expr " + " expr
+IDENT: /[a-zA-Z_][a-zA-Z0-9_]*/
+NUMBER: /[0-9]+/
+NL: "\n"
+"""
+FUNCTION_GBNF = r"""
+root ::= "def " ident "(" ident? "):\n    return " ident "\n"
+ident ::= [a-z_] [a-z0-9_]*
+"""
+SEQUENCE_LARK = '%llguidance {}\nstart: "Answer: " spec "\\n"\nspec: %json ' + json.dumps(
+    {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+)
+
+CASES = [
+    ("json from the start", [js(NAME_N)], ""),
+    ("json inside a string", [js(NAME_N)], '{"name":"Ma'),
+    ("json inside a number", [js(NAME_N)], '{"name":"Mara","n":1000'),
+    ("nested arrays", [js({"type": "array", "items": {"type": "array"}})], "[[1,[2,"),
+    ("regex inside .*", [rx(CLASS_RE)], "class Foo(Bar, baz"),
+    ("regex from the start", [rx(CLASS_RE)], ""),
+    ("lark function", [lark(FUNCTION_LARK)], "def compute_total(a, b"),
+    ("lark body", [lark(FUNCTION_LARK)], "def f(a):\n    return a + b + c"),
+    ("gbnf function", [lark(gbnf_to_lark(FUNCTION_GBNF))], "def run(x"),
+    ("choice", [lark('start: "alpha" | "beta" | "gamma"')], "be"),
+    ("json inside lark", [lark(SEQUENCE_LARK)], 'Answer: {"ok":t'),
+    (
+        "json and a length regex",
+        [js({"type": "object", "properties": {"module": {"type": "string"}}}), rx("(?s:.{0,40})")],
+        '{"module":"a_rather_long_module_name_',
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "grammars", "prefix"), CASES, ids=[c[0] for c in CASES])
+def test_completion_is_valid_short_and_leaves_the_state(
+    tok: LLTokenizer, table: ByteTokens, name: str, grammars: list[str], prefix: str
+) -> None:
+    state = product(tok, table, *grammars, prefix=prefix)
+    before = state.mask().copy()
+    search = shortest_completion(state, table)
+    assert search.outcome is Outcome.FOUND, (name, search)
+    assert np.array_equal(state.mask(), before), "the search must leave the state as it was"
+    # Every token of the path is in the product's mask when it is taken (the
+    # engine applies the masks too), and the product accepts after it.
+    for token in search.tokens:
+        assert has_token(state.mask(), token), (name, tok.decode_bytes(list(search.tokens)))
+        assert state.consume(token)
+    assert state.accepting(), name
+    assert len(search.tokens) <= 24, (name, tok.decode_bytes(list(search.tokens)))
+
+
+def test_exact_search_is_no_longer_than_the_fast_one(tok: LLTokenizer, table: ByteTokens) -> None:
+    for _, grammars, prefix in CASES:
+        fast = shortest_completion(product(tok, table, *grammars, prefix=prefix), table)
+        exact = shortest_completion(
+            product(tok, table, *grammars, prefix=prefix), table, exact=True, max_nodes=2000
+        )
+        assert exact.found
+        assert len(exact.tokens) <= len(fast.tokens)
+
+
+def test_empty_intersection_is_a_proven_dead_end(tok: LLTokenizer, table: ByteTokens) -> None:
+    state = product(tok, table, rx("[0-9]+"), rx("[a-z]+"))
+    assert shortest_completion(state, table).outcome is Outcome.NO_TOKEN
+
+
+def test_regex_of_grammar_reads_back_the_compilers_lowering() -> None:
+    assert regex_of_grammar(rx(CLASS_RE)) == CLASS_RE
+    assert regex_of_grammar(rx("a/b")) == "a/b"
+    assert regex_of_grammar(LLMatcher.grammar_from_regex("[0-9]+")) == "[0-9]+"
+    assert regex_of_grammar(lark(FUNCTION_LARK)) is None
+    assert regex_of_grammar(js(NAME_N)) is None
+
+
+# -- the scripted model ---------------------------------------------------------
+
+
+def longest_first(tok: LLTokenizer) -> Callable[[np.ndarray], Iterator[int]]:
+    """Candidates in the order a model that never wants to stop would sample
+    them: longest token first, EOS last."""
+    lengths = np.array(
+        [
+            0 if tok.is_special_token(t) else len(tok.decode_bytes([t]))
+            for t in range(tok.vocab_size)
+        ]
+    )
+    order = np.argsort(-lengths, kind="stable")
+
+    def candidates(mask: np.ndarray) -> Iterator[int]:
+        bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: tok.vocab_size]
+        allowed = order[bits[order] == 1]
+        yield from (int(t) for t in allowed)
+
+    return candidates
+
+
+def generate(
+    tok: LLTokenizer,
+    table: ByteTokens,
+    grammars: Sequence[str],
+    max_tokens: int,
+    *,
+    config: SteerConfig | None,
+    verify: bool = False,
+) -> tuple[list[int], str, Guide | None]:
+    """Runs the scripted model; (tokens, how it ended, guide)."""
+    state = product(tok, table, *grammars)
+    eos = tok.eos_token
+    model = longest_first(tok)
+    guide = None
+    if config is not None:
+        guide = Guide(
+            state, table, max_tokens=max_tokens, eos_ids=[eos], config=config, verify=verify
+        )
+    out: list[int] = []
+    while len(out) < max_tokens:
+        if guide is not None:
+            mask = guide.mask()
+            if mask is None:
+                return out, "dead_end", guide
+            token = guide.choose(model(mask))
+            if token is None:
+                return out, "dead_end", guide
+            guide.advance(token)
+        else:
+            mask = state.mask()
+            if not mask.any():
+                return out, "dead_end", guide
+            token = next(model(mask))
+            state.consume(token) if token != eos else None
+        out.append(token)
+        if token == eos:
+            return out, "eos", guide
+    return out, "length", guide
+
+
+def _checked(tok: LLTokenizer, grammars: Sequence[str], tokens: list[int]) -> bool:
+    body = [t for t in tokens if t != tok.eos_token]
+    for grammar in grammars:
+        matcher = LLMatcher(tok, grammar, log_level=0)
+        if matcher.try_consume_tokens(body) != len(body) or not matcher.is_accepting():
+            return False
+    return True
+
+
+MODULE = {"type": "object", "properties": {"module": {"type": "string"}}, "required": ["module"]}
+
+BUDGET_CASES = [
+    ("json", [js(NAME_N)]),
+    ("regex", [rx(CLASS_RE)]),
+    ("lark", [lark(FUNCTION_LARK)]),
+    ("gbnf", [lark(gbnf_to_lark(FUNCTION_GBNF))]),
+    ("sequence", [lark(SEQUENCE_LARK)]),
+    ("json and a length regex", [js(NAME_N), rx("(?s:.{0,60})")]),
+]
+
+
+@pytest.mark.parametrize(("name", "grammars"), BUDGET_CASES, ids=[c[0] for c in BUDGET_CASES])
+def test_budget_steering_completes_within_max_tokens(
+    tok: LLTokenizer, table: ByteTokens, name: str, grammars: list[str]
+) -> None:
+    shortest = shortest_completion(product(tok, table, *grammars), table, exact=True)
+    assert shortest.found
+    max_tokens = int(1.5 * (len(shortest.tokens) + 1)) + 1
+    # Today: the model runs on and is cut by max_tokens (or dead-ends).
+    tokens, ended, _ = generate(tok, table, grammars, max_tokens, config=None)
+    assert ended != "eos" or not _checked(tok, grammars, tokens), name
+    tokens, ended, guide = generate(
+        tok, table, grammars, max_tokens, config=SteerConfig(), verify=len(grammars) > 1
+    )
+    assert ended == "eos", (name, ended, tok.decode_str(tokens))
+    assert _checked(tok, grammars, tokens), tok.decode_str(tokens)
+    assert guide is not None
+    assert guide.steered_from is not None
+    assert 0 <= guide.steered_from < len(tokens)
+
+
+def test_steering_off_behaves_as_plain_masking(tok: LLTokenizer, table: ByteTokens) -> None:
+    grammars = [js(NAME_N)]
+    plain, ended, _ = generate(tok, table, grammars, 20, config=None)
+    off, ended_off, guide = generate(tok, table, grammars, 20, config=SteerConfig(budget=False))
+    assert (off, ended_off) == (plain, ended)
+    assert guide is not None
+    assert guide.steered_from is None
+
+
+def test_dead_end_search_finishes_a_satisfiable_intersection(
+    tok: LLTokenizer, table: ByteTokens
+) -> None:
+    grammars = [js(MODULE), rx("(?s:.{0,40})")]
+    # Greedy AND masking walks into a prefix the two cannot both finish.
+    _, ended, _ = generate(tok, table, grammars, 200, config=None)
+    assert ended == "dead_end"
+    tokens, ended, _guide = generate(
+        tok, table, grammars, 200, config=SteerConfig(budget=False), verify=True
+    )
+    assert ended == "eos"
+    assert _checked(tok, grammars, tokens), tok.decode_str(tokens)
+
+
+def test_guide_without_verification_reaches_the_dead_end(
+    tok: LLTokenizer, table: ByteTokens
+) -> None:
+    grammars = [js(MODULE), rx("(?s:.{0,40})")]
+    _, ended, guide = generate(tok, table, grammars, 200, config=SteerConfig(budget=False))
+    assert ended == "dead_end"
+    assert guide is not None
+    assert guide.dead_end

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
+from ananke_server.constraints.gbnf import gbnf_to_lark
 from ananke_server.model_prep import prepare_default_model
 from ananke_server.steering import (
     Guide,
@@ -23,7 +24,6 @@ from ananke_server.steering import (
 )
 from ananke_server.steering.product import ByteTokens, regex_of_grammar
 from llguidance import LLMatcher, LLTokenizer
-from llguidance.gbnf_to_lark import gbnf_to_lark
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ CASES = [
     ("regex from the start", [rx(CLASS_RE)], ""),
     ("lark function", [lark(FUNCTION_LARK)], "def compute_total(a, b"),
     ("lark body", [lark(FUNCTION_LARK)], "def f(a):\n    return a + b + c"),
-    ("gbnf function", [lark(gbnf_to_lark(FUNCTION_GBNF))], "def run(x"),
+    ("gbnf function", [lark(gbnf_to_lark(FUNCTION_GBNF).lark)], "def run(x"),
     ("choice", [lark('start: "alpha" | "beta" | "gamma"')], "be"),
     ("json inside lark", [lark(SEQUENCE_LARK)], 'Answer: {"ok":t'),
     (
@@ -231,7 +231,7 @@ BUDGET_CASES = [
     ("json", [js(NAME_N)]),
     ("regex", [rx(CLASS_RE)]),
     ("lark", [lark(FUNCTION_LARK)]),
-    ("gbnf", [lark(gbnf_to_lark(FUNCTION_GBNF))]),
+    ("gbnf", [lark(gbnf_to_lark(FUNCTION_GBNF).lark)]),
     ("sequence", [lark(SEQUENCE_LARK)]),
     ("json and a length regex", [js(NAME_N), rx("(?s:.{0,60})")]),
 ]

@@ -20,7 +20,6 @@ _NAMED = re.compile(
     r"(?:Invalid type|Unknown format|Unimplemented keys|unknown name|Rule)\W*"
     r"(?P<name>[A-Za-z0-9_$.-][A-Za-z0-9_$./:-]*)"
 )
-GBNF_LINE = re.compile(r"at line (\d+)")
 _REGEX_CARET = re.compile(r"regex parse error:\n {4}(?P<text>.*)\n {4}(?P<caret> *)\^")
 
 # llguidance's parser and lexer limit messages (LLParserLimits); not user mistakes.

@@ -7,7 +7,6 @@ import json
 
 from ananke.v1 import constraints_pb2
 from llguidance import LLMatcher
-from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from ..errors import FieldViolation, ServiceError, invalid
 from .core import (
@@ -22,8 +21,9 @@ from .core import (
     as_start,
     kind_of,
 )
-from .diagnostics import GBNF_LINE, GrammarValidator, locate
+from .diagnostics import GrammarValidator
 from .folding import fold_composite
+from .gbnf import GbnfError, gbnf_to_lark
 from .prepare import PreparedSchema, ladder, prepare
 from .schema_check import SchemaCheck, build_validator
 
@@ -222,18 +222,21 @@ class Lowerer:
         if not spec.text.strip():
             raise invalid("GRAMMAR_INVALID", "the grammar is empty", text_path)
         text = spec.text
+        converted_warnings: tuple[str, ...] = ()
         if spec.syntax == constraints_pb2.GRAMMAR_SYNTAX_GBNF:
             try:
-                text = gbnf_to_lark(text)
-            except Exception as error:  # the converter raises bare exceptions
-                message = f"not a valid GBNF grammar: {error}"
-                line, column = locate(message, spec.text, kind)
-                at_line = GBNF_LINE.search(message)
-                if not line and at_line:
-                    line, column = int(at_line.group(1)), 0
-                position = {"line": str(line), "column": str(column)} if line else {}
-                raise invalid("GRAMMAR_INVALID", message, text_path, **position) from None
+                converted = gbnf_to_lark(text)
+            except GbnfError as error:
+                raise invalid(
+                    "GRAMMAR_INVALID",
+                    f"not a valid GBNF grammar: {error}",
+                    text_path,
+                    line=str(error.line),
+                    column=str(error.column),
+                ) from None
+            text, converted_warnings = converted.lark, converted.warnings
         piece = Piece(kind=kind, lark_body="%lark {\n" + text + "\n}")
+        piece.warnings.extend(converted_warnings)
         # Validate the text as written (no header), so positions refer to it.
         piece.warnings.extend(
             self._validate(LLMatcher.grammar_from_lark(text), kind, text_path, spec.text)

@@ -104,3 +104,19 @@ def test_negative_priority_is_refused() -> None:
 def test_unknown_grammar_syntax_is_refused() -> None:
     with pytest.raises(ValueError, match="syntax"):
         c.grammar("x", "ebnf")  # type: ignore[arg-type]
+
+
+def test_structural_regions() -> None:
+    block = c.region("```json\n", c.json_schema({"type": "object"}), trigger="```", end="\n```")
+    ir = c.structural(block, c.region("<tool_call>", c.regex("[a-z]+")), min_regions=1, name="a")
+    assert ir.name == "a"
+    assert ir.WhichOneof("kind") == "structural"
+    first, second = ir.structural.regions
+    assert (first.begin, first.trigger, first.end) == ("```json\n", "```", "\n```")
+    assert first.constraint.json_schema.schema == '{"type": "object"}'
+    assert (second.begin, second.trigger, second.end) == ("<tool_call>", "", "")
+    assert (ir.structural.min_regions, ir.structural.max_regions) == (1, 0)
+    with pytest.raises(ValueError, match="prefix"):
+        c.region("<a>", c.regex("x"), trigger="<b")
+    with pytest.raises(TypeError):
+        c.structural("<a>")  # type: ignore[arg-type]

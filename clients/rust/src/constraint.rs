@@ -14,8 +14,9 @@
 
 use crate::pb::constraint_ir::Kind;
 use crate::pb::{
-    ChoiceConstraint, Combinator, CompositeConstraint, ConstraintIr, GrammarConstraint,
-    GrammarSyntax, JsonSchemaConstraint, JsonSchemaOptions, RegexConstraint, TokenMaskConstraint,
+    ChoiceConstraint, Combinator, CompositeConstraint, ConstrainedRegion, ConstraintIr,
+    GrammarConstraint, GrammarSyntax, JsonSchemaConstraint, JsonSchemaOptions, RegexConstraint,
+    StructuralConstraint, TokenMaskConstraint,
 };
 
 fn of_kind(kind: Kind) -> ConstraintIr {
@@ -133,6 +134,54 @@ pub fn all_of(parts: impl IntoIterator<Item = ConstraintIr>) -> ConstraintIr {
     composite(Combinator::AllOf, parts)
 }
 
+/// A constrained region: `begin` in free text opens it, its body follows
+/// `constraint`, then `end` is forced. Set `trigger` (a prefix of `begin`) with
+/// [`ConstrainedRegion::triggered_by`].
+pub fn region(
+    begin: impl Into<String>,
+    constraint: ConstraintIr,
+    end: impl Into<String>,
+) -> ConstrainedRegion {
+    ConstrainedRegion {
+        begin: begin.into(),
+        trigger: String::new(),
+        constraint: Some(constraint),
+        end: end.into(),
+        name: String::new(),
+    }
+}
+
+/// Free text in which each region's trigger opens that region, constrained by
+/// its own constraint (a "structural tag"); `min_regions` at least, at most
+/// `max_regions` (0: no limit).
+pub fn structural(
+    regions: impl IntoIterator<Item = ConstrainedRegion>,
+    min_regions: u32,
+    max_regions: u32,
+) -> ConstraintIr {
+    of_kind(Kind::Structural(StructuralConstraint {
+        regions: regions.into_iter().collect(),
+        min_regions,
+        max_regions,
+    }))
+}
+
+impl ConstrainedRegion {
+    /// Opens the region on `trigger` (a prefix of `begin`); the rest of `begin` is forced.
+    #[must_use]
+    pub fn triggered_by(mut self, trigger: impl Into<String>) -> Self {
+        self.trigger = trigger.into();
+        self
+    }
+
+    /// Sets the region's informational name.
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
 impl ConstraintIr {
     /// Sets the label echoed in provenance and error field paths.
     #[must_use]
@@ -152,6 +201,26 @@ impl ConstraintIr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_structural() {
+        let block = region("```json\n", json_schema("{}"), "\n```").triggered_by("```");
+        match structural([block.named("json")], 1, 2).kind {
+            Some(Kind::Structural(c)) => {
+                assert_eq!((c.min_regions, c.max_regions), (1, 2));
+                assert_eq!(c.regions[0].trigger, "```");
+                assert_eq!(c.regions[0].name, "json");
+                assert!(matches!(
+                    c.regions[0]
+                        .constraint
+                        .as_ref()
+                        .and_then(|ir| ir.kind.as_ref()),
+                    Some(Kind::JsonSchema(_))
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn builds_each_kind() {

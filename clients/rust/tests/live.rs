@@ -138,6 +138,36 @@ async fn json_schema_output_is_a_valid_object() {
 }
 
 #[tokio::test]
+async fn structural_region_inside_free_text() {
+    let Some((client, _guard)) = live_client().await else {
+        return;
+    };
+    let info = model_info(&client).await;
+    // Free text up to the first space (the trigger), then three digits and a
+    // full stop; one region at most, so no later space either.
+    let region = constraint::region(" ", constraint::regex("[0-9]{3}"), ".").named("number");
+    let request = GenerationRequest::from_prompt("The cat sat on the mat. The dog")
+        .with_constraint(constraint::structural([region], 1, 1).named("prose"))
+        .with_max_tokens(capped(&info, 16));
+    let response = client.generate(request).await.expect("Generate");
+    let text = &response.text;
+    let shape = regex::Regex::new(r"^[^ ]* [0-9]{3}\.[^ ]*$").unwrap();
+    assert!(
+        shape.is_match(text),
+        "{text:?} is not free text, one region, free text"
+    );
+    let kinds: Vec<i32> = response
+        .provenance
+        .constraints
+        .expect("constraints")
+        .items
+        .iter()
+        .map(|item| item.kind)
+        .collect();
+    assert_eq!(kinds, [ConstraintKind::Structural as i32]);
+}
+
+#[tokio::test]
 async fn regex_output_matches_in_full() {
     let Some((client, _guard)) = live_client().await else {
         return;

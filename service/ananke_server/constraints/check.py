@@ -63,6 +63,7 @@ def check_output(
         if token in compiled.forbidden_token_ids:
             return provenance_pb2.CHECK_VERDICT_VIOLATED, f"token {token} is forbidden"
     incomplete: list[str] = []
+    region_grammars = dict(compiled.region_checks)
     for name, grammar in compiled.check_grammars:
         if fresh is not None:
             matcher = fresh(grammar)
@@ -76,9 +77,38 @@ def check_output(
             return provenance_pb2.CHECK_VERDICT_VIOLATED, detail
         if not matcher.is_accepting():
             incomplete.append(name)
+        regions = region_grammars.get(name)
+        if regions:
+            failed = check_regions(tokenizer, limits, name, regions, matcher.get_captures())
+            if failed:
+                return provenance_pb2.CHECK_VERDICT_VIOLATED, failed
     if incomplete:
         return provenance_pb2.CHECK_VERDICT_INCOMPLETE, "not complete: " + ", ".join(incomplete)
     return provenance_pb2.CHECK_VERDICT_SATISFIED, ""
+
+
+def check_regions(
+    tokenizer: LLTokenizer,
+    limits: LLParserLimits,
+    name: str,
+    regions: Sequence[tuple[str, str, str]],
+    captures: Sequence[tuple[str, bytes]],
+) -> str:
+    """Each complete region of a structural constraint, alone, against its own
+    constraint (fresh matchers over the region's bytes); the first failure, or ""."""
+    by_capture = {capture: (label, grammar) for capture, label, grammar in regions}
+    count = 0
+    for capture, body in captures:
+        if capture not in by_capture:
+            continue
+        count += 1
+        label, grammar = by_capture[capture]
+        matcher = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
+        tokens = tokenizer.tokenize_bytes(body)
+        consumed = matcher.try_consume_tokens(tokens)
+        if matcher.is_error() or consumed < len(tokens) or not matcher.is_accepting():
+            return f"{name}: region {count} ({label}) does not satisfy its constraint"
+    return ""
 
 
 def dead_end(

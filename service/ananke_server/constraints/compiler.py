@@ -186,10 +186,13 @@ class ConstraintCompiler:
                     # (A standalone grammar of the same text is validated already.)
                     self._validate(grammar, K.CONSTRAINT_KIND_ALL_OF, field_path)
             checks: list[tuple[str, str]] = []
+            region_checks = []
             for (i, c), p in zip(ordered, pieces, strict=True):
                 name = c.name or f"constraints[{i}]"
                 if p.standalone is not None:
                     checks.append((name, p.standalone))
+                if p.regions:
+                    region_checks.append((name, p.regions))
                 for j, part in enumerate(p.conjuncts):
                     checks.append((f"{name}&{j}", grammar_of(part, field_path, self._validate)))
             allowed = combined.allowed if combined else None
@@ -205,6 +208,7 @@ class ConstraintCompiler:
                 warnings=warnings,
                 intersection=intersection,
                 summary_checks=tuple(p.schema_checks for p in pieces),
+                region_checks=tuple(region_checks),
             )
             if intersection and self.dead_end(result, ()):
                 raise unsatisfiable(field_path, at_start=True)

@@ -56,6 +56,9 @@ class CompiledConstraints:
     # Per summary (same order): its JSON schemas whose preparation rewrote or
     # dropped keywords (see prepare.py).
     summary_checks: tuple[tuple[SchemaCheck, ...], ...] = ()
+    # Per top-level structural constraint: (check name, ((capture name, region
+    # label, region grammar), ...)) for the re-check of each region alone.
+    region_checks: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = ()
     # Loaded from the disk cache (compiled by an earlier process); not stored.
     from_disk: bool = field(default=False, compare=False)
 
@@ -142,6 +145,8 @@ class Piece:
     # (each with lark_body and standalone set); lark_body is then None.
     conjuncts: tuple[Piece, ...] = ()
     schema_checks: tuple[SchemaCheck, ...] = ()
+    # A structural constraint's regions: (capture name, label, region grammar).
+    regions: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def has_mask(self) -> bool:
@@ -182,6 +187,8 @@ def kind_of(constraint: constraints_pb2.ConstraintIR) -> Kind:
         return K.CONSTRAINT_KIND_TOKEN_MASK
     if which == "composite":
         return kind_of_combinator(constraint.composite.combinator)
+    if which == "structural":
+        return K.CONSTRAINT_KIND_STRUCTURAL
     return K.CONSTRAINT_KIND_UNSPECIFIED
 
 

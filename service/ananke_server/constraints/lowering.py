@@ -26,6 +26,7 @@ from .folding import fold_composite
 from .gbnf import GbnfError, gbnf_to_lark
 from .prepare import PreparedSchema, ladder, prepare
 from .schema_check import SchemaCheck, build_validator
+from .structural import structural_piece
 
 _JSON_DEFAULTS: dict[str, object] = {"whitespace_flexible": False}
 
@@ -69,6 +70,14 @@ class Lowerer:
             return self._choice_piece(c.choice, f"{path}.choice.options")
         if which == "token_mask":
             return self._mask_piece(c.token_mask, f"{path}.token_mask")
+        if which == "structural":
+            return structural_piece(
+                c.structural,
+                f"{path}.structural",
+                depth,
+                lambda ir, where, level: self.piece(ir, where, level, whole=False),
+                self._validate,
+            )
         return self._composite_piece(c.composite, f"{path}.composite", depth, whole)
 
     def check_size(self, text: str, path: str) -> None:

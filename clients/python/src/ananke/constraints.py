@@ -20,7 +20,9 @@ __all__ = [
     "json_schema",
     "lark",
     "regex",
+    "region",
     "sequence",
+    "structural",
     "token_mask",
 ]
 
@@ -160,3 +162,44 @@ def any_of(*parts: pb.ConstraintIR, name: str = "", priority: int = 0) -> pb.Con
 def all_of(*parts: pb.ConstraintIR, name: str = "", priority: int = 0) -> pb.ConstraintIR:
     """The output satisfies every part."""
     return _composite(pb.COMBINATOR_ALL_OF, parts, name, priority)
+
+
+def region(
+    begin: str,
+    constraint: pb.ConstraintIR,
+    *,
+    end: str = "",
+    trigger: str = "",
+    name: str = "",
+) -> pb.ConstrainedRegion:
+    """A constrained region: `begin` (or its prefix `trigger`) in free text opens
+    it, its body follows `constraint`, then `end` is forced."""
+    if not isinstance(constraint, pb.ConstraintIR):
+        raise TypeError(f"constraint must be a ConstraintIR, got {type(constraint).__name__}")
+    if trigger and not begin.startswith(trigger):
+        raise ValueError(f"trigger {trigger!r} is not a prefix of begin {begin!r}")
+    return pb.ConstrainedRegion(
+        begin=begin, trigger=trigger, constraint=constraint, end=end, name=name
+    )
+
+
+def structural(
+    *regions: pb.ConstrainedRegion,
+    min_regions: int = 0,
+    max_regions: int = 0,
+    name: str = "",
+    priority: int = 0,
+) -> pb.ConstraintIR:
+    """Free text in which each region's trigger opens a region constrained by its
+    own constraint (a "structural tag"), e.g. prose with a JSON code block:
+    `structural(region("```json\\n", json_schema(s), end="\\n```"))`."""
+    for each in regions:
+        if not isinstance(each, pb.ConstrainedRegion):
+            raise TypeError(f"regions must be ConstrainedRegion, got {type(each).__name__}")
+    if min_regions < 0 or max_regions < 0:
+        raise ValueError("min_regions and max_regions must be >= 0")
+    ir = _ir(name, priority)
+    ir.structural.regions.extend(regions)
+    ir.structural.min_regions = min_regions
+    ir.structural.max_regions = max_regions
+    return ir

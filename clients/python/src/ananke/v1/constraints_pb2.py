@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61nanke/v1/constraints.proto\x12\tananke.v1\"\xb0\x03\n\x0c\x43onstraintIR\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08priority\x18\x02 \x01(\rR\x08priority\x12\x42\n\x0bjson_schema\x18\n \x01(\x0b\x32\x1f.ananke.v1.JsonSchemaConstraintH\x00R\njsonSchema\x12\x32\n\x05regex\x18\x0b \x01(\x0b\x32\x1a.ananke.v1.RegexConstraintH\x00R\x05regex\x12\x38\n\x07grammar\x18\x0c \x01(\x0b\x32\x1c.ananke.v1.GrammarConstraintH\x00R\x07grammar\x12\x35\n\x06\x63hoice\x18\r \x01(\x0b\x32\x1b.ananke.v1.ChoiceConstraintH\x00R\x06\x63hoice\x12?\n\ntoken_mask\x18\x0e \x01(\x0b\x32\x1e.ananke.v1.TokenMaskConstraintH\x00R\ttokenMask\x12>\n\tcomposite\x18\x0f \x01(\x0b\x32\x1e.ananke.v1.CompositeConstraintH\x00R\tcompositeB\x06\n\x04kind\"f\n\x14JsonSchemaConstraint\x12\x16\n\x06schema\x18\x01 \x01(\tR\x06schema\x12\x36\n\x07options\x18\x02 \x01(\x0b\x32\x1c.ananke.v1.JsonSchemaOptionsR\x07options\"\xea\x02\n\x11JsonSchemaOptions\x12\x34\n\x13whitespace_flexible\x18\x01 \x01(\x08H\x00R\x12whitespaceFlexible\x88\x01\x01\x12\x1d\n\x07lenient\x18\x02 \x01(\x08H\x01R\x07lenient\x88\x01\x01\x12\'\n\rcoerce_one_of\x18\x03 \x01(\x08H\x02R\x0b\x63oerceOneOf\x88\x01\x01\x12*\n\x0eitem_separator\x18\x04 \x01(\tH\x03R\ritemSeparator\x88\x01\x01\x12(\n\rkey_separator\x18\x05 \x01(\tH\x04R\x0ckeySeparator\x88\x01\x01\x12\x1b\n\x06strict\x18\x32 \x01(\x08H\x05R\x06strict\x88\x01\x01\x42\x16\n\x14_whitespace_flexibleB\n\n\x08_lenientB\x10\n\x0e_coerce_one_ofB\x11\n\x0f_item_separatorB\x10\n\x0e_key_separatorB\t\n\x07_strict\"\x9c\x01\n\rSchemaKeyword\x12\x18\n\x07pointer\x18\x01 \x01(\tR\x07pointer\x12\x18\n\x07keyword\x18\x02 \x01(\tR\x07keyword\x12?\n\x0b\x65nforcement\x18\x03 \x01(\x0e\x32\x1d.ananke.v1.KeywordEnforcementR\x0b\x65nforcement\x12\x16\n\x06\x64\x65tail\x18\x04 \x01(\tR\x06\x64\x65tail\"+\n\x0fRegexConstraint\x12\x18\n\x07pattern\x18\x01 \x01(\tR\x07pattern\"Y\n\x11GrammarConstraint\x12\x30\n\x06syntax\x18\x01 \x01(\x0e\x32\x18.ananke.v1.GrammarSyntaxR\x06syntax\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\",\n\x10\x43hoiceConstraint\x12\x18\n\x07options\x18\x01 \x03(\tR\x07options\"q\n\x13TokenMaskConstraint\x12*\n\x11\x61llowed_token_ids\x18\x01 \x03(\rR\x0f\x61llowedTokenIds\x12.\n\x13\x66orbidden_token_ids\x18\x02 \x03(\rR\x11\x66orbiddenTokenIds\"{\n\x13\x43ompositeConstraint\x12\x35\n\ncombinator\x18\x01 \x01(\x0e\x32\x15.ananke.v1.CombinatorR\ncombinator\x12-\n\x05parts\x18\x02 \x03(\x0b\x32\x17.ananke.v1.ConstraintIRR\x05parts*\x9f\x01\n\x12KeywordEnforcement\x12#\n\x1fKEYWORD_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1f\n\x1bKEYWORD_ENFORCEMENT_GRAMMAR\x10\x01\x12\"\n\x1eKEYWORD_ENFORCEMENT_VALIDATION\x10\x02\x12\x1f\n\x1bKEYWORD_ENFORCEMENT_IGNORED\x10\x03*a\n\rGrammarSyntax\x12\x1e\n\x1aGRAMMAR_SYNTAX_UNSPECIFIED\x10\x00\x12\x17\n\x13GRAMMAR_SYNTAX_LARK\x10\x01\x12\x17\n\x13GRAMMAR_SYNTAX_GBNF\x10\x02*o\n\nCombinator\x12\x1a\n\x16\x43OMBINATOR_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43OMBINATOR_SEQUENCE\x10\x01\x12\x15\n\x11\x43OMBINATOR_ANY_OF\x10\x02\x12\x15\n\x11\x43OMBINATOR_ALL_OF\x10\x03*\xc3\x02\n\x0e\x43onstraintKind\x12\x1f\n\x1b\x43ONSTRAINT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONSTRAINT_KIND_JSON_SCHEMA\x10\x01\x12\x19\n\x15\x43ONSTRAINT_KIND_REGEX\x10\x02\x12 \n\x1c\x43ONSTRAINT_KIND_GRAMMAR_LARK\x10\x03\x12 \n\x1c\x43ONSTRAINT_KIND_GRAMMAR_GBNF\x10\x04\x12\x1a\n\x16\x43ONSTRAINT_KIND_CHOICE\x10\x05\x12\x1e\n\x1a\x43ONSTRAINT_KIND_TOKEN_MASK\x10\x06\x12\x1c\n\x18\x43ONSTRAINT_KIND_SEQUENCE\x10\x07\x12\x1a\n\x16\x43ONSTRAINT_KIND_ANY_OF\x10\x08\x12\x1a\n\x16\x43ONSTRAINT_KIND_ALL_OF\x10\tBE\n\rdev.ananke.v1P\x01Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61nanke/v1/constraints.proto\x12\tananke.v1\"\xf3\x03\n\x0c\x43onstraintIR\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n\x08priority\x18\x02 \x01(\rR\x08priority\x12\x42\n\x0bjson_schema\x18\n \x01(\x0b\x32\x1f.ananke.v1.JsonSchemaConstraintH\x00R\njsonSchema\x12\x32\n\x05regex\x18\x0b \x01(\x0b\x32\x1a.ananke.v1.RegexConstraintH\x00R\x05regex\x12\x38\n\x07grammar\x18\x0c \x01(\x0b\x32\x1c.ananke.v1.GrammarConstraintH\x00R\x07grammar\x12\x35\n\x06\x63hoice\x18\r \x01(\x0b\x32\x1b.ananke.v1.ChoiceConstraintH\x00R\x06\x63hoice\x12?\n\ntoken_mask\x18\x0e \x01(\x0b\x32\x1e.ananke.v1.TokenMaskConstraintH\x00R\ttokenMask\x12>\n\tcomposite\x18\x0f \x01(\x0b\x32\x1e.ananke.v1.CompositeConstraintH\x00R\tcomposite\x12\x41\n\nstructural\x18P \x01(\x0b\x32\x1f.ananke.v1.StructuralConstraintH\x00R\nstructuralB\x06\n\x04kind\"f\n\x14JsonSchemaConstraint\x12\x16\n\x06schema\x18\x01 \x01(\tR\x06schema\x12\x36\n\x07options\x18\x02 \x01(\x0b\x32\x1c.ananke.v1.JsonSchemaOptionsR\x07options\"\xea\x02\n\x11JsonSchemaOptions\x12\x34\n\x13whitespace_flexible\x18\x01 \x01(\x08H\x00R\x12whitespaceFlexible\x88\x01\x01\x12\x1d\n\x07lenient\x18\x02 \x01(\x08H\x01R\x07lenient\x88\x01\x01\x12\'\n\rcoerce_one_of\x18\x03 \x01(\x08H\x02R\x0b\x63oerceOneOf\x88\x01\x01\x12*\n\x0eitem_separator\x18\x04 \x01(\tH\x03R\ritemSeparator\x88\x01\x01\x12(\n\rkey_separator\x18\x05 \x01(\tH\x04R\x0ckeySeparator\x88\x01\x01\x12\x1b\n\x06strict\x18\x32 \x01(\x08H\x05R\x06strict\x88\x01\x01\x42\x16\n\x14_whitespace_flexibleB\n\n\x08_lenientB\x10\n\x0e_coerce_one_ofB\x11\n\x0f_item_separatorB\x10\n\x0e_key_separatorB\t\n\x07_strict\"\x9c\x01\n\rSchemaKeyword\x12\x18\n\x07pointer\x18\x01 \x01(\tR\x07pointer\x12\x18\n\x07keyword\x18\x02 \x01(\tR\x07keyword\x12?\n\x0b\x65nforcement\x18\x03 \x01(\x0e\x32\x1d.ananke.v1.KeywordEnforcementR\x0b\x65nforcement\x12\x16\n\x06\x64\x65tail\x18\x04 \x01(\tR\x06\x64\x65tail\"+\n\x0fRegexConstraint\x12\x18\n\x07pattern\x18\x01 \x01(\tR\x07pattern\"Y\n\x11GrammarConstraint\x12\x30\n\x06syntax\x18\x01 \x01(\x0e\x32\x18.ananke.v1.GrammarSyntaxR\x06syntax\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\",\n\x10\x43hoiceConstraint\x12\x18\n\x07options\x18\x01 \x03(\tR\x07options\"q\n\x13TokenMaskConstraint\x12*\n\x11\x61llowed_token_ids\x18\x01 \x03(\rR\x0f\x61llowedTokenIds\x12.\n\x13\x66orbidden_token_ids\x18\x02 \x03(\rR\x11\x66orbiddenTokenIds\"{\n\x13\x43ompositeConstraint\x12\x35\n\ncombinator\x18\x01 \x01(\x0e\x32\x15.ananke.v1.CombinatorR\ncombinator\x12-\n\x05parts\x18\x02 \x03(\x0b\x32\x17.ananke.v1.ConstraintIRR\x05parts\"\x90\x01\n\x14StructuralConstraint\x12\x36\n\x07regions\x18\x01 \x03(\x0b\x32\x1c.ananke.v1.ConstrainedRegionR\x07regions\x12\x1f\n\x0bmin_regions\x18\x02 \x01(\rR\nminRegions\x12\x1f\n\x0bmax_regions\x18\x03 \x01(\rR\nmaxRegions\"\xa2\x01\n\x11\x43onstrainedRegion\x12\x14\n\x05\x62\x65gin\x18\x01 \x01(\tR\x05\x62\x65gin\x12\x18\n\x07trigger\x18\x02 \x01(\tR\x07trigger\x12\x37\n\nconstraint\x18\x03 \x01(\x0b\x32\x17.ananke.v1.ConstraintIRR\nconstraint\x12\x10\n\x03\x65nd\x18\x04 \x01(\tR\x03\x65nd\x12\x12\n\x04name\x18\x05 \x01(\tR\x04name*\x9f\x01\n\x12KeywordEnforcement\x12#\n\x1fKEYWORD_ENFORCEMENT_UNSPECIFIED\x10\x00\x12\x1f\n\x1bKEYWORD_ENFORCEMENT_GRAMMAR\x10\x01\x12\"\n\x1eKEYWORD_ENFORCEMENT_VALIDATION\x10\x02\x12\x1f\n\x1bKEYWORD_ENFORCEMENT_IGNORED\x10\x03*a\n\rGrammarSyntax\x12\x1e\n\x1aGRAMMAR_SYNTAX_UNSPECIFIED\x10\x00\x12\x17\n\x13GRAMMAR_SYNTAX_LARK\x10\x01\x12\x17\n\x13GRAMMAR_SYNTAX_GBNF\x10\x02*o\n\nCombinator\x12\x1a\n\x16\x43OMBINATOR_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43OMBINATOR_SEQUENCE\x10\x01\x12\x15\n\x11\x43OMBINATOR_ANY_OF\x10\x02\x12\x15\n\x11\x43OMBINATOR_ALL_OF\x10\x03*\xe3\x02\n\x0e\x43onstraintKind\x12\x1f\n\x1b\x43ONSTRAINT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONSTRAINT_KIND_JSON_SCHEMA\x10\x01\x12\x19\n\x15\x43ONSTRAINT_KIND_REGEX\x10\x02\x12 \n\x1c\x43ONSTRAINT_KIND_GRAMMAR_LARK\x10\x03\x12 \n\x1c\x43ONSTRAINT_KIND_GRAMMAR_GBNF\x10\x04\x12\x1a\n\x16\x43ONSTRAINT_KIND_CHOICE\x10\x05\x12\x1e\n\x1a\x43ONSTRAINT_KIND_TOKEN_MASK\x10\x06\x12\x1c\n\x18\x43ONSTRAINT_KIND_SEQUENCE\x10\x07\x12\x1a\n\x16\x43ONSTRAINT_KIND_ANY_OF\x10\x08\x12\x1a\n\x16\x43ONSTRAINT_KIND_ALL_OF\x10\t\x12\x1e\n\x1a\x43ONSTRAINT_KIND_STRUCTURAL\x10\x0f\x42\x45\n\rdev.ananke.v1P\x01Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,30 +32,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ananke.v1.constraints_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.ananke.v1P\001Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1'
-  _globals['_KEYWORDENFORCEMENT']._serialized_start=1528
-  _globals['_KEYWORDENFORCEMENT']._serialized_end=1687
-  _globals['_GRAMMARSYNTAX']._serialized_start=1689
-  _globals['_GRAMMARSYNTAX']._serialized_end=1786
-  _globals['_COMBINATOR']._serialized_start=1788
-  _globals['_COMBINATOR']._serialized_end=1899
-  _globals['_CONSTRAINTKIND']._serialized_start=1902
-  _globals['_CONSTRAINTKIND']._serialized_end=2225
+  _globals['_KEYWORDENFORCEMENT']._serialized_start=1907
+  _globals['_KEYWORDENFORCEMENT']._serialized_end=2066
+  _globals['_GRAMMARSYNTAX']._serialized_start=2068
+  _globals['_GRAMMARSYNTAX']._serialized_end=2165
+  _globals['_COMBINATOR']._serialized_start=2167
+  _globals['_COMBINATOR']._serialized_end=2278
+  _globals['_CONSTRAINTKIND']._serialized_start=2281
+  _globals['_CONSTRAINTKIND']._serialized_end=2636
   _globals['_CONSTRAINTIR']._serialized_start=43
-  _globals['_CONSTRAINTIR']._serialized_end=475
-  _globals['_JSONSCHEMACONSTRAINT']._serialized_start=477
-  _globals['_JSONSCHEMACONSTRAINT']._serialized_end=579
-  _globals['_JSONSCHEMAOPTIONS']._serialized_start=582
-  _globals['_JSONSCHEMAOPTIONS']._serialized_end=944
-  _globals['_SCHEMAKEYWORD']._serialized_start=947
-  _globals['_SCHEMAKEYWORD']._serialized_end=1103
-  _globals['_REGEXCONSTRAINT']._serialized_start=1105
-  _globals['_REGEXCONSTRAINT']._serialized_end=1148
-  _globals['_GRAMMARCONSTRAINT']._serialized_start=1150
-  _globals['_GRAMMARCONSTRAINT']._serialized_end=1239
-  _globals['_CHOICECONSTRAINT']._serialized_start=1241
-  _globals['_CHOICECONSTRAINT']._serialized_end=1285
-  _globals['_TOKENMASKCONSTRAINT']._serialized_start=1287
-  _globals['_TOKENMASKCONSTRAINT']._serialized_end=1400
-  _globals['_COMPOSITECONSTRAINT']._serialized_start=1402
-  _globals['_COMPOSITECONSTRAINT']._serialized_end=1525
+  _globals['_CONSTRAINTIR']._serialized_end=542
+  _globals['_JSONSCHEMACONSTRAINT']._serialized_start=544
+  _globals['_JSONSCHEMACONSTRAINT']._serialized_end=646
+  _globals['_JSONSCHEMAOPTIONS']._serialized_start=649
+  _globals['_JSONSCHEMAOPTIONS']._serialized_end=1011
+  _globals['_SCHEMAKEYWORD']._serialized_start=1014
+  _globals['_SCHEMAKEYWORD']._serialized_end=1170
+  _globals['_REGEXCONSTRAINT']._serialized_start=1172
+  _globals['_REGEXCONSTRAINT']._serialized_end=1215
+  _globals['_GRAMMARCONSTRAINT']._serialized_start=1217
+  _globals['_GRAMMARCONSTRAINT']._serialized_end=1306
+  _globals['_CHOICECONSTRAINT']._serialized_start=1308
+  _globals['_CHOICECONSTRAINT']._serialized_end=1352
+  _globals['_TOKENMASKCONSTRAINT']._serialized_start=1354
+  _globals['_TOKENMASKCONSTRAINT']._serialized_end=1467
+  _globals['_COMPOSITECONSTRAINT']._serialized_start=1469
+  _globals['_COMPOSITECONSTRAINT']._serialized_end=1592
+  _globals['_STRUCTURALCONSTRAINT']._serialized_start=1595
+  _globals['_STRUCTURALCONSTRAINT']._serialized_end=1739
+  _globals['_CONSTRAINEDREGION']._serialized_start=1742
+  _globals['_CONSTRAINEDREGION']._serialized_end=1904
 # @@protoc_insertion_point(module_scope)

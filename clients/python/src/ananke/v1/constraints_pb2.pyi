@@ -145,6 +145,8 @@ class _ConstraintKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Constr
     """CompositeConstraint with COMBINATOR_ANY_OF."""
     CONSTRAINT_KIND_ALL_OF: _ConstraintKind.ValueType  # 9
     """CompositeConstraint with COMBINATOR_ALL_OF."""
+    CONSTRAINT_KIND_STRUCTURAL: _ConstraintKind.ValueType  # 15
+    """StructuralConstraint (free text with constrained regions)."""
 
 class ConstraintKind(_ConstraintKind, metaclass=_ConstraintKindEnumTypeWrapper):
     """A kind of constraint, as named in provenance and model info."""
@@ -169,6 +171,8 @@ CONSTRAINT_KIND_ANY_OF: ConstraintKind.ValueType  # 8
 """CompositeConstraint with COMBINATOR_ANY_OF."""
 CONSTRAINT_KIND_ALL_OF: ConstraintKind.ValueType  # 9
 """CompositeConstraint with COMBINATOR_ALL_OF."""
+CONSTRAINT_KIND_STRUCTURAL: ConstraintKind.ValueType  # 15
+"""StructuralConstraint (free text with constrained regions)."""
 Global___ConstraintKind: _TypeAlias = ConstraintKind  # noqa: Y015
 
 @_typing.final
@@ -188,6 +192,7 @@ class ConstraintIR(_message.Message):
     CHOICE_FIELD_NUMBER: _builtins.int
     TOKEN_MASK_FIELD_NUMBER: _builtins.int
     COMPOSITE_FIELD_NUMBER: _builtins.int
+    STRUCTURAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Optional. A label for humans and logs, echoed in provenance and in error
     field paths. At most 128 characters. Default: empty.
@@ -224,6 +229,13 @@ class ConstraintIR(_message.Message):
     def composite(self) -> Global___CompositeConstraint:
         """Several constraints combined in sequence, as alternatives or together."""
 
+    @_builtins.property
+    def structural(self) -> Global___StructuralConstraint:
+        """Free text with constrained regions (a "structural tag"): the model
+        writes freely until it emits a region's trigger, then the region follows
+        its own constraint until its end tag.
+        """
+
     def __init__(
         self,
         *,
@@ -235,12 +247,13 @@ class ConstraintIR(_message.Message):
         choice: Global___ChoiceConstraint | None = ...,
         token_mask: Global___TokenMaskConstraint | None = ...,
         composite: Global___CompositeConstraint | None = ...,
+        structural: Global___StructuralConstraint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "composite", b"composite", "grammar", b"grammar", "json_schema", b"json_schema", "kind", b"kind", "regex", b"regex", "token_mask", b"token_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "composite", b"composite", "grammar", b"grammar", "json_schema", b"json_schema", "kind", b"kind", "regex", b"regex", "structural", b"structural", "token_mask", b"token_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "composite", b"composite", "grammar", b"grammar", "json_schema", b"json_schema", "kind", b"kind", "name", b"name", "priority", b"priority", "regex", b"regex", "token_mask", b"token_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "composite", b"composite", "grammar", b"grammar", "json_schema", b"json_schema", "kind", b"kind", "name", b"name", "priority", b"priority", "regex", b"regex", "structural", b"structural", "token_mask", b"token_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["json_schema", "regex", "grammar", "choice", "token_mask", "composite"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["json_schema", "regex", "grammar", "choice", "token_mask", "composite", "structural"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -566,3 +579,102 @@ class CompositeConstraint(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompositeConstraint: _TypeAlias = CompositeConstraint  # noqa: Y015
+
+@_typing.final
+class StructuralConstraint(_message.Message):
+    """Free text with constrained regions, e.g. prose with a JSON code block, or
+    several tool calls. The output is free text (any characters, newlines
+    included) in which each occurrence of a region's `trigger` starts that
+    region: the rest of `begin` is forced, then the output follows the region's
+    `constraint`, then `end` is forced, then free text resumes. Triggers are
+    matched as text, at their first occurrence (lazily); a trigger that is a
+    special token of the model's tokenizer is not recognised. The independent
+    re-check checks the whole output and, for a top-level structural constraint,
+    each region alone against its own constraint. Compiled to one llguidance
+    Lark grammar with lazy trigger rules, so it can be combined like a grammar.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGIONS_FIELD_NUMBER: _builtins.int
+    MIN_REGIONS_FIELD_NUMBER: _builtins.int
+    MAX_REGIONS_FIELD_NUMBER: _builtins.int
+    min_regions: _builtins.int
+    """Optional. The output holds at least this many regions (default 0: none
+    required); at most 1024.
+    """
+    max_regions: _builtins.int
+    """Optional. The output holds at most this many regions; 0 (the default)
+    means no limit. When set, at least min_regions (and at least 1).
+    """
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConstrainedRegion]:
+        """Required. The region kinds, 1 to 16."""
+
+    def __init__(
+        self,
+        *,
+        regions: _abc.Iterable[Global___ConstrainedRegion] | None = ...,
+        min_regions: _builtins.int = ...,
+        max_regions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_regions", b"max_regions", "min_regions", b"min_regions", "regions", b"regions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StructuralConstraint: _TypeAlias = StructuralConstraint  # noqa: Y015
+
+@_typing.final
+class ConstrainedRegion(_message.Message):
+    """One kind of constrained region inside free text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEGIN_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    begin: _builtins.str
+    """Required. The text that opens the region, e.g. "```json\\n" or
+    "<tool_call>"; at most 256 bytes.
+    """
+    trigger: _builtins.str
+    """Optional. The prefix of `begin` whose appearance in the free text starts
+    the region (then the rest of `begin` is forced); default: all of `begin`.
+    Regions whose triggers are equal must differ in what follows them in
+    `begin`, e.g. "<function=foo>" and "<function=bar>" with trigger
+    "<function".
+    """
+    end: _builtins.str
+    """Optional. The text that closes the region, forced once the body is
+    complete, e.g. "\\n```" or "</tool_call>"; at most 256 bytes.
+    """
+    name: _builtins.str
+    """Optional. Informational name of the region kind (reported by the re-check)."""
+    @_builtins.property
+    def constraint(self) -> Global___ConstraintIR:
+        """Required. The constraint of the region's body, between `begin` and `end`:
+        any kind that compiles to one grammar (not a token mask or an
+        intersection that needs the intersection processor, and not another
+        structural constraint).
+        """
+
+    def __init__(
+        self,
+        *,
+        begin: _builtins.str = ...,
+        trigger: _builtins.str = ...,
+        constraint: Global___ConstraintIR | None = ...,
+        end: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraint", b"constraint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["begin", b"begin", "constraint", b"constraint", "end", b"end", "name", b"name", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConstrainedRegion: _TypeAlias = ConstrainedRegion  # noqa: Y015

@@ -157,6 +157,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     max_tokens) may succeed.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
+    STRUCTURAL_INVALID: _ErrorReason.ValueType  # 110
+    """INVALID_ARGUMENT: a structural constraint is malformed: no regions or more
+    than 16, an empty begin, a trigger that is not a prefix of begin, begin or
+    end longer than 256 bytes, a region without a constraint, or
+    min_regions/max_regions out of range. ErrorInfo metadata: "field".
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons the service puts in `google.rpc.ErrorInfo.reason` (domain
@@ -300,6 +307,13 @@ schema. ErrorInfo metadata: "attempts", "field" (the constraint),
 "message" (the validator's), "instance_pointer" (where in the output),
 "schema_pointer" (which keyword). Another call (other seed, prompt or
 max_tokens) may succeed.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+STRUCTURAL_INVALID: ErrorReason.ValueType  # 110
+"""INVALID_ARGUMENT: a structural constraint is malformed: no regions or more
+than 16, an empty begin, a trigger that is not a prefix of begin, begin or
+end longer than 256 bytes, a region without a constraint, or
+min_regions/max_regions out of range. ErrorInfo metadata: "field".
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -13,6 +13,7 @@ __all__ = (
     "Combinator",
     "CompileCacheStats",
     "CompositeConstraint",
+    "ConstrainedRegion",
     "ConstraintCheck",
     "ConstraintEnforcement",
     "ConstraintError",
@@ -52,6 +53,7 @@ __all__ = (
     "SchemaKeyword",
     "SchemaValidation",
     "SchemaVerdict",
+    "StructuralConstraint",
     "TokenChunk",
     "TokenMaskConstraint",
     "Usage",
@@ -362,6 +364,11 @@ class ConstraintKind(betterproto2.Enum):
     CompositeConstraint with COMBINATOR_ALL_OF.
     """
 
+    STRUCTURAL = 15
+    """
+    StructuralConstraint (free text with constrained regions).
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -375,6 +382,7 @@ class ConstraintKind(betterproto2.Enum):
             7: "CONSTRAINT_KIND_SEQUENCE",
             8: "CONSTRAINT_KIND_ANY_OF",
             9: "CONSTRAINT_KIND_ALL_OF",
+            15: "CONSTRAINT_KIND_STRUCTURAL",
         }
 
     @classmethod
@@ -390,6 +398,7 @@ class ConstraintKind(betterproto2.Enum):
             "CONSTRAINT_KIND_SEQUENCE": 7,
             "CONSTRAINT_KIND_ANY_OF": 8,
             "CONSTRAINT_KIND_ALL_OF": 9,
+            "CONSTRAINT_KIND_STRUCTURAL": 15,
         }
 
 
@@ -592,6 +601,15 @@ class ErrorReason(betterproto2.Enum):
     "message" (the validator's), "instance_pointer" (where in the output),
     "schema_pointer" (which keyword). Another call (other seed, prompt or
     max_tokens) may succeed.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    STRUCTURAL_INVALID = 110
+    """
+    INVALID_ARGUMENT: a structural constraint is malformed: no regions or more
+    than 16, an empty begin, a trigger that is not a prefix of begin, begin or
+    end longer than 256 bytes, a region without a constraint, or
+    min_regions/max_regions out of range. ErrorInfo metadata: "field".
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -955,6 +973,52 @@ default_message_pool.register_message("ananke.v1", "CompositeConstraint", Compos
 
 
 @dataclass(eq=False, repr=False)
+class ConstrainedRegion(betterproto2.Message):
+    """
+    One kind of constrained region inside free text.
+    """
+
+    begin: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required. The text that opens the region, e.g. "```json\\n" or
+    "<tool_call>"; at most 256 bytes.
+    """
+
+    trigger: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Optional. The prefix of `begin` whose appearance in the free text starts
+    the region (then the rest of `begin` is forced); default: all of `begin`.
+    Regions whose triggers are equal must differ in what follows them in
+    `begin`, e.g. "<function=foo>" and "<function=bar>" with trigger
+    "<function".
+    """
+
+    constraint: "ConstraintIr | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Required. The constraint of the region's body, between `begin` and `end`:
+    any kind that compiles to one grammar (not a token mask or an
+    intersection that needs the intersection processor, and not another
+    structural constraint).
+    """
+
+    end: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Optional. The text that closes the region, forced once the body is
+    complete, e.g. "\\n```" or "</tool_call>"; at most 256 bytes.
+    """
+
+    name: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Optional. Informational name of the region kind (reported by the re-check).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "ConstrainedRegion", ConstrainedRegion)
+
+
+@dataclass(eq=False, repr=False)
 class ConstraintCheck(betterproto2.Message):
     """
     An independent re-check of the output with fresh llguidance matchers, one
@@ -1081,6 +1145,15 @@ class ConstraintIr(betterproto2.Message):
     )
     """
     Several constraints combined in sequence, as alternatives or together.
+    """
+
+    structural: "StructuralConstraint | None" = betterproto2.field(
+        80, betterproto2.TYPE_MESSAGE, optional=True, group="kind"
+    )
+    """
+    Free text with constrained regions (a "structural tag"): the model
+    writes freely until it emits a region's trigger, then the region follows
+    its own constraint until its end tag.
     """
 
 
@@ -2275,6 +2348,44 @@ class SchemaValidation(betterproto2.Message):
 
 
 default_message_pool.register_message("ananke.v1", "SchemaValidation", SchemaValidation)
+
+
+@dataclass(eq=False, repr=False)
+class StructuralConstraint(betterproto2.Message):
+    """
+    Free text with constrained regions, e.g. prose with a JSON code block, or
+    several tool calls. The output is free text (any characters, newlines
+    included) in which each occurrence of a region's `trigger` starts that
+    region: the rest of `begin` is forced, then the output follows the region's
+    `constraint`, then `end` is forced, then free text resumes. Triggers are
+    matched as text, at their first occurrence (lazily); a trigger that is a
+    special token of the model's tokenizer is not recognised. The independent
+    re-check checks the whole output and, for a top-level structural constraint,
+    each region alone against its own constraint. Compiled to one llguidance
+    Lark grammar with lazy trigger rules, so it can be combined like a grammar.
+    """
+
+    regions: "list[ConstrainedRegion]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Required. The region kinds, 1 to 16.
+    """
+
+    min_regions: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Optional. The output holds at least this many regions (default 0: none
+    required); at most 1024.
+    """
+
+    max_regions: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Optional. The output holds at most this many regions; 0 (the default)
+    means no limit. When set, at least min_regions (and at least 1).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "StructuralConstraint", StructuralConstraint)
 
 
 @dataclass(eq=False, repr=False)

@@ -250,6 +250,21 @@ VALID = [
         "def abcdef()",
     ),
     Valid("nesting-at-the-limit", [nested(MAX_NESTING_DEPTH)], "a", "", "b"),
+    Valid(
+        "structural",
+        [
+            c.ConstraintIR(
+                structural=c.StructuralConstraint(
+                    regions=[
+                        c.ConstrainedRegion(begin="<n>", end="</n>", constraint=regex("[0-9]+"))
+                    ]
+                )
+            )
+        ],
+        "sum <n>12</n> ok",
+        "sum <n>1",
+        "sum <n>x</n>",
+    ),
 ]
 
 

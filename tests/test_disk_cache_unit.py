@@ -256,3 +256,13 @@ async def test_a_schema_checked_by_a_validator_stays_in_memory_only(tmp_path: Pa
     again, _, _ = await compile_once(tmp_path, [prepared])
     assert not again.from_disk
     assert again.validated
+
+
+async def test_structural_region_checks_round_trip(tmp_path: Path) -> None:
+    region = c.ConstrainedRegion(begin="<n>", end="</n>", constraint=regex("[0-9]+"))
+    items = [c.ConstraintIR(structural=c.StructuralConstraint(regions=[region]))]
+    first, _, _ = await compile_once(tmp_path, items)
+    assert first.region_checks
+    second, _, _ = await compile_once(tmp_path, items)
+    assert second.from_disk
+    assert second == first

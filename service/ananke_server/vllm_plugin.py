@@ -1,0 +1,168 @@
+"""vLLM general plugin (entry point `vllm.general_plugins: ananke`): puts each
+Ananke request's constraints into vLLM's structured-output path as one
+`RequestGrammar` and fast-forwards the grammar's forced tokens as speculative
+drafts. vLLM loads it in every process it starts (front end, EngineCore,
+workers); only the EngineCore's scheduler uses what it patches.
+
+Extension point: speculative decoding. `ForcedTokenProposer` (method
+"custom_class") proposes k placeholder drafts per request; the scheduler filters
+drafts through `StructuredOutputManager.validate_tokens`, which this plugin
+answers for Ananke requests with the grammar's forced run (at most k tokens,
+computed after the step's sampled token was accepted). vLLM then masks every
+draft position with the grammar, verifies the drafts in one forward pass and
+rolls back what it rejects; a forced token is the only one the mask allows, so
+it is always accepted. Requests without an Ananke grammar get no drafts.
+
+Patched (vLLM 0.32.0 only; any other version is left alone, logged, and the
+engine falls back to one step per token and its logits-processor path):
+`StructuredOutputManager._create_grammar` (a request whose
+`SamplingParams.extra_args` carries GRAMMAR_ARG gets a RequestGrammar; vLLM's
+own grammar compiler handles every other request) and
+`StructuredOutputManager.validate_tokens`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .request_grammar import GRAMMAR_ARG, RequestGrammar, RequestSpec
+
+log = logging.getLogger("ananke.vllm_plugin")
+
+PINNED_VLLM = "0.32.0"
+PROPOSER_FQCN = "ananke_server.vllm_plugin.ForcedTokenProposer"
+_PATCHED = "_ananke_patched"
+
+
+def vllm_version() -> str:
+    """The installed vLLM version (without a local suffix such as +cpu)."""
+    import vllm
+
+    return str(getattr(vllm, "__version__", "unknown")).split("+", 1)[0]
+
+
+def supported() -> bool:
+    """Whether this plugin patches the installed vLLM."""
+    try:
+        return vllm_version() == PINNED_VLLM
+    except ImportError:
+        return False
+
+
+def register() -> None:
+    """vLLM's plugin hook; idempotent (vLLM may call it more than once per process)."""
+    if not supported():
+        log.warning(
+            "ananke vLLM plugin: vLLM %s is not the pinned %s; not patching "
+            "(no fast-forward, constraints use the logits-processor path)",
+            vllm_version(),
+            PINNED_VLLM,
+        )
+        return
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    if getattr(StructuredOutputManager, _PATCHED, False):
+        return
+    original_create = StructuredOutputManager._create_grammar
+    original_validate = StructuredOutputManager.validate_tokens
+
+    def _create_grammar(self: Any, request: Any) -> Any:
+        params = request.sampling_params
+        args = (params.extra_args or {}).get(GRAMMAR_ARG) if params is not None else None
+        if args is None:
+            return original_create(self, request)
+        spec = RequestSpec.from_args(args)
+        grammar = RequestGrammar.from_spec(
+            spec, self.backend.ll_tokenizer, max_tokens=params.max_tokens, limits=_limits()
+        )
+        error = grammar.error()
+        if error:
+            raise ValueError(f"constraint failed to build in the engine: {error}")
+        return _adapter_class()(grammar)
+
+    def validate_tokens(self: Any, request: Any, spec_tokens: list[int]) -> list[int]:
+        structured = request.structured_output_request if request.use_structured_output else None
+        grammar = structured.grammar if structured is not None else None
+        inner = getattr(grammar, "ananke", None)
+        if isinstance(inner, RequestGrammar):
+            return inner.forced_tokens(sum(1 for t in spec_tokens if t >= 0))
+        if _ours(self.vllm_config):
+            return []  # our proposer's placeholders are never real drafts
+        return list(original_validate(self, request, spec_tokens))
+
+    StructuredOutputManager._create_grammar = _create_grammar
+    StructuredOutputManager.validate_tokens = validate_tokens
+    setattr(StructuredOutputManager, _PATCHED, True)
+    log.debug("ananke vLLM plugin: structured-output manager patched")
+
+
+def _ours(vllm_config: Any) -> bool:
+    spec = getattr(vllm_config, "speculative_config", None)
+    return spec is not None and getattr(spec, "model", None) == PROPOSER_FQCN
+
+
+_LIMITS: list[Any] = []
+
+
+def _limits() -> Any:
+    if not _LIMITS:
+        from llguidance import LLParserLimits
+
+        _LIMITS.append(LLParserLimits(verbose_errors=False))
+    return _LIMITS[0]
+
+
+_ADAPTER: list[type] = []
+
+
+def _adapter_class() -> type:
+    """vLLM's StructuredOutputGrammar over a RequestGrammar (defined on first use,
+    so importing this module does not import vLLM)."""
+    if _ADAPTER:
+        return _ADAPTER[0]
+    from vllm.v1.structured_output.backend_types import StructuredOutputGrammar
+
+    class AnankeGrammar(StructuredOutputGrammar):  # type: ignore[misc]
+        """Delegates to `self.ananke`; bitmasks are CPU int32 tensors, filled
+        through a numpy view of the same memory."""
+
+        def __init__(self, grammar: RequestGrammar) -> None:
+            self.ananke = grammar
+
+        def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
+            return self.ananke.accept_tokens(tokens)
+
+        def validate_tokens(self, tokens: list[int]) -> list[int]:
+            return self.ananke.validate_tokens(tokens)
+
+        def rollback(self, num_tokens: int) -> None:
+            self.ananke.rollback(num_tokens)
+
+        def fill_bitmask(self, bitmask: Any, idx: int) -> None:
+            self.ananke.fill_bitmask(bitmask.numpy(), idx)
+
+        def is_terminated(self) -> bool:
+            return self.ananke.is_terminated()
+
+        def reset(self) -> None:
+            self.ananke.rollback(self.ananke.num_generated)
+
+    AnankeGrammar.__module__ = __name__
+    _ADAPTER.append(AnankeGrammar)
+    return AnankeGrammar
+
+
+class ForcedTokenProposer:
+    """The speculative-decoding proposer (method "custom_class"): k placeholder
+    drafts per decoding request; the scheduler's validate_tokens (patched above)
+    turns them into the grammar's forced tokens or drops them."""
+
+    def __init__(self, vllm_config: Any) -> None:
+        self.k = int(vllm_config.speculative_config.num_speculative_tokens)
+
+    def load_model(self, model: Any) -> None:
+        """No draft model."""
+
+    def propose(self, sampled_token_ids: list[Any], *args: Any, **kwargs: Any) -> list[list[int]]:
+        """One placeholder run per request that sampled a token this step."""
+        return [[0] * self.k if len(ids) else [] for ids in sampled_token_ids]

@@ -183,3 +183,19 @@ def test_load_settings_does_not_read_os_environ(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ANANKE_PORT", "4444")
     assert load_settings([], {}).port == Settings().port
     assert load_settings([]).port == 4444  # None means os.environ
+
+
+def test_fast_forward_flag_env_and_yaml(tmp_path: Path) -> None:
+    """--fast-forward/--no-fast-forward, ANANKE_FAST_FORWARD and the YAML key, flag first."""
+    assert load_settings([], environ={}).fast_forward is True
+    assert load_settings(["--no-fast-forward"], environ={}).fast_forward is False
+    assert load_settings(["--fast-forward"], environ={"ANANKE_FAST_FORWARD": "0"}).fast_forward
+    assert not load_settings([], environ={"ANANKE_FAST_FORWARD": "off"}).fast_forward
+    config = tmp_path / "c.yaml"
+    config.write_text("fast_forward: false\nfast_forward_tokens: 4\n")
+    loaded = load_settings(["--config", str(config)], environ={})
+    assert (loaded.fast_forward, loaded.fast_forward_tokens) == (False, 4)
+    flagged = load_settings(["--config", str(config), "--fast-forward", "yes"], environ={})
+    assert flagged.fast_forward
+    with pytest.raises(ValueError, match="fast_forward_tokens"):
+        load_settings(["--fast-forward-tokens", "0"], environ={})

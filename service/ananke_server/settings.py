@@ -80,6 +80,8 @@ class Settings:
     enable_prefix_caching: bool = True
     kv_cache_dtype: str = "auto"
     distributed_executor_backend: str = "mp"
+    fast_forward: bool = True
+    fast_forward_tokens: int = 8
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_keys_file: str = ""
     auth_exempt_services: tuple[str, ...] = AUTH_EXEMPT_DEFAULT
@@ -138,6 +140,9 @@ _HELP: dict[str, str] = {
     "kv_cache_dtype": "KV cache dtype as vLLM names it: auto (the model's), bfloat16, fp8, ...",
     "distributed_executor_backend": "how vLLM runs the workers of tensor_parallel_size > 1: "
     "mp (multiprocessing) or ray",
+    "fast_forward": "append the grammar's forced tokens without a model step each "
+    "(speculative drafts verified in one pass); --no-fast-forward: one step per token",
+    "fast_forward_tokens": "most forced tokens appended per model step (the draft length)",
     "api_keys": "comma-separated API keys; empty (and no api_keys_file) disables authentication",
     "api_keys_file": "file with one API key per line (# comments), added to api_keys",
     "auth_exempt_services": "comma-separated gRPC services callable without a key",
@@ -200,6 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(Settings(), f.name)
         shown = "" if f.name == "api_keys" else f" (default {_shown(default)})"
         flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            # `--name`, `--name VALUE` and `--no-name` all work for booleans.
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                nargs="?",
+                const="true",
+                help=f"{_HELP[f.name]}; env {env}{shown}",
+            )
+            parser.add_argument(
+                "--no-" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_const",
+                const="false",
+                help=f"same as {flag} false",
+            )
+            continue
         parser.add_argument(
             flag, dest=f.name, default=None, help=f"{_HELP[f.name]}; env {env}{shown}"
         )
@@ -259,6 +282,10 @@ def validate_settings(settings: Settings) -> None:
         (settings.schema_max_attempts >= 1, "schema_max_attempts must be >= 1"),
         (settings.schema_retry_temperature > 0, "schema_retry_temperature must be > 0"),
         (settings.compile_disk_cache_bytes >= 0, "compile_disk_cache_bytes must be >= 0"),
+        (
+            1 <= settings.fast_forward_tokens <= 64,
+            "fast_forward_tokens must be 1..64",
+        ),
         (settings.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0"),
         (
             settings.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},

@@ -28,6 +28,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _FastForward:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FastForwardEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FastForward.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAST_FORWARD_UNSPECIFIED: _FastForward.ValueType  # 0
+    FAST_FORWARD_ON: _FastForward.ValueType  # 1
+    """On: forced runs were drafted and verified in one model step each."""
+    FAST_FORWARD_OFF: _FastForward.ValueType  # 2
+    """Off by the server setting (fast_forward: false): one step per token."""
+    FAST_FORWARD_NOT_APPLICABLE: _FastForward.ValueType  # 3
+    """Nothing to force: no grammar (unconstrained, or token masks only)."""
+    FAST_FORWARD_UNAVAILABLE: _FastForward.ValueType  # 4
+    """The engine cannot fast-forward (a vLLM other than the pinned version):
+    one step per token.
+    """
+
+class FastForward(_FastForward, metaclass=_FastForwardEnumTypeWrapper):
+    """Whether the grammar's forced tokens skipped their own model step."""
+
+FAST_FORWARD_UNSPECIFIED: FastForward.ValueType  # 0
+FAST_FORWARD_ON: FastForward.ValueType  # 1
+"""On: forced runs were drafted and verified in one model step each."""
+FAST_FORWARD_OFF: FastForward.ValueType  # 2
+"""Off by the server setting (fast_forward: false): one step per token."""
+FAST_FORWARD_NOT_APPLICABLE: FastForward.ValueType  # 3
+"""Nothing to force: no grammar (unconstrained, or token masks only)."""
+FAST_FORWARD_UNAVAILABLE: FastForward.ValueType  # 4
+"""The engine cannot fast-forward (a vLLM other than the pinned version):
+one step per token.
+"""
+Global___FastForward: _TypeAlias = FastForward  # noqa: Y015
+
 class _ConstraintEnforcement:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -248,6 +282,8 @@ class Provenance(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     CLIENT_METADATA_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    FORCED_TOKENS_FIELD_NUMBER: _builtins.int
+    FAST_FORWARD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's or the one the server chose)."""
     model_id: _builtins.str
@@ -276,6 +312,13 @@ class Provenance(_message.Message):
     """Tokens generated."""
     finish_reason: _generation_pb2.FinishReason.ValueType
     """Why generation ended."""
+    forced_tokens: _builtins.int
+    """Output tokens the grammar forced that were appended without a model step
+    of their own (fast-forward: drafted and verified together in one step).
+    0 when fast_forward is not FAST_FORWARD_ON.
+    """
+    fast_forward: Global___FastForward.ValueType
+    """Whether forced tokens were fast-forwarded for this generation."""
     @_builtins.property
     def constraints(self) -> Global___ConstraintProvenance:
         """The constraints as compiled."""
@@ -329,10 +372,12 @@ class Provenance(_message.Message):
         placement: Global___Placement | None = ...,
         client_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         context: _generation_pb2.GenerationContext | None = ...,
+        forced_tokens: _builtins.int = ...,
+        fast_forward: Global___FastForward.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "sampling", b"sampling", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "finish_reason", b"finish_reason", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,6 +24,7 @@ __all__ = (
     "ConstraintVerdict",
     "EngineSettings",
     "ErrorReason",
+    "FastForward",
     "FinishReason",
     "GenerateRequest",
     "GenerateResponse",
@@ -612,6 +613,55 @@ class ErrorReason(betterproto2.Enum):
     min_regions/max_regions out of range. ErrorInfo metadata: "field".
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
+
+
+class FastForward(betterproto2.Enum):
+    """
+    Whether the grammar's forced tokens skipped their own model step.
+    """
+
+    UNSPECIFIED = 0
+
+    ON = 1
+    """
+    On: forced runs were drafted and verified in one model step each.
+    """
+
+    OFF = 2
+    """
+    Off by the server setting (fast_forward: false): one step per token.
+    """
+
+    NOT_APPLICABLE = 3
+    """
+    Nothing to force: no grammar (unconstrained, or token masks only).
+    """
+
+    UNAVAILABLE = 4
+    """
+    The engine cannot fast-forward (a vLLM other than the pinned version):
+    one step per token.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "FAST_FORWARD_UNSPECIFIED",
+            1: "FAST_FORWARD_ON",
+            2: "FAST_FORWARD_OFF",
+            3: "FAST_FORWARD_NOT_APPLICABLE",
+            4: "FAST_FORWARD_UNAVAILABLE",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "FAST_FORWARD_UNSPECIFIED": 0,
+            "FAST_FORWARD_ON": 1,
+            "FAST_FORWARD_OFF": 2,
+            "FAST_FORWARD_NOT_APPLICABLE": 3,
+            "FAST_FORWARD_UNAVAILABLE": 4,
+        }
 
 
 class FinishReason(betterproto2.Enum):
@@ -2212,6 +2262,20 @@ class Provenance(betterproto2.Message):
     )
     """
     The request's context, unchanged.
+    """
+
+    forced_tokens: "int" = betterproto2.field(40, betterproto2.TYPE_UINT32)
+    """
+    Output tokens the grammar forced that were appended without a model step
+    of their own (fast-forward: drafted and verified together in one step).
+    0 when fast_forward is not FAST_FORWARD_ON.
+    """
+
+    fast_forward: "FastForward" = betterproto2.field(
+        41, betterproto2.TYPE_ENUM, default_factory=lambda: FastForward(0)
+    )
+    """
+    Whether forced tokens were fast-forwarded for this generation.
     """
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command: runs the service's own logits-facing code
 # (ananke_server.gpu_check: token bitmask application, dead-end EOS forcing, the
-# AND of matchers' masks, the intersection processor over a batch) on CUDA tensors
+# AND of matchers' masks, the product grammar masking a batch) on CUDA tensors
 # and compares every result bit for bit with the CPU path and llguidance's
 # reference kernel. Takes well under a minute; capped at 8.
 #

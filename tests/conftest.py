@@ -183,7 +183,8 @@ def test_pki() -> Pki:
 @dataclass
 class GuardedServer:
     """A second real server with API keys, mTLS, small admission limits
-    (2 running, 0 queued) and a /metrics endpoint."""
+    (2 running, 0 queued), a /metrics endpoint and --no-fast-forward (so tests
+    compare both engine modes without a third engine)."""
 
     server: LiveServer
     api_key: str
@@ -224,6 +225,7 @@ def _start_guarded(pki: Pki) -> GuardedServer:
             "--tls-key-file", str(pki.server_key),
             "--tls-client-ca-file", str(pki.ca),
             "--metrics-port", str(metrics_port),
+            "--no-fast-forward",
         ],
         log_dir,
         credentials=credentials,

@@ -20,7 +20,12 @@ from ananke_server.settings import Settings, build_parser, load_settings
 
 vllm_arg_utils = pytest.importorskip("vllm.engine.arg_utils")
 AsyncEngineArgs = vllm_arg_utils.AsyncEngineArgs
-PROCESSOR = "ananke_server.engine:IntersectionLogitsProcessor"
+PROPOSER = "ananke_server.vllm_plugin.ForcedTokenProposer"
+
+
+def _speculative(tokens: int) -> dict[str, Any]:
+    return {"method": "custom_class", "model": PROPOSER, "num_speculative_tokens": tokens}
+
 
 # (setting, raw value as a flag/env/YAML string, AsyncEngineArgs attribute, expected value)
 ENGINE_SETTINGS: list[tuple[str, str, str, Any]] = [
@@ -38,8 +43,9 @@ ENGINE_SETTINGS: list[tuple[str, str, str, Any]] = [
 
 def _vllm_args(settings: Settings, *, on_cpu: bool = False) -> Any:
     config = EngineConfig.from_settings(settings, "/models/m", "m")
+    proposer = PROPOSER if config.fast_forward else None
     return AsyncEngineArgs(
-        **engine_args_kwargs(config, on_cpu=on_cpu, logits_processors=[PROCESSOR])
+        **engine_args_kwargs(config, on_cpu=on_cpu, fast_forward_proposer=proposer)
     )
 
 
@@ -97,7 +103,11 @@ def test_defaults_leave_vllm_its_own_choices() -> None:
     assert args.kv_cache_memory_bytes is None  # on a GPU the utilisation sizes the cache
     assert _vllm_args(Settings(), on_cpu=True).kv_cache_memory_bytes == Settings().kv_cache_bytes
     assert args.structured_outputs_config == {"backend": "guidance"}
-    assert args.logits_processors == [PROCESSOR]
+    assert not args.logits_processors  # vLLM refuses them with speculative decoding
+    # Fast-forward on by default: the plugin's proposer, per-request draft counts, sync scheduling.
+    assert args.speculative_config == _speculative(8)
+    assert args.per_request_spec_decode_metrics == "summary"
+    assert args.async_scheduling is False
 
 
 @pytest.mark.parametrize(
@@ -186,7 +196,7 @@ def test_resolved_settings_read_a_real_vllm_config() -> None:
         environ={},
     )
     config = EngineConfig.from_settings(settings, str(model), "SmolLM2-135M-Instruct")
-    args = AsyncEngineArgs(**engine_args_kwargs(config, on_cpu=True, logits_processors=[]))
+    args = AsyncEngineArgs(**engine_args_kwargs(config, on_cpu=True))
     info = resolved_settings(args.create_engine_config())
     assert info.max_num_batched_tokens == 2048
     assert info.max_num_seqs == 24
@@ -210,3 +220,14 @@ def test_ray_without_ray_installed_is_a_clear_error(monkeypatch: pytest.MonkeyPa
         check_runtime(config)
     check_runtime(EngineConfig("/m", "m", tensor_parallel_size=2))  # mp needs nothing
     check_runtime(EngineConfig("/m", "m", distributed_executor_backend="ray"))  # one GPU
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "yaml"])
+def test_fast_forward_settings_reach_vllm_engine_args(source: str, tmp_path: Path) -> None:
+    assert _vllm_args(_load(source, "fast_forward_tokens", "3", tmp_path)).speculative_config == (
+        _speculative(3)
+    )
+    off = _vllm_args(_load(source, "fast_forward", "false", tmp_path))
+    assert off.speculative_config is None
+    assert off.per_request_spec_decode_metrics == "none"
+    assert off.async_scheduling is None  # vLLM's own choice

@@ -25,6 +25,7 @@ from ananke.v1 import inference_service_pb2_grpc, provenance_pb2
 from ananke_server.constraints import constraint_digest
 from ananke_server.engine_api import EngineDelta, EngineInfo, EngineParams, PromptTokens
 from ananke_server.errors import EngineDeadError
+from ananke_server.provenance import fast_forward_mode
 from ananke_server.server import SERVICE_NAME, RunningServer, build_server
 from ananke_server.settings import Settings
 from google.rpc import error_details_pb2, status_pb2
@@ -1061,3 +1062,22 @@ async def test_reflection_v1(served: Served) -> None:
     )
     call = method(iter(_reflection_requests()), timeout=5)
     _check_reflection([r async for r in call])
+
+
+async def test_forced_tokens_and_fast_forward_in_provenance(
+    served: Served, engine: FakeEngine
+) -> None:
+    """The engine's forced-token count reaches provenance; without a grammar
+    fast-forward does not apply, with one it is the engine's mode."""
+    engine.script = (
+        EngineDelta(tuple(b"Hello"), "Hello"),
+        EngineDelta((*b" world", EOS), " world", True, "stop", EOS, forced_tokens=4),
+    )
+    constrained = gen_request(constraints=[HELLO_REGEX])
+    response = await served.stub.Generate(s.GenerateRequest(request=constrained), timeout=10)
+    assert response.provenance.forced_tokens == 4
+    assert response.provenance.fast_forward == provenance_pb2.FAST_FORWARD_OFF  # fake's mode
+    free = await served.stub.Generate(s.GenerateRequest(request=gen_request()), timeout=10)
+    assert free.provenance.fast_forward == provenance_pb2.FAST_FORWARD_NOT_APPLICABLE
+    assert fast_forward_mode("on", True) == provenance_pb2.FAST_FORWARD_ON
+    assert fast_forward_mode("unavailable", True) == (provenance_pb2.FAST_FORWARD_UNAVAILABLE)

@@ -44,6 +44,9 @@ class EngineInfo:
     eos_token_ids: tuple[int, ...]
     accelerator: str
     engine_settings: EngineSettingsInfo = field(default_factory=EngineSettingsInfo)
+    # "on": forced tokens are fast-forwarded; "off": by setting; "unavailable":
+    # the engine cannot (one step per token).
+    fast_forward: str = "off"
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,8 @@ class EngineParams:
     grammar: str | None = None  # llguidance Lark text
     allowed_token_ids: frozenset[int] | None = None
     forbidden_token_ids: frozenset[int] = frozenset()
-    # Grammars to intersect in the logits processor (which then also applies
-    # the token masks); when set, `grammar` is None.
+    # Grammars to intersect (all enforced together with the token masks, as one
+    # product grammar in the engine); when set, `grammar` is None.
     intersection: tuple[str, ...] = ()
 
 
@@ -73,6 +76,8 @@ class EngineDelta:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     stop_reason: str | int | None = None  # the stop string or token that ended it
+    # On the last delta: output tokens appended without a model step of their own.
+    forced_tokens: int = 0
 
 
 @dataclass

@@ -4,7 +4,6 @@ starting an engine."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_cache_dtype: str = "auto"
     distributed_executor_backend: str = "mp"
+    fast_forward: bool = True
+    fast_forward_tokens: int = 8
 
     @classmethod
     def from_settings(cls, settings: Settings, model_path: str, model_id: str) -> EngineConfig:
@@ -52,6 +53,8 @@ class EngineConfig:
             enable_prefix_caching=settings.enable_prefix_caching,
             kv_cache_dtype=settings.kv_cache_dtype,
             distributed_executor_backend=settings.distributed_executor_backend,
+            fast_forward=settings.fast_forward,
+            fast_forward_tokens=settings.fast_forward_tokens,
         )
 
     @property
@@ -61,9 +64,25 @@ class EngineConfig:
 
 
 def engine_args_kwargs(
-    config: EngineConfig, *, on_cpu: bool, logits_processors: Sequence[str] = ()
+    config: EngineConfig, *, on_cpu: bool, fast_forward_proposer: str | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments of vLLM's AsyncEngineArgs for `config`. None leaves vLLM's default."""
+    """Keyword arguments of vLLM's AsyncEngineArgs for `config`. None leaves vLLM's default.
+    With `fast_forward_proposer` (the plugin's proposer class, given when the plugin can
+    fast-forward) the engine runs speculative decoding with it."""
+    speculative: dict[str, Any] = {}
+    if fast_forward_proposer is not None:
+        speculative = {
+            "speculative_config": {
+                "method": "custom_class",
+                "model": fast_forward_proposer,
+                "num_speculative_tokens": config.fast_forward_tokens,
+            },
+            # Per-request accepted-draft counts (the forced tokens in provenance).
+            "per_request_spec_decode_metrics": "summary",
+            # Drafts must be computed after the step's sampled token reached the
+            # grammar; the synchronous scheduler guarantees it (CPU forces it anyway).
+            "async_scheduling": False,
+        }
     return {
         "model": config.model_path,
         "served_model_name": [config.model_id],
@@ -81,8 +100,8 @@ def engine_args_kwargs(
         "kv_cache_dtype": config.kv_cache_dtype,
         "enable_prefix_caching": config.enable_prefix_caching,
         "structured_outputs_config": {"backend": GUIDANCE_BACKEND},
-        "logits_processors": list(logits_processors),
         "enable_log_requests": False,
+        **speculative,
     }
 
 

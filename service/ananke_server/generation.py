@@ -47,6 +47,7 @@ class _Output:
     text: list[str] = field(default_factory=list)
     engine_reason: str = "length"  # vLLM's finish reason: "stop" | "length"
     stop_string: bool = False  # ended by one of the request's stop sequences
+    forced_tokens: int = 0  # fast-forwarded (no model step of their own)
 
 
 def now() -> datetime:
@@ -207,6 +208,8 @@ class Generations:
                         )
                     output.engine_reason = delta.finish_reason or "stop"
                     output.stop_string = isinstance(delta.stop_reason, str)
+                    output.forced_tokens = delta.forced_tokens
+                    self._metrics.record_forced(delta.forced_tokens)
         finally:
             self._metrics.record_tokens(produced)
 
@@ -247,7 +250,7 @@ class Generations:
             )
         clock.check_seconds = time.perf_counter() - started
         if may_be_dead_end(compiled, verdict, output.engine_reason, output.stop_string):
-            # The intersection processor forces EOS only at a dead end: prove it
+            # The engine's product grammar forces EOS only at a dead end: prove it
             # with fresh matchers before reporting the request unsatisfiable.
             tokens = [t for t in output.token_ids if t not in self._eos]
             if await asyncio.to_thread(self._compiler.dead_end, compiled, tokens):
@@ -276,6 +279,7 @@ class Generations:
             check=provenance_pb2.ConstraintCheck(verdict=verdict, detail=detail),
             placement=self._placement,
             schema=outcome,
+            forced_tokens=output.forced_tokens,
         )
         finished = inference_service_pb2.GenerationFinished(
             finish_reason=reason, usage=usage, provenance=provenance
@@ -364,7 +368,7 @@ def may_be_dead_end(
     compiled: CompiledConstraints, verdict: Verdict, engine_reason: str, stop_string: bool
 ) -> bool:
     """Whether an intersection's incomplete output ended by EOS, which the
-    processor forces only at a dead end (to be proved before it is reported)."""
+    engine forces only at a dead end (to be proved before it is reported)."""
     return (
         bool(compiled.intersection)
         and verdict == provenance_pb2.CHECK_VERDICT_INCOMPLETE

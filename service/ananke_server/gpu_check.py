@@ -5,11 +5,11 @@ llguidance's numpy reference kernel.
 What it covers (the code of ours that touches logits): applying a token bitmask
 to a logits row (`masks.apply_token_bitmask`), forcing the end-of-sequence token
 at a dead end (`masks.force_token`), the AND of matchers' masks with allowed and
-forbidden token sets, and the intersection processor (`IntersectionMasker`) over
-a changing batch with real llguidance matchers, decoding greedily for several
-steps. Needs torch, numpy and llguidance only: no vLLM, no network, no model
-weights (a tokenizer.json if given, else the default model's, else a synthetic
-byte-level vocabulary).
+forbidden token sets, and the engine's per-request product grammar
+(`RequestGrammar`, whose masks vLLM applies) over a batch with real llguidance
+matchers, decoding greedily for several steps. Needs torch, numpy and
+llguidance only: no vLLM, no network, no model weights (a tokenizer.json if
+given, else the default model's, else a synthetic byte-level vocabulary).
 
     python -m ananke_server.gpu_check --device cuda [--tokenizer tokenizer.json] [--json out]
 
@@ -28,14 +28,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .intersection import INTERSECTION_ARG, IntersectionMasker
-from .masks import apply_token_bitmask, force_token
+from .masks import apply_token_bitmask, force_token, mask_words
+from .request_grammar import RequestGrammar, RequestSpec
 
 DTYPES = ("float32", "bfloat16", "float16")
 # (logits width, mask vocabulary): equal, not a multiple of 32, logits wider than the
@@ -203,55 +202,55 @@ def _rows(tokenizer: Any) -> list[dict[str, Any] | None]:
     ]  # fmt: skip
 
 
-def _params(spec: dict[str, Any] | None) -> Any:
-    return SimpleNamespace(extra_args=None if spec is None else {INTERSECTION_ARG: spec})
+def _grammar(tokenizer: Any, spec: dict[str, Any]) -> RequestGrammar:
+    allowed = spec["allowed"]
+    request = RequestSpec(
+        grammars=tuple(spec["grammars"]),
+        allowed=None if allowed is None else frozenset(allowed),
+        forbidden=frozenset(spec["forbidden"]),
+    )
+    return RequestGrammar.from_spec(request, tokenizer, max_tokens=None)
 
 
 def check_intersection_batch(
     device: str, tokenizer: Any, *, steps: int = 12, seed: int = 2
 ) -> Iterator[CheckResult]:
-    """IntersectionMasker over a batch with adds, a swap and a removal, greedy
-    decoding: masked logits, chosen tokens and dead ends match CPU's at every step."""
+    """RequestGrammar masks applied to a batch of logits, greedy decoding: masked
+    logits, chosen tokens and dead ends match CPU's at every step."""
     import torch
 
     rng = np.random.default_rng(seed)
     width = ((tokenizer.vocab_size + 63) // 64) * 64  # padded like an LM head
+    words = mask_words(tokenizer.vocab_size)
     sides = {"cpu": "cpu", "device": device}
-    maskers = {side: IntersectionMasker(lambda: tokenizer) for side in sides}
-    outputs: dict[str, list[list[int]]] = {}
     specs = _rows(tokenizer)
-
-    def fill_batch() -> None:
-        for side, masker in maskers.items():
-            outputs[side] = [[] for _ in specs]
-            added: list[tuple[int, Any, list[int], list[int]]] = [
-                (i, _params(s), [], outputs[side][i]) for i, s in enumerate(specs)
-            ]
-            masker.update(added, [], [])
-
-    fill_batch()
+    dead = dict.fromkeys(sides, 0)
     for dtype in ("float32", "bfloat16"):
+        grammars = {
+            side: [None if s is None else _grammar(tokenizer, s) for s in specs] for side in sides
+        }
         for step in range(steps):
-            if step == steps // 2:  # vLLM reorders its batch: swap rows 0 and 1
-                for side, masker in maskers.items():
-                    masker.update([], [], [(0, 1, "SWAP")])
-                    outputs[side][0], outputs[side][1] = outputs[side][1], outputs[side][0]
             logits = _logits(rng, (len(specs), width), dtype)
-            results = {
-                side: maskers[side].apply(logits.clone().to(sides[side])).cpu() for side in sides
-            }
+            results = {}
+            for side, device_name in sides.items():
+                batch = logits.clone().to(device_name)
+                bitmask = np.zeros((len(specs), words), dtype=np.int32)
+                for row, grammar in enumerate(grammars[side]):
+                    if grammar is not None:
+                        grammar.fill_bitmask(bitmask, row)
+                        apply_token_bitmask(batch[row], bitmask[row])
+                results[side] = batch.cpu()
             ok, detail = _same_bits(results["device"], results["cpu"])
             if ok and not _same_bits(results["cpu"][2], logits[2])[0]:
-                ok, detail = False, "the row without the processor was changed"
+                ok, detail = False, "the row without a grammar was changed"
             yield CheckResult(f"intersection {dtype} step {step}", ok, detail)
             chosen = torch.argmax(results["cpu"].float(), dim=1).tolist()
             for side in sides:
-                for row, token in enumerate(chosen):
-                    outputs[side][row].append(int(token))
-        for masker in maskers.values():  # the batch empties between the two passes
-            masker.update([], list(range(len(specs))), [])
-        fill_batch()
-    dead = {side: masker.dead_ends for side, masker in maskers.items()}
+                for grammar, token in zip(grammars[side], chosen, strict=True):
+                    if grammar is not None and not grammar.is_terminated():
+                        grammar.accept_tokens([int(token)])
+        for side in sides:
+            dead[side] += sum(1 for g in grammars[side] if g is not None and g.dead_end)
     yield CheckResult(
         "intersection dead ends",
         dead["cpu"] == dead["device"] >= 2,  # row 3 at least, once per pass
@@ -264,11 +263,10 @@ def check_masks_are_sound(tokenizer: Any, seed: int = 3) -> Iterator[CheckResult
     token passes the mask exactly when every matcher and the sets allow it."""
     from llguidance import LLMatcher
 
-    masker = IntersectionMasker(lambda: tokenizer)
     spec = _rows(tokenizer)[0]
     assert spec is not None
-    state = masker.new_state({INTERSECTION_ARG: spec}, [])
-    mask = masker.row_mask(state)
+    mask = np.zeros((1, mask_words(tokenizer.vocab_size)), dtype=np.int32)
+    _grammar(tokenizer, spec).fill_bitmask(mask, 0)
     matchers = [LLMatcher(tokenizer, g, log_level=0) for g in spec["grammars"]]
     forbidden = set(spec["forbidden"])
     rng = np.random.default_rng(seed)
@@ -278,7 +276,7 @@ def check_masks_are_sound(tokenizer: Any, seed: int = 3) -> Iterator[CheckResult
         allowed_by_all = token not in forbidden and all(
             m.validate_tokens([token]) == 1 for m in matchers
         )
-        in_mask = mask is not None and bool((int(mask[token // 32]) >> (token % 32)) & 1)
+        in_mask = bool((int(mask[0][token // 32]) >> (token % 32)) & 1)
         if allowed_by_all != in_mask:
             wrong.append(token)
     yield CheckResult("AND of masks vs fresh matchers", not wrong, f"disagree on {wrong[:10]}")

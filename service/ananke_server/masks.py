@@ -1,7 +1,7 @@
 """Token bitmasks in llguidance's layout (int32 words, bit i%32 of word i//32),
-and the one mask function shared by the engine's intersection processor and
-the compiler's dead-end proof: the AND of several matchers' masks and of the
-request's token masks."""
+and the one mask function shared by the engine's per-request product grammar
+(request_grammar.py) and the compiler's dead-end proof: the AND of several
+matchers' masks and of the request's token masks."""
 
 from __future__ import annotations
 

@@ -51,6 +51,11 @@ class Metrics:
             "ananke_generated_tokens", "Tokens the engine generated (cancelled calls too).",
             registry=r,
         )  # fmt: skip
+        self.tokens_forced = Counter(
+            "ananke_forced_tokens",
+            "Output tokens fast-forwarded: forced by the grammar, no model step of their own.",
+            registry=r,
+        )  # fmt: skip
         self.compile_seconds = Histogram(
             "ananke_constraint_compile_seconds",
             "Time to get a request's compiled constraints (cache hits included).",
@@ -88,6 +93,11 @@ class Metrics:
         """Tokens that came out of the engine."""
         if count:
             self.tokens_generated.inc(count)
+
+    def record_forced(self, count: int) -> None:
+        """Tokens of a finished generation that were fast-forwarded."""
+        if count:
+            self.tokens_forced.inc(count)
 
     def record_latency(self, ttft_s: float | None, decode_s: float, tokens: int) -> None:
         """A finished generation: time to first token, then time per later token."""

@@ -80,6 +80,7 @@ def build_provenance(
     check: provenance_pb2.ConstraintCheck,
     placement: provenance_pb2.Placement,
     schema: SchemaOutcome | None = None,
+    forced_tokens: int = 0,
 ) -> provenance_pb2.Provenance:
     """The full record of one finished generation (`schema`: the validator's
     verdicts on it, when a JSON schema's grammar over-approximates)."""
@@ -133,4 +134,20 @@ def build_provenance(
         placement=placement,
         client_metadata=dict(request.metadata),
         context=request.context,
+        forced_tokens=forced_tokens,
+        fast_forward=fast_forward_mode(engine.fast_forward, compiled.has_grammar),
     )
+
+
+_FAST_FORWARD = {
+    "on": provenance_pb2.FAST_FORWARD_ON,
+    "off": provenance_pb2.FAST_FORWARD_OFF,
+    "unavailable": provenance_pb2.FAST_FORWARD_UNAVAILABLE,
+}
+
+
+def fast_forward_mode(engine_mode: str, has_grammar: bool) -> provenance_pb2.FastForward.ValueType:
+    """The provenance value: nothing to force without a grammar, else the engine's mode."""
+    if not has_grammar:
+        return provenance_pb2.FAST_FORWARD_NOT_APPLICABLE
+    return _FAST_FORWARD.get(engine_mode, provenance_pb2.FAST_FORWARD_UNSPECIFIED)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .masks import TokenMasks, intersect, mask_words
+
 # SamplingParams.extra_args key carrying a request's constraint spec (see `RequestSpec`).
 GRAMMAR_ARG = "ananke_grammar"
 # The structured-output grammar sent beside the spec. The plugin replaces it with the
@@ -30,6 +32,7 @@ class RequestSpec:
     grammars: tuple[str, ...] = ()  # llguidance grammar texts, all enforced (AND)
     allowed: frozenset[int] | None = None  # token ids allowed (EOS always allowed)
     forbidden: frozenset[int] = frozenset()
+    eos: tuple[int, ...] = ()  # every id that ends a generation (besides the tokenizer's)
     fast_forward: bool = True
 
     def to_args(self) -> dict[str, Any]:
@@ -38,6 +41,7 @@ class RequestSpec:
             "grammars": list(self.grammars),
             "allowed": None if self.allowed is None else sorted(self.allowed),
             "forbidden": sorted(self.forbidden),
+            "eos": list(self.eos),
             "fast_forward": self.fast_forward,
         }
 
@@ -51,15 +55,9 @@ class RequestSpec:
             grammars=tuple(str(g) for g in args["grammars"]),
             allowed=None if allowed is None else frozenset(int(t) for t in allowed),
             forbidden=frozenset(int(t) for t in args.get("forbidden") or ()),
+            eos=tuple(int(t) for t in args.get("eos") or ()),
             fast_forward=bool(args.get("fast_forward", True)),
         )
-
-
-def token_bitmask(ids: frozenset[int] | set[int], words: int) -> npt.NDArray[np.int32]:
-    """An llguidance-style bitmask (int32 words, bit i%32 of word i//32) with `ids` set."""
-    mask = np.zeros(words * 32, dtype=np.uint8)
-    mask[[i for i in ids if 0 <= i < words * 32]] = 1
-    return np.packbits(mask, bitorder="little").view(np.int32)
 
 
 def _has_bit(mask: npt.NDArray[np.int32], token: int) -> bool:
@@ -110,10 +108,7 @@ class RequestGrammar:
         self.words = vocab_words
         self.eos_token = eos_token
         self.eos_tokens = frozenset({eos_token, *eos_tokens})
-        self.allowed = (
-            None if allowed is None else token_bitmask(allowed | self.eos_tokens, vocab_words)
-        )
-        self.forbidden = token_bitmask(set(forbidden), vocab_words) if forbidden else None
+        self.masks = TokenMasks.build(allowed, forbidden, self.eos_tokens, vocab_words)
         self.max_tokens = max_tokens
         self.fast_forward = fast_forward
         self.num_generated = 0
@@ -124,7 +119,6 @@ class RequestGrammar:
         # vLLM's guidance grammar also takes without consuming): rolled back
         # without touching the matchers.
         self._unconsumed = 0
-        self._scratch: npt.NDArray[np.int32] | None = None
 
     @staticmethod
     def from_spec(
@@ -138,9 +132,9 @@ class RequestGrammar:
         ]
         return RequestGrammar(
             matchers,
-            vocab_words=(tokenizer.vocab_size + 31) // 32,
+            vocab_words=mask_words(tokenizer.vocab_size),
             eos_token=int(tokenizer.eos_token),
-            eos_tokens=[int(t) for t in getattr(tokenizer, "eos_tokens", ()) or ()],
+            eos_tokens=spec.eos,
             allowed=spec.allowed,
             forbidden=spec.forbidden,
             max_tokens=max_tokens,
@@ -158,9 +152,10 @@ class RequestGrammar:
         return self.terminated or any(m.is_stopped() for m in self.matchers)
 
     def _token_allowed(self, token: int) -> bool:
-        if self.allowed is not None and not _has_bit(self.allowed, token):
+        allowed, forbidden = self.masks.allowed, self.masks.forbidden
+        if allowed is not None and not _has_bit(allowed, token):
             return False
-        return self.forbidden is None or not _has_bit(self.forbidden, token)
+        return forbidden is None or not _has_bit(forbidden, token)
 
     def _eos_ok(self) -> bool:
         """EOS may end the request now: every matcher is done or accepts it, or
@@ -229,23 +224,16 @@ class RequestGrammar:
 
     def _product_row(self, bitmask: npt.NDArray[np.int32], index: int) -> bool:
         """Writes the AND of every mask (and `restrict`) into row `index`; False if empty."""
-        from llguidance.numpy import fill_next_token_bitmask
-
         row = bitmask[index]
-        if not self.matchers:
-            row[:] = -1
-        else:
+        if len(self.matchers) == 1 and self.masks.allowed is None and self.masks.forbidden is None:
+            from llguidance.numpy import fill_next_token_bitmask
+
             fill_next_token_bitmask(self.matchers[0], bitmask, index)
-            if len(self.matchers) > 1:
-                if self._scratch is None or self._scratch.shape[0] < len(self.matchers) - 1:
-                    self._scratch = np.empty((len(self.matchers) - 1, self.words), dtype=np.int32)
-                for i, matcher in enumerate(self.matchers[1:]):
-                    fill_next_token_bitmask(matcher, self._scratch, i)
-                    row &= self._scratch[i][: row.shape[0]]
-        if self.allowed is not None:
-            row &= self.allowed[: row.shape[0]]
-        if self.forbidden is not None:
-            row &= ~self.forbidden[: row.shape[0]]
+        else:
+            combined = intersect(self.matchers, self.masks, self.words)
+            if combined is None:
+                return False
+            row[:] = combined
         self.restrict(row)
         return bool(row.any())
 
@@ -277,9 +265,8 @@ class RequestGrammar:
             if token in self.eos_tokens:
                 candidate = candidate[:i]
                 break
-        if candidate and (
-            len(self.matchers) > 1 or self.allowed is not None or self.forbidden is not None
-        ):
+        masked = self.masks.allowed is not None or self.masks.forbidden is not None
+        if candidate and (len(self.matchers) > 1 or masked):
             candidate = self.validate_tokens(candidate)
         if candidate and type(self).restrict is not RequestGrammar.restrict:
             candidate = self._through_restrict(candidate)

@@ -1,13 +1,20 @@
 """The vLLM engine: vLLM's async engine (V1 AsyncLLM) with llguidance as its
-structured-output backend, and the intersection logits processor it loads.
-The only module that imports vllm; the rest of the service sees the `Engine`
-protocol (engine_api.py).
+structured-output backend. The only module that imports vllm besides its
+plugin (vllm_plugin.py); the rest of the service sees the `Engine` protocol
+(engine_api.py).
 
-Intersections that one grammar cannot express (for example a JSON schema AND a
-regex, or a grammar AND a token mask) are enforced by
-`IntersectionLogitsProcessor`, a vLLM engine-level logits processor registered
-at startup (by PROCESSOR_FQCN) and switched on per request through
-`SamplingParams.extra_args` (see intersection.py for its logic)."""
+Every constrained request (a grammar, an intersection of grammars, token
+masks, or any mix) goes to vLLM's structured-output path as one
+`RequestSpec` in `SamplingParams.extra_args`; the plugin turns it into one
+`RequestGrammar` per request in the EngineCore (the AND of its matchers and
+masks; EOS alone at a dead end, which the servicer then proves and reports as
+CONSTRAINT_UNSATISFIABLE). With fast-forward on, the engine runs speculative
+decoding with the plugin's proposer, whose drafts are the grammar's forced
+tokens (see vllm_plugin.py).
+
+On a vLLM other than the plugin's pinned version nothing is patched: single
+grammars and token masks use vLLM's own paths, one step per token, and an
+intersection of several grammars is refused."""
 
 from __future__ import annotations
 
@@ -22,8 +29,8 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
+from . import vllm_plugin
 from .engine_api import (
     EngineDelta,
     EngineInfo,
@@ -40,11 +47,9 @@ from .engine_config import (
     resolved_settings,
 )
 from .errors import EngineDeadError, EngineRejectedError
-from .intersection import INTERSECTION_ARG, IntersectionMasker
+from .request_grammar import GRAMMAR_ARG, SENTINEL_GRAMMAR, SENTINEL_TEXT, RequestSpec
 
 log = logging.getLogger("ananke.engine")
-
-PROCESSOR_FQCN = "ananke_server.vllm_engine:IntersectionLogitsProcessor"
 
 
 class VllmEngine:
@@ -52,6 +57,14 @@ class VllmEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
+        self._plugin = vllm_plugin.supported()
+        self._fast_forward = config.fast_forward and self._plugin
+        if config.fast_forward and not self._plugin:
+            log.warning(
+                "fast-forward unavailable: vLLM %s is not %s (one step per token)",
+                vllm_plugin.vllm_version(),
+                vllm_plugin.PINNED_VLLM,
+            )
         self._llm: Any = None
         self._tokenizer: Any = None
         self._llg_tokenizer: Any = None
@@ -65,7 +78,13 @@ class VllmEngine:
             eos_token_ids=(),
             accelerator="unknown",
             engine_settings=requested_settings(config),
+            fast_forward=self._fast_forward_state(),
         )
+
+    def _fast_forward_state(self) -> str:
+        if self._fast_forward:
+            return "on"
+        return "unavailable" if not self._plugin else "off"
 
     async def start(self) -> None:
         """Starts the engine process, loads the model and runs one warm-up generation.
@@ -77,8 +96,13 @@ class VllmEngine:
 
     def _load(self) -> None:
         check_runtime(self._config)
+        # Also patches this process: an EngineCore forked from it inherits the
+        # patch even where the entry point is not installed (a spawned one needs it).
+        vllm_plugin.register()
         kwargs = engine_args_kwargs(
-            self._config, on_cpu=_on_cpu(), logits_processors=[PROCESSOR_FQCN]
+            self._config,
+            on_cpu=_on_cpu(),
+            fast_forward_proposer=vllm_plugin.PROPOSER_FQCN if self._fast_forward else None,
         )
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self._tokenizer = self._llm.get_tokenizer()
@@ -107,6 +131,7 @@ class VllmEngine:
             eos_token_ids=tuple(sorted(eos_ids)),
             accelerator=_accelerator(),
             engine_settings=resolved_settings(self._llm.vllm_config),
+            fast_forward=self._fast_forward_state(),
         )
         from llguidance.hf import from_tokenizer
 
@@ -115,21 +140,21 @@ class VllmEngine:
 
     async def _warm_up(self) -> None:
         prompt = self.encode_prompt("Hello")
-        params = EngineParams(
-            max_tokens=2,
-            temperature=0.0,
-            top_p=1.0,
-            top_k=0,
-            seed=0,
-            grammar='%llguidance {}\nstart: "ok"',
-        )
-        async for _ in self.generate("ananke-warmup", prompt, params):
-            pass
-        # Builds the processor's tokenizer in the EngineCore now, not on the first request.
         ok = '%llguidance {}\nstart: "ok"'
-        params = dataclasses.replace(params, grammar=None, intersection=(ok, ok))
-        async for _ in self.generate("ananke-warmup-intersection", prompt, params):
-            pass
+        params = EngineParams(max_tokens=4, temperature=0.0, top_p=1.0, top_k=0, seed=0, grammar=ok)
+        text = ""
+        async for delta in self.generate("ananke-warmup", prompt, params):
+            text += delta.text
+        if self._plugin and (SENTINEL_TEXT in text or text != "ok"):
+            raise RuntimeError(
+                "the ananke vLLM plugin is not active in vLLM's EngineCore (warm-up "
+                f"produced {text!r}); install this package so that its entry point "
+                "vllm.general_plugins:ananke is registered (make env)"
+            )
+        if self._plugin:
+            params = dataclasses.replace(params, grammar=None, intersection=(ok, ok))
+            async for _ in self.generate("ananke-warmup-intersection", prompt, params):
+                pass
 
     def _eos_ids(self) -> list[int]:
         """The EOS ids, the tokenizer's own first (the one forced at a dead end)."""
@@ -155,32 +180,41 @@ class VllmEngine:
         ids = self._tokenizer.encode(text, add_special_tokens=False)
         return PromptTokens(token_ids=[int(t) for t in ids], text=str(text))
 
+    def _constraint_params(self, params: EngineParams) -> tuple[Any, Any, Any, Any]:
+        """(structured_outputs, allowed_token_ids, logit_bias, extra_args) for vLLM."""
+        grammars = params.intersection or ((params.grammar,) if params.grammar else ())
+        masked = params.allowed_token_ids is not None or bool(params.forbidden_token_ids)
+        if self._plugin and (grammars or masked):
+            # One product grammar in the EngineCore; vLLM sees a structured-output
+            # request (the sentinel is replaced by the plugin).
+            spec = RequestSpec(
+                grammars=tuple(grammars),
+                allowed=params.allowed_token_ids,
+                forbidden=params.forbidden_token_ids,
+                eos=tuple(self._eos_ids()),
+                fast_forward=self._fast_forward,
+            )
+            structured = StructuredOutputsParams(grammar=SENTINEL_GRAMMAR)
+            return structured, None, None, {GRAMMAR_ARG: spec.to_args()}
+        if len(grammars) > 1:
+            raise EngineRejectedError(
+                f"an intersection of {len(grammars)} grammars needs the ananke vLLM "
+                f"plugin, which supports vLLM {vllm_plugin.PINNED_VLLM} only "
+                f"(this engine runs {vllm_plugin.vllm_version()})"
+            )
+        structured = StructuredOutputsParams(grammar=grammars[0]) if grammars else None
+        allowed = None
+        if params.allowed_token_ids is not None:
+            allowed = sorted(params.allowed_token_ids | set(self.info.eos_token_ids))
+        bias = {t: float("-inf") for t in params.forbidden_token_ids} or None
+        return structured, allowed, bias, None
+
     async def generate(
         self, request_id: str, prompt: PromptTokens, params: EngineParams
     ) -> AsyncIterator[EngineDelta]:
         """Streams deltas from vLLM. Cancellation or closing aborts the request
         (vLLM's generator aborts on CancelledError/GeneratorExit)."""
-        structured = StructuredOutputsParams(grammar=params.grammar) if params.grammar else None
-        allowed: list[int] | None = None
-        bias: dict[int, float] | None = None
-        extra_args: dict[str, Any] | None = None
-        if params.intersection:
-            # The processor sees the whole intersection (masks included) so it can
-            # tell a dead end; nothing goes through the built-in paths.
-            extra_args = {
-                INTERSECTION_ARG: {
-                    "grammars": list(params.intersection),
-                    "allowed": None
-                    if params.allowed_token_ids is None
-                    else sorted(params.allowed_token_ids),
-                    "forbidden": sorted(params.forbidden_token_ids),
-                    "eos": self._eos_ids(),
-                }
-            }
-        else:
-            if params.allowed_token_ids is not None:
-                allowed = sorted(params.allowed_token_ids | set(self.info.eos_token_ids))
-            bias = {t: float("-inf") for t in params.forbidden_token_ids} or None
+        structured, allowed, bias, extra_args = self._constraint_params(params)
         sampling = SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -196,15 +230,19 @@ class VllmEngine:
             skip_special_tokens=True,
         )
         stream = self._llm.generate({"prompt_token_ids": prompt.token_ids}, sampling, request_id)
+        produced = 0
         try:
             async for output in stream:
                 completion = output.outputs[0]
+                token_ids = tuple(int(t) for t in completion.token_ids)
+                produced += len(token_ids)
                 yield EngineDelta(
-                    token_ids=tuple(int(t) for t in completion.token_ids),
+                    token_ids=token_ids,
                     text=completion.text,
                     finished=output.finished,
                     finish_reason=completion.finish_reason,
                     stop_reason=completion.stop_reason,
+                    forced_tokens=_forced(completion, produced) if output.finished else 0,
                 )
         except VllmEngineDead as error:
             raise EngineDeadError(str(error)) from error
@@ -237,45 +275,14 @@ class VllmEngine:
             self._llm = None
 
 
-class IntersectionLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
-    """Engine-level logits processor enforcing an intersection of grammars
-    (and token masks) for the requests that carry INTERSECTION_ARG."""
-
-    def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
-        model_config = vllm_config.model_config
-
-        def factory() -> Any:
-            from llguidance.hf import from_tokenizer
-            from vllm.tokenizers.registry import cached_tokenizer_from_config
-
-            tokenizer = cached_tokenizer_from_config(model_config)
-            vocab = int(model_config.get_vocab_size())
-            # Built as vLLM's guidance backend builds it, so masks agree.
-            return from_tokenizer(tokenizer, max(vocab, len(tokenizer)))
-
-        self.masker = IntersectionMasker(factory)
-
-    @classmethod
-    def validate_params(cls, sampling_params: Any) -> None:
-        """Refuses a malformed intersection spec before the request is scheduled."""
-        spec = (sampling_params.extra_args or {}).get(INTERSECTION_ARG)
-        if spec is None:
-            return
-        if not isinstance(spec, dict) or not isinstance(spec.get("grammars"), list):
-            raise ValueError(f"{INTERSECTION_ARG} must be a dict with a 'grammars' list")
-
-    def is_argmax_invariant(self) -> bool:
-        """Masks change the argmax."""
-        return False
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        """Follows the batch's added, removed and moved requests."""
-        if batch_update is not None:
-            self.masker.update(batch_update.added, batch_update.removed, batch_update.moved)
-
-    def apply(self, logits: Any) -> Any:
-        """Masks the rows of requests that use the processor."""
-        return self.masker.apply(logits)
+def _forced(completion: Any, produced: int) -> int:
+    """Accepted drafts (forced tokens) of a finished completion, at most the
+    tokens it produced after its first (drafts past a stop are dropped)."""
+    metrics = getattr(completion, "spec_decode_metrics", None)
+    if metrics is None:
+        return 0
+    accepted = sum(j * count for j, count in enumerate(metrics.histogram))
+    return max(0, min(int(accepted), produced - 1))
 
 
 def _on_cpu() -> bool:

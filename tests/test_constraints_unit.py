@@ -359,8 +359,21 @@ async def test_mask_inside_all_of_is_enforced(compiler: ConstraintCompiler) -> N
 
 
 async def test_dead_end_during_output(compiler: ConstraintCompiler) -> None:
-    compiled, _ = await compiler.compile(
-        [regex("Hel+o world"), mask(forbidden=" ")], "request.constraints"
+    # The space is forbidden: no common output. The completion search sees it
+    # when compiling; dead_end() proves it only once the output reaches it.
+    with pytest.raises(ServiceError) as refused:
+        await compiler.compile([regex("Hel+o world"), mask(forbidden=" ")], "request.constraints")
+    assert refused.value.reason == "CONSTRAINT_UNSATISFIABLE"
+    assert refused.value.metadata["cause"] == "exhausted"
+    compiled = CompiledConstraints(
+        digest="",
+        grammar=None,
+        check_grammars=(),
+        summaries=(),
+        allowed_token_ids=None,
+        forbidden_token_ids=frozenset(tokens(" ")),
+        warnings=(),
+        intersection=(LLMatcher.grammar_from_regex("Hel+o world"),),
     )
     assert not compiler.dead_end(compiled, ())
     assert not compiler.dead_end(compiled, tokens("Hel"))

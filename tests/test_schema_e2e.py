@@ -97,6 +97,8 @@ def test_maskbench_sample_with_refused_schemas_outputs_validate(live_server: Liv
     failed = []  # other errors: no document returned, but each is counted
     for name, schema, response in results:
         if isinstance(response, grpc.RpcError):
+            if _reason(response)[0] == "MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM":
+                continue  # its shortest valid output needs more than max_tokens
             if _reason(response)[0] == "CONSTRAINT_NOT_SATISFIED_AFTER_RETRIES":
                 assert response.code() == grpc.StatusCode.ABORTED, name
                 not_satisfied += 1

@@ -611,11 +611,12 @@ async def test_dead_end_during_generation_is_unsatisfiable(
     served: Served, engine: FakeEngine
 ) -> None:
     # The processor forces EOS when nothing is allowed: after "Hello" only " " fits
-    # the regex, and the mask forbids it.
+    # the regex, and the mask forbids it ("Help" would have satisfied both).
     engine.script = (*HELLO[:2], HELLO[-1])
     mask = c.ConstraintIR(token_mask=c.TokenMaskConstraint(forbidden_token_ids=[ord(" ")]))
+    regex = c.ConstraintIR(regex=c.RegexConstraint(pattern="Hello world|Help"))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await generate(served, gen_request(constraints=[HELLO_REGEX, mask]))
+        await generate(served, gen_request(constraints=[regex, mask]))
     details = rich(raised.value)
     assert (details.code, details.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -623,6 +624,7 @@ async def test_dead_end_during_generation_is_unsatisfiable(
     )
     assert details.metadata["field"] == "request.constraints"
     assert details.metadata["tokens"] == "5"
+    assert details.metadata["cause"] == "proved"
 
 
 FINISHES = [

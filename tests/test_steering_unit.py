@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -109,6 +110,16 @@ CASES = [
         "json and a length regex",
         [js({"type": "object", "properties": {"module": {"type": "string"}}}), rx("(?s:.{0,40})")],
         '{"module":"a_rather_long_module_name_',
+    ),
+    ("lark and a length regex", [lark(FUNCTION_LARK), rx("(?s:.{0,48})")], ""),
+    ("lark and a length regex, later", [lark(FUNCTION_LARK), rx("(?s:.{0,48})")], "def fun(a, b"),
+    (
+        "json and a narrow regex",
+        [
+            js({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}),
+            rx(r'\{"a":"[xy]{5}"\}'),
+        ],
+        "",
     ),
 ]
 
@@ -288,3 +299,63 @@ def test_guide_without_verification_reaches_the_dead_end(
     assert ended == "dead_end"
     assert guide is not None
     assert guide.dead_end
+
+
+# -- the engine's grammar object (RequestGrammar.restrict, no vLLM) --------------
+
+
+def _run_request_grammar(
+    tok: LLTokenizer, grammars: list[str], max_tokens: int, *, steer: bool
+) -> list[int]:
+    """Steps a RequestGrammar as vLLM's structured-output path does (fill the
+    row, sample, accept), with a model that takes the longest allowed token."""
+    from ananke_server.request_grammar import RequestGrammar, RequestSpec
+
+    spec = RequestSpec(
+        grammars=tuple(grammars),
+        eos=(tok.eos_token,),
+        steer=asdict(SteerConfig()) if steer else None,
+    )
+    grammar = RequestGrammar.from_spec(spec, tok, max_tokens=max_tokens)
+    model = longest_first(tok)
+    rows = np.zeros((1, (tok.vocab_size + 31) // 32), dtype=np.int32)
+    out: list[int] = []
+    while len(out) < max_tokens and not grammar.is_terminated():
+        grammar.fill_bitmask(rows, 0)
+        token = next(model(rows[0]))
+        assert grammar.accept_tokens([token])
+        out.append(token)
+    return out
+
+
+def test_request_grammar_steers_to_a_completion(tok: LLTokenizer) -> None:
+    grammars = [js(NAME_N)]
+    plain = _run_request_grammar(tok, grammars, 16, steer=False)
+    assert not _checked(tok, grammars, plain), tok.decode_str(plain)
+    steered = _run_request_grammar(tok, grammars, 16, steer=True)
+    assert steered[-1] == tok.eos_token, tok.decode_str(steered)
+    assert _checked(tok, grammars, steered)
+
+
+def test_request_grammar_steering_survives_draft_rollbacks(tok: LLTokenizer) -> None:
+    from ananke_server.request_grammar import RequestGrammar, RequestSpec
+
+    spec = RequestSpec(grammars=(js(NAME_N),), eos=(tok.eos_token,), steer=asdict(SteerConfig()))
+    grammar = RequestGrammar.from_spec(spec, tok, max_tokens=16)
+    model = longest_first(tok)
+    rows = np.zeros((2, (tok.vocab_size + 31) // 32), dtype=np.int32)
+    out: list[int] = []
+    while len(out) < 16 and not grammar.is_terminated():
+        grammar.fill_bitmask(rows, 0)
+        token = next(model(rows[0]))
+        assert grammar.accept_tokens([token])
+        out.append(token)
+        if not grammar.is_terminated():
+            # vLLM fills a draft position by accepting a draft, then rolls it back.
+            grammar.fill_bitmask(rows, 1)
+            draft = next(model(rows[1]))
+            assert grammar.accept_tokens([draft])
+            grammar.fill_bitmask(rows, 1)
+            grammar.rollback(1)
+    assert out[-1] == tok.eos_token, tok.decode_str(out)
+    assert _checked(tok, [js(NAME_N)], out)

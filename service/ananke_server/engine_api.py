@@ -12,6 +12,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from .steering import SteerConfig
+
 
 @dataclass(frozen=True)
 class EngineSettingsInfo:
@@ -65,6 +67,8 @@ class EngineParams:
     # Grammars to intersect (all enforced together with the token masks, as one
     # product grammar in the engine); when set, `grammar` is None.
     intersection: tuple[str, ...] = ()
+    # Budget-aware completion and dead-end search (steering/); None: off.
+    steer: SteerConfig | None = None
 
 
 @dataclass(frozen=True)

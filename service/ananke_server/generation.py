@@ -23,12 +23,13 @@ from ananke.v1 import generation_pb2, inference_service_pb2, provenance_pb2
 from .admission import Admission
 from .constraints import CompiledConstraints, ConstraintCompiler, unsatisfiable_during_generation
 from .engine_api import Engine, EngineParams, PromptTokens
-from .errors import ServiceError
+from .errors import ServiceError, invalid
 from .logging_setup import bind_request_id, prompt_fields
 from .metrics import Metrics
 from .provenance import Clock, build_provenance
 from .schema_outcome import SchemaOutcome, not_satisfied, retry_sampling, validate_output
 from .settings import Settings
+from .steering import SteerConfig, replay_steering
 from .validation import ValidatedRequest, check_prompt_length, validate_generation
 
 log = logging.getLogger("ananke.generation")
@@ -78,6 +79,7 @@ class Generations:
         # anyway, and vLLM's tokenizer deep-copies itself (tens of ms of CPU)
         # whenever more threads use it at once than it has copies.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ananke-tokenize")
+        self._steer = steer_config(settings)
 
     def close(self) -> None:
         """Releases the tokenizing thread."""
@@ -105,6 +107,8 @@ class Generations:
         )
         clock.compiled_seconds = time.perf_counter() - compile_started
         self._metrics.record_compile(clock.compiled_seconds)
+        if self._steer is not None and self._steer.budget:
+            check_budget(compiled, validated.sampling.max_tokens)
         # Tokenizing (and chat templating) a long prompt must not stall other streams.
         context = contextvars.copy_context()
         prompt = await asyncio.get_running_loop().run_in_executor(
@@ -187,7 +191,7 @@ class Generations:
             async for delta in self._engine.generate(
                 f"{validated.request_id}-{time.monotonic_ns():x}",
                 prompt,
-                engine_params(validated, compiled),
+                engine_params(validated, compiled, self._steer),
             ):
                 new = delta.token_ids
                 if new:
@@ -252,9 +256,14 @@ class Generations:
         if may_be_dead_end(compiled, verdict, output.engine_reason, output.stop_string):
             # The engine's product grammar forces EOS only at a dead end: prove it
             # with fresh matchers before reporting the request unsatisfiable.
+            # With the dead-end search on, the engine also ends a row when the
+            # search gives up; fresh matchers say which it was.
             tokens = [t for t in output.token_ids if t not in self._eos]
-            if await asyncio.to_thread(self._compiler.dead_end, compiled, tokens):
-                raise unsatisfiable_during_generation("request.constraints", len(tokens))
+            cause = await asyncio.to_thread(self._dead_end_cause, compiled, tokens)
+            if cause is not None:
+                raise unsatisfiable_during_generation(
+                    "request.constraints", len(tokens), cause=cause
+                )
         clock.finished = now()
         self._record_finish(validated, clock, len(output.token_ids), output.engine_reason)
         if verdict == provenance_pb2.CHECK_VERDICT_VIOLATED:
@@ -281,10 +290,38 @@ class Generations:
             schema=outcome,
             forced_tokens=output.forced_tokens,
         )
+        steered = await asyncio.to_thread(self._steered, validated, compiled, output)
+        if steered is not None:
+            provenance.steering.from_token, provenance.steering.tokens_left = steered
         finished = inference_service_pb2.GenerationFinished(
             finish_reason=reason, usage=usage, provenance=provenance
         )
         return finished, outcome
+
+    def _dead_end_cause(self, compiled: CompiledConstraints, tokens: list[int]) -> str | None:
+        """Why an intersection's output ended incomplete: "proved" when the
+        constraints allow no common token after it (the engine ends a row only
+        then); None when it is not a dead end."""
+        return "proved" if self._compiler.dead_end(compiled, tokens) else None
+
+    def _steered(
+        self, validated: ValidatedRequest, compiled: CompiledConstraints, output: _Output
+    ) -> tuple[int, int] | None:
+        """Where budget steering began, replayed over the output (see steering.guide)."""
+        grammars = compiled.intersection or (
+            (compiled.grammar,) if compiled.grammar is not None else ()
+        )
+        if self._steer is None or not self._steer.budget or not grammars:
+            return None
+        return replay_steering(
+            self._engine.llg_tokenizer(),
+            grammars,
+            [t for t in output.token_ids if t not in self._eos],
+            max_tokens=validated.sampling.max_tokens,
+            config=self._steer,
+            allowed=compiled.allowed_token_ids,
+            forbidden=compiled.forbidden_token_ids,
+        )
 
     def _record_finish(
         self, validated: ValidatedRequest, clock: Clock, tokens: int, engine_reason: str
@@ -311,7 +348,37 @@ class Generations:
         return self._engine.encode_chat(validated.messages)
 
 
-def engine_params(validated: ValidatedRequest, compiled: CompiledConstraints) -> EngineParams:
+def steer_config(settings: Settings) -> SteerConfig | None:
+    """Budget-aware completion as configured; None when it is off."""
+    if not settings.steer_budget:
+        return None
+    return SteerConfig(
+        budget=settings.steer_budget,
+        margin=settings.steer_margin_tokens,
+        check_every=settings.steer_check_every_tokens,
+        max_nodes=settings.steer_search_nodes,
+    )
+
+
+def check_budget(compiled: CompiledConstraints, max_tokens: int) -> None:
+    """INVALID_ARGUMENT when even the shortest complete output found needs more
+    than max_tokens (known from compiling, before anything is generated)."""
+    if compiled.min_tokens is not None and compiled.min_tokens > max_tokens:
+        raise invalid(
+            "MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM",
+            f"max_tokens is {max_tokens}, but the shortest output that satisfies the "
+            f"constraints needs {compiled.min_tokens} tokens (end of sequence included)",
+            "request.sampling.max_tokens",
+            max_tokens=str(max_tokens),
+            min_tokens=str(compiled.min_tokens),
+        )
+
+
+def engine_params(
+    validated: ValidatedRequest,
+    compiled: CompiledConstraints,
+    steer: SteerConfig | None = None,
+) -> EngineParams:
     """What the engine needs of a validated request and its compiled constraints."""
     sampling = validated.sampling
     return EngineParams(
@@ -325,6 +392,7 @@ def engine_params(validated: ValidatedRequest, compiled: CompiledConstraints) ->
         intersection=compiled.intersection,
         allowed_token_ids=compiled.allowed_token_ids,
         forbidden_token_ids=compiled.forbidden_token_ids,
+        steer=steer if compiled.has_grammar else None,
     )
 
 

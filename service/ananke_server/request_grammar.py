@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .masks import TokenMasks, intersect, mask_words
+from .steering import Guide, Product, SteerConfig, byte_tokens
 
 # SamplingParams.extra_args key carrying a request's constraint spec (see `RequestSpec`).
 GRAMMAR_ARG = "ananke_grammar"
@@ -34,6 +35,7 @@ class RequestSpec:
     forbidden: frozenset[int] = frozenset()
     eos: tuple[int, ...] = ()  # every id that ends a generation (besides the tokenizer's)
     fast_forward: bool = True
+    steer: dict[str, Any] | None = None  # SteerConfig fields: budget-aware completion
 
     def to_args(self) -> dict[str, Any]:
         """The extra_args value (msgspec/pickle-friendly builtins only)."""
@@ -43,6 +45,7 @@ class RequestSpec:
             "forbidden": sorted(self.forbidden),
             "eos": list(self.eos),
             "fast_forward": self.fast_forward,
+            "steer": self.steer,
         }
 
     @staticmethod
@@ -57,6 +60,7 @@ class RequestSpec:
             forbidden=frozenset(int(t) for t in args.get("forbidden") or ()),
             eos=tuple(int(t) for t in args.get("eos") or ()),
             fast_forward=bool(args.get("fast_forward", True)),
+            steer=args["steer"] if isinstance(args.get("steer"), dict) else None,
         )
 
 
@@ -112,6 +116,7 @@ class RequestGrammar:
         self.max_tokens = max_tokens
         self.fast_forward = fast_forward
         self.num_generated = 0
+        self.guide: Guide | None = None  # budget-aware completion (steering/), see steer()
         self.forced_proposed = 0  # forced tokens handed out as drafts (accepted or not)
         self.terminated = False
         self.dead_end = False
@@ -130,7 +135,7 @@ class RequestGrammar:
         matchers = [
             LLMatcher(tokenizer, grammar, log_level=0, limits=limits) for grammar in spec.grammars
         ]
-        return RequestGrammar(
+        grammar = RequestGrammar(
             matchers,
             vocab_words=mask_words(tokenizer.vocab_size),
             eos_token=int(tokenizer.eos_token),
@@ -139,6 +144,30 @@ class RequestGrammar:
             forbidden=spec.forbidden,
             max_tokens=max_tokens,
             fast_forward=spec.fast_forward,
+        )
+        if spec.steer is not None and max_tokens is not None and matchers:
+            grammar.steer(SteerConfig(**spec.steer), tokenizer, spec.grammars)
+        return grammar
+
+    def steer(self, config: SteerConfig, tokenizer: Any, grammars: Sequence[str]) -> None:
+        """Switches budget-aware completion on: a Guide over these same matchers
+        narrows the mask (`restrict`) when max_tokens comes close."""
+        if self.max_tokens is None or not config.budget or self.error():
+            return
+        product = Product(
+            self.matchers,
+            self.words,
+            self.masks.allowed,
+            self.masks.forbidden,
+            tokenizer=tokenizer,
+            grammars=grammars,
+        )
+        self.guide = Guide(
+            product,
+            byte_tokens(tokenizer),
+            max_tokens=self.max_tokens,
+            eos_ids=sorted(self.eos_tokens),
+            config=config,
         )
 
     def error(self) -> str:
@@ -182,12 +211,16 @@ class RequestGrammar:
                 self.terminated = True
                 self._unconsumed += 1
                 self.num_generated += 1
+                if self.guide is not None:
+                    self.guide.advance(token)
                 continue
             if not self._token_allowed(token):
                 return False
             if not all(m.consume_token(token) for m in self.matchers):
                 return False
             self.num_generated += 1
+            if self.guide is not None:
+                self.guide.advance(token, consumed=True)
         return True
 
     def validate_tokens(self, tokens: Sequence[int]) -> list[int]:
@@ -208,6 +241,8 @@ class RequestGrammar:
         if num_tokens <= 0:
             return
         self.num_generated -= num_tokens
+        if self.guide is not None:
+            self.guide.rollback(num_tokens, consumed=num_tokens - min(num_tokens, self._unconsumed))
         lifted = min(num_tokens, self._unconsumed)
         self._unconsumed -= lifted
         num_tokens -= lifted
@@ -246,7 +281,15 @@ class RequestGrammar:
             row[self.eos_token >> 5] = np.uint32(1 << (self.eos_token & 31)).view(np.int32)
 
     def restrict(self, row: npt.NDArray[np.int32]) -> None:
-        """Hook: narrows a filled mask row further (budget-aware completion). No-op here."""
+        """Narrows a filled mask row to the completion while budget-aware
+        completion steers (the row is kept when the two would leave nothing)."""
+        if self.guide is None or self.terminated:
+            return
+        narrowed = self.guide.steer_mask()
+        if narrowed is not None:
+            both = row & narrowed
+            if both.any():
+                row[:] = both
 
     def forced_tokens(self, limit: int) -> list[int]:
         """Up to `limit` tokens the product forces next, never past max_tokens;

@@ -93,6 +93,10 @@ class Settings:
     metrics_port: int = 0  # 0: no metrics endpoint
     port_file: str = ""  # write the bound port here once listening
     event_loop: str = "uvloop"  # or "asyncio"
+    steer_budget: bool = True  # budget-aware completion (steering.guide)
+    steer_margin_tokens: int = 2
+    steer_check_every_tokens: int = 16
+    steer_search_nodes: int = 400
 
     @property
     def address(self) -> str:
@@ -154,6 +158,12 @@ _HELP: dict[str, str] = {
     "metrics_port": "Prometheus metrics HTTP port (0: off)",
     "port_file": "write the bound port to this file once listening (useful with --port 0)",
     "event_loop": "uvloop (less CPU per streamed token) or asyncio (the standard loop)",
+    "steer_budget": "steer grammar-constrained outputs to a complete end when the tokens left "
+    "under max_tokens come close to what the constraints still need; refuse a max_tokens below "
+    "the shortest completion",
+    "steer_margin_tokens": "tokens kept in hand beyond the known completion before steering",
+    "steer_check_every_tokens": "most tokens between two checks of the remaining completion",
+    "steer_search_nodes": "states one completion search may expand",
 }
 
 
@@ -305,6 +315,9 @@ def validate_settings(settings: Settings) -> None:
         (0 <= settings.metrics_port <= 65535, "metrics_port must be 0..65535"),
         (settings.event_loop in {"uvloop", "asyncio"}, "event_loop must be uvloop or asyncio"),
         *_engine_checks(settings),
+        (settings.steer_margin_tokens >= 0, "steer_margin_tokens must be >= 0"),
+        (settings.steer_check_every_tokens >= 1, "steer_check_every_tokens must be >= 1"),
+        (settings.steer_search_nodes >= 1, "steer_search_nodes must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

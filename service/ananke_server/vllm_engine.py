@@ -193,6 +193,7 @@ class VllmEngine:
                 forbidden=params.forbidden_token_ids,
                 eos=tuple(self._eos_ids()),
                 fast_forward=self._fast_forward,
+                steer=None if params.steer is None else dataclasses.asdict(params.steer),
             )
             structured = StructuredOutputsParams(grammar=SENTINEL_GRAMMAR)
             return structured, None, None, {GRAMMAR_ARG: spec.to_args()}

@@ -4,6 +4,7 @@ list (through the cache), validates constraints one by one, and re-checks output
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from ananke.v1 import constraints_pb2, provenance_pb2
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 
 from ..errors import ServiceError, invalid
+from ..steering import Outcome, start_search
 from .cache import CompileCache, timeout_error
 from .check import FreshMatchers, check_output, dead_end
 from .core import (
@@ -212,6 +214,18 @@ class ConstraintCompiler:
             )
             if intersection and self.dead_end(result, ()):
                 raise unsatisfiable(field_path, at_start=True)
+            grammars = intersection or ((grammar,) if grammar is not None else ())
+            search = (
+                start_search(self._tokenizer, grammars, allowed=allowed, forbidden=forbidden)
+                if grammars
+                else None
+            )
+            if search is not None and search.found:
+                result = dataclasses.replace(result, min_tokens=len(search.tokens) + 1)
+            elif intersection and search is not None and search.outcome is Outcome.EXHAUSTED:
+                # The search saw every state the constraints reach together: no
+                # common output; refused now instead of after generating into it.
+                raise unsatisfiable(field_path, at_start=True, cause="exhausted")
             return result
         except ServiceError as error:
             return error
@@ -254,3 +268,8 @@ class ConstraintCompiler:
         )
         if self.dead_end(probe, ()):
             raise unsatisfiable(path, at_start=True)
+        search = start_search(
+            self._tokenizer, probe.intersection, allowed=piece.allowed, forbidden=piece.forbidden
+        )
+        if search is not None and search.outcome is Outcome.EXHAUSTED:
+            raise unsatisfiable(path, at_start=True, cause="exhausted")

@@ -53,6 +53,9 @@ class CompiledConstraints:
     # Grammars intersected by the engine's logits processor (which then also
     # applies the token masks); empty when `grammar` or plain masks suffice.
     intersection: tuple[str, ...] = ()
+    # Tokens (end of sequence included) of the shortest complete output the
+    # completion search found; None without a grammar or when none was found.
+    min_tokens: int | None = None
     # Per summary (same order): its JSON schemas whose preparation rewrote or
     # dropped keywords (see prepare.py).
     summary_checks: tuple[tuple[SchemaCheck, ...], ...] = ()

@@ -121,27 +121,51 @@ class GrammarValidator:
         raise ServiceError(reason, f"{path}: {text}", (FieldViolation(path, text),), metadata)
 
 
-def unsatisfiable(path: str, *, at_start: bool) -> ServiceError:
-    """CONSTRAINT_UNSATISFIABLE: the constraints together allow no next token."""
+def unsatisfiable(path: str, *, at_start: bool, cause: str = "proved") -> ServiceError:
+    """CONSTRAINT_UNSATISFIABLE: the constraints together allow no next token
+    (cause "proved"), or no complete output (cause "exhausted": a completion
+    search saw every state they reach together)."""
     where = "the empty output" if at_start else "the output so far"
     message = (
         f"{path}: the constraints together allow no token after {where} "
         "(their intersection is empty)"
     )
+    if cause == "exhausted":
+        message = (
+            f"{path}: the constraints have no common complete output after {where} "
+            "(a completion search explored every state they reach together)"
+        )
     return ServiceError(
         "CONSTRAINT_UNSATISFIABLE",
         message,
         (FieldViolation(path, "empty intersection"),),
-        {"field": path},
+        {"field": path, "cause": cause},
     )
 
 
-def unsatisfiable_during_generation(path: str, tokens: int) -> ServiceError:
-    """The error of a generation that reached a dead end after `tokens` tokens."""
-    error = unsatisfiable(path, at_start=False)
+def unsatisfiable_during_generation(
+    path: str, tokens: int, *, cause: str = "proved"
+) -> ServiceError:
+    """The error of a generation that reached a dead end after `tokens` tokens.
+    `cause`: "proved" (the constraints allow no common token after the output),
+    "exhausted" (a search saw every distinct state reachable from there, none
+    complete) or "search_budget_spent" (the dead-end search gave up)."""
+    if cause == "proved":
+        message = unsatisfiable(path, at_start=False).message
+        violation = "empty intersection"
+    elif cause == "exhausted":
+        message = unsatisfiable(path, at_start=False, cause=cause).message
+        violation = "no common completion"
+    else:
+        message = (
+            f"{path}: the dead-end search found no common completion of the constraints "
+            "after the output so far within its budget (settings dead_end_retries, "
+            "steer_search_nodes); they may still have one"
+        )
+        violation = "no common completion found"
     return ServiceError(
-        error.reason,
-        error.message + f"; generation stopped after {tokens} tokens",
-        error.violations,
-        {**error.metadata, "tokens": str(tokens)},
+        "CONSTRAINT_UNSATISFIABLE",
+        message + f"; generation stopped after {tokens} tokens",
+        (FieldViolation(path, violation),),
+        {"field": path, "tokens": str(tokens), "cause": cause},
     )

@@ -3,7 +3,16 @@ matchers (search.py), its state (product.py) and the per-request policy of
 budget-aware completion and dead-end avoidance (guide.py). Imports nothing
 from the rest of the service, so any engine integration can use it."""
 
-from .guide import Guide, SteerConfig, eos_mask
+from .guide import (
+    Guide,
+    SteerConfig,
+    dead_end_cause,
+    eos_mask,
+    fresh_product,
+    minimum_tokens,
+    replay_steering,
+    start_search,
+)
 from .product import ByteTokens, Mask, Product, RegexTracker, byte_tokens, has_token
 from .search import Outcome, Search, shortest_completion
 
@@ -17,7 +26,12 @@ __all__ = [
     "Search",
     "SteerConfig",
     "byte_tokens",
+    "dead_end_cause",
     "eos_mask",
+    "fresh_product",
     "has_token",
+    "minimum_tokens",
+    "replay_steering",
     "shortest_completion",
+    "start_search",
 ]

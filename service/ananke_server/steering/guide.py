@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .product import ByteTokens, Mask, Product, has_token
+from .product import ByteTokens, Mask, Product, byte_tokens, has_token
 from .search import Outcome, Search, shortest_completion
 
 
@@ -34,11 +35,7 @@ class SteerConfig:
 
 def eos_mask(words: int, eos_ids: Iterable[int]) -> Mask:
     """A bitmask with only the EOS ids set."""
-    mask = np.zeros(words, dtype=np.int32)
-    for token in eos_ids:
-        if token < words * 32:
-            mask[token >> 5] |= np.int32(np.uint32(1 << (token & 31)).view(np.int32))
-    return mask
+    return _bits(eos_ids, words)
 
 
 class Guide:
@@ -80,12 +77,16 @@ class Guide:
         """Whether the output is being steered to its completion now."""
         return self._steering
 
-    def advance(self, token: int) -> bool:
-        """Takes a sampled token; False when the product refuses it (a dead end)."""
+    def advance(self, token: int, *, consumed: bool = False) -> bool:
+        """Takes a sampled token; False when the product refuses it (a dead end).
+        `consumed`: the owner of the matchers has advanced them already (an
+        engine grammar object sharing its matchers with the guide)."""
         self.produced += 1
         if token in self._eos_ids:
             return True
-        if self.dead_end or not self.product.consume(token):
+        if consumed:
+            self.product.observe(token)
+        elif self.dead_end or not self.product.consume(token):
             self.dead_end = True
             return False
         if self.plan and self.plan[0] == token:
@@ -96,6 +97,20 @@ class Guide:
                 self._steering = False
                 self._check_at = self.produced
         return True
+
+    def rollback(self, count: int, *, consumed: int | None = None) -> None:
+        """Forgets the last `count` tokens, of which the owner rolled its matchers
+        back `consumed` (default all; EOS is never consumed); steering plans
+        again from there."""
+        if count <= 0:
+            return
+        self.produced -= count
+        self.product.unobserve(count if consumed is None else consumed)
+        self.plan = None
+        self.dead_end = False
+        if self._steering:
+            self._steering = False
+            self._check_at = self.produced
 
     def _search(self) -> Search:
         search = shortest_completion(self.product, self.table, max_nodes=self.config.max_nodes)
@@ -127,6 +142,14 @@ class Guide:
             self._check_at = self.produced + 1 + min(self.config.check_every, 4)
             return
         need = len(search.tokens) + 1  # the completion, then EOS
+        if need > self.remaining - self.config.margin:
+            # Tight: the fast search's completion may be longer than the shortest.
+            exact = shortest_completion(
+                self.product, self.table, max_nodes=self.config.max_nodes, exact=True
+            )
+            if exact.found and len(exact.tokens) < len(search.tokens):
+                search = self.last_search = exact
+                need = len(search.tokens) + 1
         gap = self.remaining - need - self.config.margin
         if need > self.remaining:
             self.hopeless = True
@@ -224,3 +247,126 @@ class Guide:
         ok = taken == len(tokens) and self.product.accepting()
         self.product.rollback(taken)
         return ok
+
+
+def minimum_tokens(
+    tokenizer: Any,
+    grammars: Sequence[str],
+    *,
+    allowed: Iterable[int] | None = None,
+    forbidden: Iterable[int] = (),
+    max_nodes: int = 400,
+) -> int | None:
+    """Tokens (end of sequence included) of the shortest complete output found
+    for the AND of `grammars` and the token sets; None when none was found."""
+    search = start_search(tokenizer, grammars, allowed=allowed, forbidden=forbidden)
+    return len(search.tokens) + 1 if search is not None and search.found else None
+
+
+def start_search(
+    tokenizer: Any,
+    grammars: Sequence[str],
+    *,
+    allowed: Iterable[int] | None = None,
+    forbidden: Iterable[int] = (),
+    max_nodes: int = 400,
+) -> Search | None:
+    """The exact completion search from the empty output (None: a grammar does not build)."""
+    product = fresh_product(tokenizer, grammars, allowed=allowed, forbidden=forbidden)
+    if product is None:
+        return None
+    return shortest_completion(product, byte_tokens(tokenizer), max_nodes=max_nodes, exact=True)
+
+
+def fresh_product(
+    tokenizer: Any,
+    grammars: Sequence[str],
+    *,
+    allowed: Iterable[int] | None = None,
+    forbidden: Iterable[int] = (),
+) -> Product | None:
+    """A Product of new matchers for `grammars` and the token sets (EOS always
+    allowed); None when a grammar does not build."""
+    from llguidance import LLMatcher
+
+    words = (int(tokenizer.vocab_size) + 31) // 32
+    eos = [int(t) for t in tokenizer.eos_tokens]
+    allowed_mask = None if allowed is None else _bits({*allowed, *eos}, words)
+    forbidden_set = set(forbidden)
+    forbidden_mask = _bits(forbidden_set, words) if forbidden_set else None
+    matchers = [LLMatcher(tokenizer, grammar, log_level=0) for grammar in grammars]
+    if not matchers or any(m.is_error() for m in matchers):
+        return None
+    return Product(
+        matchers, words, allowed_mask, forbidden_mask, tokenizer=tokenizer, grammars=grammars
+    )
+
+
+def dead_end_cause(
+    tokenizer: Any,
+    grammars: Sequence[str],
+    tokens: Sequence[int],
+    *,
+    allowed: Iterable[int] | None = None,
+    forbidden: Iterable[int] = (),
+    max_nodes: int = 2000,
+) -> str | None:
+    """Why no common completion follows `tokens`, checked with fresh matchers:
+    "proved" (no token at all is allowed after them), "exhausted" (a search
+    saw every distinct state reachable from there, none accepting),
+    "search_budget_spent" (it stopped first); None when it found a completion."""
+    product = fresh_product(tokenizer, grammars, allowed=allowed, forbidden=forbidden)
+    if product is None or product.consume_all(tokens) != len(tokens):
+        return "proved"
+    search = shortest_completion(product, byte_tokens(tokenizer), max_nodes=max_nodes)
+    if search.found:
+        return None
+    return {
+        Outcome.NO_TOKEN: "proved",
+        Outcome.EXHAUSTED: "exhausted",
+    }.get(search.outcome, "search_budget_spent")
+
+
+def _bits(ids: Iterable[int], words: int) -> Mask:
+    mask = np.zeros(words, dtype=np.int32)
+    for token in ids:
+        if 0 <= token < words * 32:
+            mask[token >> 5] |= np.uint32(1 << (token & 31)).view(np.int32)
+    return mask
+
+
+def replay_steering(
+    tokenizer: Any,
+    grammars: Sequence[str],
+    tokens: Sequence[int],
+    *,
+    max_tokens: int,
+    config: SteerConfig,
+    allowed: Iterable[int] | None = None,
+    forbidden: Iterable[int] = (),
+) -> tuple[int, int] | None:
+    """Where budget steering began for an output, found by replaying the same
+    deterministic budget decisions over its tokens with fresh matchers (the
+    engine's guide runs in another process and reports nothing back):
+    (index of the first steered token, tokens left then), or None."""
+    from llguidance import LLMatcher
+
+    words = (int(tokenizer.vocab_size) + 31) // 32
+    eos = [int(t) for t in tokenizer.eos_tokens]
+    allowed_mask = None if allowed is None else _bits({*allowed, *eos}, words)
+    forbidden_set = set(forbidden)
+    forbidden_mask = _bits(forbidden_set, words) if forbidden_set else None
+    matchers = [LLMatcher(tokenizer, grammar, log_level=0) for grammar in grammars]
+    product = Product(
+        matchers, words, allowed_mask, forbidden_mask, tokenizer=tokenizer, grammars=grammars
+    )
+    guide = Guide(
+        product, byte_tokens(tokenizer), max_tokens=max_tokens, eos_ids=eos, config=config
+    )
+    for token in tokens:
+        guide.steer_mask()
+        if guide.steered_from is not None or not guide.advance(token):
+            break
+    if guide.steered_from is None:
+        return None
+    return guide.steered_from, max_tokens - guide.steered_from

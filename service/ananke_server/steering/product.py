@@ -124,6 +124,7 @@ class RegexTracker:
     def __init__(self, fsm: Any, tokenizer: Any) -> None:
         self._fsm = fsm
         self._tokenizer = tokenizer
+        self._distance = _distances(fsm)
         # (DFA state or None when off, undecoded UTF-8 tail) per token taken.
         self._stack: list[tuple[Any, bytes]] = [(fsm.initial, b"")]
 
@@ -146,6 +147,11 @@ class RegexTracker:
         state, tail = self._stack[-1]
         return None if state is None else f"{state}:".encode() + tail
 
+    def distance(self) -> int | None:
+        """Characters the current state needs at least to reach a match (None: off)."""
+        state = self._stack[-1][0]
+        return None if state is None else self._distance.get(state, -1)
+
     def push(self, token: int) -> None:
         """Advances over one token's bytes."""
         state, tail = self._stack[-1]
@@ -162,6 +168,25 @@ class RegexTracker:
     def pop(self, count: int) -> None:
         """Undoes the last `count` tokens."""
         del self._stack[len(self._stack) - count :]
+
+
+def _distances(fsm: Any) -> dict[Any, int]:
+    """Per DFA state, the fewest characters to a final state (unreachable: absent)."""
+    reverse: dict[Any, set[Any]] = {}
+    for state, edges in fsm.map.items():
+        for target in edges.values():
+            reverse.setdefault(target, set()).add(state)
+    distance = dict.fromkeys(fsm.finals, 0)
+    frontier = list(distance)
+    while frontier:
+        following = []
+        for state in frontier:
+            for source in reverse.get(state, ()):
+                if source not in distance:
+                    distance[source] = distance[state] + 1
+                    following.append(source)
+        frontier = following
+    return distance
 
 
 def _split_utf8(data: bytes) -> tuple[str, bytes]:
@@ -201,6 +226,7 @@ class Product:
         self._scratch = np.empty((max(1, len(self.matchers)), words), dtype=np.int32)
         self._mask: Mask | None = None  # of the current state, while valid
         self._fingerprint: bytes | None = None
+        self._mask_fingerprint: bytes | None = None
         self._filled = [False] * len(self.matchers)
 
     def is_error(self) -> bool:
@@ -236,24 +262,55 @@ class Product:
         """An identity of the current state: per matcher its exact regex state
         or its mask and forced bytes, plus whether all accept."""
         if self._fingerprint is None:
-            hasher = hashlib.blake2b(digest_size=16)
-            for i, matcher in enumerate(self.matchers):
-                tracker = self.trackers[i]
-                state = tracker.state() if tracker is not None else None
-                if state is not None:
-                    hasher.update(b"R" + state)
-                    continue
-                hasher.update(self._row(i).tobytes())
-                # Mid-way through a forced run taken byte by byte (not as the forced
-                # token) llguidance's mask can be empty; the forced bytes tell such states apart.
-                hasher.update(matcher.compute_ff_bytes() + b"\0")
-            hasher.update(b"A" if self.accepting() else b"-")
-            self._fingerprint = hasher.digest()
+            self._fingerprint = self._digest(exact=True)
         return self._fingerprint
+
+    def mask_fingerprint(self) -> bytes:
+        """Like `fingerprint`, with a regex's exact state replaced by its distance
+        to a match: a step that keeps it has made no progress (one more
+        character inside `.{0,48}` changes the exact state, not the distance)."""
+        if self._mask_fingerprint is None:
+            self._mask_fingerprint = self._digest(exact=False)
+        return self._mask_fingerprint
+
+    def _digest(self, *, exact: bool) -> bytes:
+        hasher = hashlib.blake2b(digest_size=16)
+        for i, matcher in enumerate(self.matchers):
+            tracker = self.trackers[i]
+            if tracker is not None and tracker.state() is not None:
+                if exact:
+                    hasher.update(b"R" + (tracker.state() or b""))
+                else:
+                    # Progress of a regex is how close it is to a match: in
+                    # `.{0,48}` every character costs room but is no progress.
+                    hasher.update(b"D%d" % (tracker.distance() or 0))
+                continue
+            hasher.update(self._row(i).tobytes())
+            # Mid-way through a forced run taken byte by byte (not as the forced
+            # token) llguidance's mask can be empty; the forced bytes tell such states apart.
+            hasher.update(matcher.compute_ff_bytes() + b"\0")
+        hasher.update(b"A" if self.accepting() else b"-")
+        return hasher.digest()
+
+    def observe(self, token: int) -> None:
+        """Follows a token the matchers' owner made them take."""
+        for tracker in self.trackers:
+            if tracker is not None:
+                tracker.push(token)
+        self._changed()
+
+    def unobserve(self, count: int) -> None:
+        """Follows a rollback of `count` tokens the matchers' owner made."""
+        if count > 0:
+            for tracker in self.trackers:
+                if tracker is not None:
+                    tracker.pop(count)
+        self._changed()
 
     def _changed(self) -> None:
         self._mask = None
         self._fingerprint = None
+        self._mask_fingerprint = None
         self._filled = [False] * len(self.matchers)
 
     def allows(self, token: int) -> bool:

@@ -114,10 +114,11 @@ def _greedy_search(
     product: Product, table: ByteTokens, max_nodes: int
 ) -> tuple[list[int] | None, int]:
     """Depth-first, preferred bytes first, never back into a state seen on the
-    way since the last forced run nor into one already explored in vain."""
+    way since the last forced run (for content bytes: a state that looks the
+    same by its masks) nor into one already explored in vain."""
     taken: list[int] = []
     failed: set[bytes] = set()
-    frames = [(iter(_candidates(product, table)), 0, frozenset({product.fingerprint()}))]
+    frames = [(iter(_candidates(product, table)), 0, _seen(product, frozenset()))]
     nodes = 1
     while frames:
         steps, size, recent = frames[-1]
@@ -137,8 +138,8 @@ def _greedy_search(
             path = taken + tokens
             product.rollback(len(path))
             return path, nodes
-        fingerprint = product.fingerprint()
-        if fingerprint in failed or (not forced and fingerprint in recent):
+        content = not forced and byte_class(table.tokenizer.decode_bytes(tokens)[0]) >= 0
+        if product.fingerprint() in failed or (not forced and _looped(product, recent, content)):
             product.rollback(count)
             continue
         nodes += 1
@@ -146,9 +147,22 @@ def _greedy_search(
             product.rollback(len(taken) + count)
             return None, nodes
         taken.extend(tokens)
-        recent = frozenset({fingerprint}) if forced else recent | {fingerprint}
+        recent = _seen(product, frozenset() if forced else recent)
         frames.append((iter(_candidates(product, table)), count, recent))
     return None, nodes
+
+
+def _seen(product: Product, recent: frozenset[bytes]) -> frozenset[bytes]:
+    """`recent` plus the current state's exact and mask identities."""
+    return recent | {b"E" + product.fingerprint(), b"M" + product.mask_fingerprint()}
+
+
+def _looped(product: Product, recent: frozenset[bytes], content: bool) -> bool:
+    """Whether the current state repeats one in `recent`: exactly, or (after a
+    content byte: a letter, digit or UTF-8 byte) by its masks."""
+    if b"E" + product.fingerprint() in recent:
+        return True
+    return content and b"M" + product.mask_fingerprint() in recent
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,7 @@ def _byte_search(
 ) -> tuple[list[int] | None, int, bool]:
     """Breadth-first over single-byte tokens (and forced runs); (path, nodes
     expanded, whether the frontier ran out)."""
-    level = [_Node((), frozenset({product.fingerprint()}))]
+    level = [_Node((), _seen(product, frozenset()))]
     nodes = 0
     while level:
         following: list[_Node] = []
@@ -186,12 +200,13 @@ def _byte_search(
                 # One edge for a forced run, in the grammar's own tokens.
                 accepting = product.accepting()
                 fingerprint = product.fingerprint()
+                seen = _seen(product, frozenset())
                 product.rollback(len(path) + len(forced))
                 if accepting:
                     return [*path, *forced], nodes, False
                 if fingerprint not in level_seen:
                     level_seen.add(fingerprint)
-                    following.append(_Node((*path, *forced), frozenset({fingerprint})))
+                    following.append(_Node((*path, *forced), seen))
                 continue
             parent = product.fingerprint()
             mask = product.mask().copy()
@@ -214,15 +229,16 @@ def _byte_search(
                     product.rollback(len(path) + 1)
                     return [*path, token], nodes, False
                 fingerprint = product.fingerprint()
-                product.rollback(1)
-                # Only content bytes (letters, digits, UTF-8) close a loop: a
-                # punctuation byte can leave the masks alike and still move the
-                # parser on (`)` inside `.*\)` both continues `.*` and ends it).
-                if fingerprint == parent or (group >= 0 and fingerprint in node.recent):
+                # Only content bytes (letters, digits, UTF-8) close a loop by
+                # masks: a punctuation byte can leave the masks alike and still
+                # move the parser on (`)` inside `.*\)` both continues `.*` and ends it).
+                if fingerprint == parent or _looped(product, node.recent, group >= 0):
+                    product.rollback(1)
                     continue
                 if fingerprint not in level_seen:
                     level_seen.add(fingerprint)
-                    following.append(_Node((*path, token), node.recent | {fingerprint}))
+                    following.append(_Node((*path, token), _seen(product, node.recent)))
+                product.rollback(1)
             product.rollback(len(path))
         level = following
     return None, nodes, True

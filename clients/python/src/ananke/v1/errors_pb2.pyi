@@ -102,7 +102,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     CONSTRAINT_UNSATISFIABLE: _ErrorReason.ValueType  # 20
     """FAILED_PRECONDITION: the constraints together allow no token (their
     intersection is empty), either from the start (when compiling) or from
-    the output generated so far (metadata "tokens": how many were generated).
+    the output generated so far (metadata "tokens": how many were generated;
+    "cause": "proved" when the constraints allow no common token after that
+    output, "exhausted" when a search saw every distinct state reachable from
+    it and none was complete, "search_budget_spent" when the dead-end search
+    gave up first).
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     OVERLOADED: _ErrorReason.ValueType  # 30
@@ -141,6 +145,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     API_KEY_INVALID: _ErrorReason.ValueType  # 41
     """UNAUTHENTICATED: the API key is not valid.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM: _ErrorReason.ValueType  # 75
+    """INVALID_ARGUMENT: max_tokens is too small for even the shortest output
+    that satisfies the constraints (metadata "max_tokens" and "min_tokens":
+    the tokens the shortest completion found needs, end of sequence
+    included). Sent before generating; only with budget-aware completion on.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     INTERNAL_ERROR: _ErrorReason.ValueType  # 50
@@ -254,7 +265,11 @@ buf:lint:ignore ENUM_VALUE_PREFIX
 CONSTRAINT_UNSATISFIABLE: ErrorReason.ValueType  # 20
 """FAILED_PRECONDITION: the constraints together allow no token (their
 intersection is empty), either from the start (when compiling) or from
-the output generated so far (metadata "tokens": how many were generated).
+the output generated so far (metadata "tokens": how many were generated;
+"cause": "proved" when the constraints allow no common token after that
+output, "exhausted" when a search saw every distinct state reachable from
+it and none was complete, "search_budget_spent" when the dead-end search
+gave up first).
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 OVERLOADED: ErrorReason.ValueType  # 30
@@ -293,6 +308,13 @@ buf:lint:ignore ENUM_VALUE_PREFIX
 """
 API_KEY_INVALID: ErrorReason.ValueType  # 41
 """UNAUTHENTICATED: the API key is not valid.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM: ErrorReason.ValueType  # 75
+"""INVALID_ARGUMENT: max_tokens is too small for even the shortest output
+that satisfies the constraints (metadata "max_tokens" and "min_tokens":
+the tokens the shortest completion found needs, end of sequence
+included). Sent before generating; only with budget-aware completion on.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 INTERNAL_ERROR: ErrorReason.ValueType  # 50

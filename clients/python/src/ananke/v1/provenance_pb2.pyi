@@ -284,6 +284,7 @@ class Provenance(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     FORCED_TOKENS_FIELD_NUMBER: _builtins.int
     FAST_FORWARD_FIELD_NUMBER: _builtins.int
+    STEERING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's or the one the server chose)."""
     model_id: _builtins.str
@@ -351,6 +352,13 @@ class Provenance(_message.Message):
     def context(self) -> _generation_pb2.GenerationContext:
         """The request's context, unchanged."""
 
+    @_builtins.property
+    def steering(self) -> Global___BudgetSteering:
+        """Budget-aware completion: set when the server steered the output to a
+        completion because the tokens left under max_tokens came close to what the
+        constraints still needed; unset when it did not steer.
+        """
+
     def __init__(
         self,
         *,
@@ -374,14 +382,45 @@ class Provenance(_message.Message):
         context: _generation_pb2.GenerationContext | None = ...,
         forced_tokens: _builtins.int = ...,
         fast_forward: Global___FastForward.ValueType = ...,
+        steering: Global___BudgetSteering | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "sampling", b"sampling", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "sampling", b"sampling", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Provenance: _TypeAlias = Provenance  # noqa: Y015
+
+@_typing.final
+class BudgetSteering(_message.Message):
+    """How budget-aware completion steered one output to a complete, valid end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_TOKEN_FIELD_NUMBER: _builtins.int
+    TOKENS_LEFT_FIELD_NUMBER: _builtins.int
+    from_token: _builtins.int
+    """Index (from 0) of the first output token chosen on the way to the
+    shortest completion the server found.
+    """
+    tokens_left: _builtins.int
+    """Tokens that were left under max_tokens at that point (end of sequence
+    included).
+    """
+    def __init__(
+        self,
+        *,
+        from_token: _builtins.int = ...,
+        tokens_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_token", b"from_token", "tokens_left", b"tokens_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetSteering: _TypeAlias = BudgetSteering  # noqa: Y015
 
 @_typing.final
 class ConstraintProvenance(_message.Message):

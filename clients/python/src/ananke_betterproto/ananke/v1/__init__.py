@@ -5,6 +5,7 @@
 
 __all__ = (
     "AppliedSampling",
+    "BudgetSteering",
     "CacheOutcome",
     "ChatMessage",
     "ChatRole",
@@ -529,7 +530,11 @@ class ErrorReason(betterproto2.Enum):
     """
     FAILED_PRECONDITION: the constraints together allow no token (their
     intersection is empty), either from the start (when compiling) or from
-    the output generated so far (metadata "tokens": how many were generated).
+    the output generated so far (metadata "tokens": how many were generated;
+    "cause": "proved" when the constraints allow no common token after that
+    output, "exhausted" when a search saw every distinct state reachable from
+    it and none was complete, "search_budget_spent" when the dead-end search
+    gave up first).
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -584,6 +589,15 @@ class ErrorReason(betterproto2.Enum):
     API_KEY_INVALID = 41
     """
     UNAUTHENTICATED: the API key is not valid.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM = 75
+    """
+    INVALID_ARGUMENT: max_tokens is too small for even the shortest output
+    that satisfies the constraints (metadata "max_tokens" and "min_tokens":
+    the tokens the shortest completion found needs, end of sequence
+    included). Sent before generating; only with budget-aware completion on.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -886,6 +900,28 @@ class AppliedSampling(betterproto2.Message):
 
 
 default_message_pool.register_message("ananke.v1", "AppliedSampling", AppliedSampling)
+
+
+@dataclass(eq=False, repr=False)
+class BudgetSteering(betterproto2.Message):
+    """
+    How budget-aware completion steered one output to a complete, valid end.
+    """
+
+    from_token: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Index (from 0) of the first output token chosen on the way to the
+    shortest completion the server found.
+    """
+
+    tokens_left: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    Tokens that were left under max_tokens at that point (end of sequence
+    included).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "BudgetSteering", BudgetSteering)
 
 
 @dataclass(eq=False, repr=False)
@@ -2276,6 +2312,15 @@ class Provenance(betterproto2.Message):
     )
     """
     Whether forced tokens were fast-forwarded for this generation.
+    """
+
+    steering: "BudgetSteering | None" = betterproto2.field(
+        45, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Budget-aware completion: set when the server steered the output to a
+    completion because the tokens left under max_tokens came close to what the
+    constraints still needed; unset when it did not steer.
     """
 
 

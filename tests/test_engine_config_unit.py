@@ -3,6 +3,7 @@ AsyncEngineArgs through the pure `engine_args_kwargs`; bad values are clear erro
 
 from __future__ import annotations
 
+import tempfile
 import typing
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,13 @@ ENGINE_SETTINGS: list[tuple[str, str, str, Any]] = [
 ]
 
 
+# An existing folder: with HF_HUB_OFFLINE=1 (as `make test` runs) vLLM's engine
+# args treat a missing path as a hub repo id and refuse it.
+MODEL_DIR = tempfile.mkdtemp(prefix="ananke-engine-config-")
+
+
 def _vllm_args(settings: Settings, *, on_cpu: bool = False) -> Any:
-    config = EngineConfig.from_settings(settings, "/models/m", "m")
+    config = EngineConfig.from_settings(settings, MODEL_DIR, "m")
     proposer = PROPOSER if config.fast_forward else None
     return AsyncEngineArgs(
         **engine_args_kwargs(config, on_cpu=on_cpu, fast_forward_proposer=proposer)

@@ -56,6 +56,9 @@ class Settings:
     max_tokens_cap: int = 2048
     default_max_tokens: int = 256
     max_model_len: int = 4096
+    max_candidates: int = 16
+    max_logprobs: int = 20
+    logprobs_mode: str = "processed"
     max_constraint_bytes: int = 1 << 20
     max_message_bytes: int = 8 << 20
     compile_cache_size: int = 512
@@ -114,6 +117,10 @@ _HELP: dict[str, str] = {
     "max_tokens_cap": "largest max_tokens a request may ask for",
     "default_max_tokens": "max_tokens when a request leaves it unset",
     "max_model_len": "context length given to the engine (prompt + output tokens)",
+    "max_candidates": "largest SamplingParams.n (candidates per call) a request may ask for",
+    "max_logprobs": "most log-probability alternatives per token a request may ask for",
+    "logprobs_mode": "processed (after constraint masks, penalties, temperature: the "
+    "distribution sampled from) or raw (the model's own, before token masks)",
     "max_constraint_bytes": "largest constraint text accepted",
     "max_message_bytes": "largest request message accepted",
     "compile_cache_size": "compiled constraint sets kept (LRU)",
@@ -286,6 +293,12 @@ def validate_settings(settings: Settings) -> None:
         (settings.max_tokens_cap >= 1, "max_tokens_cap must be >= 1"),
         (settings.default_max_tokens >= 1, "default_max_tokens must be >= 1"),
         (settings.max_model_len >= 16, "max_model_len must be >= 16"),
+        (settings.max_candidates >= 1, "max_candidates must be >= 1"),
+        (settings.max_logprobs >= 0, "max_logprobs must be >= 0"),
+        (
+            settings.logprobs_mode in {"processed", "raw"},
+            "logprobs_mode must be processed or raw",
+        ),
         (settings.compile_cache_size >= 0, "compile_cache_size must be >= 0"),
         (settings.compile_timeout_s > 0, "compile_timeout_s must be > 0"),
         (settings.compile_workers >= 1, "compile_workers must be >= 1"),

@@ -4,14 +4,14 @@ two clients add only the blocking or awaiting loop around it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from ananke.constraints import ConstraintIR
 from ananke.errors import AnankeError
-from ananke.request import GenerationArgs, build_generation_request
+from ananke.request import GenerationArgs, Message, build_generation_request, chat_message
 from ananke.results import (
     GenerationFinished,
     GenerationResult,
@@ -109,19 +109,36 @@ class ClientBase:
             constraints = [constraints]
         return inference_service_pb2.ValidateConstraintsRequest(constraints=list(constraints))
 
+    @staticmethod
+    def _tokenize_request(
+        text: str | None, messages: Sequence[Message] | None, return_tokens: bool
+    ) -> inference_service_pb2.TokenizeRequest:
+        if (text is None) == (messages is None):
+            raise ValueError("give exactly one of text and messages")
+        request = inference_service_pb2.TokenizeRequest(return_tokens=return_tokens)
+        if text is not None:
+            request.text = text
+        else:
+            assert messages is not None
+            request.messages.extend(chat_message(m) for m in messages)
+        return request
+
 
 class StreamEvents:
     """What a generation stream has received, and the events to hand on.
 
     The started event is held back until the first token, so a stream retried
     before its first token still yields exactly one; `produced` says whether a
-    token has reached the caller (after which the call is never retried).
+    token has reached the caller (after which the call is never retried). With
+    several candidates (n) each sends its own finished event: `finals` holds
+    them in arrival order, `finished` the last.
     """
 
     def __init__(self) -> None:
         self.started: GenerationStarted | None = None
         self.chunks: list[TokenChunk] = []
         self.finished: GenerationFinished | None = None
+        self.finals: list[GenerationFinished] = []
         self.produced = False
         self._held: GenerationStarted | None = None
 
@@ -145,6 +162,7 @@ class StreamEvents:
             events.append(response.chunk)
         elif kind == "finished":
             self.finished = response.finished
+            self.finals.append(response.finished)
             events.append(response.finished)
         return events
 
@@ -154,9 +172,11 @@ class StreamEvents:
         if self._held is not None:
             self.started, self._held = self._held, None
             events.append(self.started)
-        if self.finished is None:
+        expected = self.started.candidates if self.started is not None else 0
+        if self.finished is None or len(self.finals) < expected:
             raise AnankeError(
-                grpc.StatusCode.UNKNOWN, "the stream ended without a GenerationFinished event"
+                grpc.StatusCode.UNKNOWN,
+                "the stream ended without a GenerationFinished event for every candidate",
             )
         return events
 
@@ -169,7 +189,7 @@ class StreamEvents:
         """The finished generation; raises (with `hint`) if the stream has not finished."""
         if self.finished is None:
             raise RuntimeError(f"the stream has not finished; {hint}")
-        return GenerationResult.from_stream(self.started, self.chunks, self.finished)
+        return GenerationResult.from_stream(self.started, self.chunks, self.finals)
 
 
 class StreamView:
@@ -189,8 +209,13 @@ class StreamView:
 
     @property
     def finished(self) -> GenerationFinished | None:
-        """The finished event, once received."""
+        """The last finished event, once received."""
         return self._events_state.finished
+
+    @property
+    def finals(self) -> list[GenerationFinished]:
+        """One finished event per candidate received so far, in arrival order."""
+        return self._events_state.finals
 
     @property
     def text(self) -> str:

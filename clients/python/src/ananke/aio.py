@@ -7,7 +7,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +22,7 @@ import grpc
 
 from ananke._base import CallMetadata, ClientBase, StreamEvents, StreamView, health_status_name
 from ananke.constraints import ConstraintIR
+from ananke.request import Message
 from ananke.results import GenerationResult, StreamEvent, TokenChunk
 from ananke.retry import Attempts, CallKind
 from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -36,7 +44,7 @@ class AsyncGenerationStream(StreamView, AsyncIterator[StreamEvent]):
     """The events of one `GenerateStream` call, as they arrive (asyncio).
 
     `async for` yields `GenerationStarted`, `TokenChunk`s, then one
-    `GenerationFinished`; `await aclose()` (or leaving an `async with` block)
+    `GenerationFinished` per candidate; `await aclose()` (or leaving an `async with` block)
     cancels the call and so aborts generation on the server. After the last
     event, `result` holds the whole generation. Retries as `GenerationStream`.
     """
@@ -215,6 +223,39 @@ class AsyncAnankeClient(ClientBase):
         return await self._call(
             self._stub.ValidateConstraints, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
+
+    async def tokenize(
+        self,
+        text: str | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        return_tokens: bool = False,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = None,
+    ) -> inference_service_pb2.TokenizeResponse:
+        """Token ids of `text` (as a raw prompt) or of chat `messages` (with
+        the model's chat template), exactly as generate() would send them."""
+        request = self._tokenize_request(text, messages, return_tokens)
+        return await self._call(
+            self._stub.Tokenize, request, CallKind.IDEMPOTENT, timeout, call_metadata
+        )
+
+    async def detokenize(
+        self,
+        token_ids: Iterable[int],
+        *,
+        skip_special_tokens: bool = False,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = None,
+    ) -> str:
+        """The text of `token_ids`."""
+        request = inference_service_pb2.DetokenizeRequest(
+            token_ids=list(token_ids), skip_special_tokens=skip_special_tokens
+        )
+        response = await self._call(
+            self._stub.Detokenize, request, CallKind.IDEMPOTENT, timeout, call_metadata
+        )
+        return response.text
 
     async def model_info(
         self, *, timeout: float | None = None, call_metadata: CallMetadata = None

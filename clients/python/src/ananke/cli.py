@@ -1,4 +1,4 @@
-"""The `ananke` command: generate, validate, health and models over gRPC."""
+"""The `ananke` command: generate, validate, tokenize, health and models over gRPC."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
-from ananke import __version__
+from ananke import __version__, cli_tokens
 from ananke import constraints as c
 from ananke.client import AnankeClient
 from ananke.errors import AnankeError
@@ -152,6 +152,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     samp.add_argument(
         "--stop", action="append", default=[], metavar="TEXT", help="stop sequence (repeat)"
     )
+    cli_tokens.add_sampling_options(samp)
     gen.add_argument(
         "--chat", action="store_true", help="send PROMPT as a user chat message (chat template)"
     )
@@ -213,6 +214,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         formatter_class=fmt,
     )
     stats.set_defaults(handler=_cmd_stats)
+    cli_tokens.add_parsers(sub, parent, EXIT_CODES_HELP, _cmd_tokenize, _cmd_detokenize)
     return parser
 
 
@@ -292,10 +294,14 @@ def _cmd_generate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Tex
             seed=args.seed,
             stop=args.stop,
             request_id=args.request_id,
+            **cli_tokens.sampling_kwargs(args),
         )
         with stream:
-            if args.json:
+            if args.json or (args.n or 1) > 1:
                 result = stream.collect()
+                if not args.json:
+                    cli_tokens.print_candidates(result, out)
+                    return EXIT_OK
                 out.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
                 return EXIT_OK
             for event in stream:
@@ -312,6 +318,8 @@ def _cmd_generate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Tex
             f"{usage.completion_tokens} completion tokens; check {result.check_verdict.lower()}; "
             f"request {result.request_id}]\n"
         )
+        if result.logprobs:
+            cli_tokens.print_logprobs(result.logprobs, err)
     return EXIT_OK
 
 
@@ -418,6 +426,17 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO
         stats = client.server_stats()
     out.write(_to_json(stats) + "\n")
     return EXIT_OK
+
+
+def _cmd_tokenize(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    text = stdin.read() if args.text == "-" else args.text
+    with _client(args) as client:
+        return cli_tokens.tokenize(client, args, text, out)
+
+
+def _cmd_detokenize(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    with _client(args) as client:
+        return cli_tokens.detokenize(client, args, out)
 
 
 def _to_json(message: Any) -> str:

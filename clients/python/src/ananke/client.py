@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -11,6 +11,7 @@ import grpc
 
 from ananke._base import CallMetadata, ClientBase, StreamEvents, StreamView, health_status_name
 from ananke.constraints import ConstraintIR
+from ananke.request import Message
 from ananke.results import GenerationResult, StreamEvent, TokenChunk
 from ananke.retry import Attempts, CallKind
 from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -32,7 +33,8 @@ class GenerationStream(StreamView, Iterator[StreamEvent]):
     """The events of one `GenerateStream` call, as they arrive.
 
     Iterate for `GenerationStarted`, then `TokenChunk`s, then one
-    `GenerationFinished` (tell them apart with isinstance); `close()` (or
+    `GenerationFinished` per candidate (tell them apart with isinstance; with
+    n > 1 the candidates' chunks interleave, tagged by `candidate_index`); `close()` (or
     leaving a `with` block) cancels the call, which aborts generation on the
     server. After the last event, `result` holds the whole generation.
 
@@ -216,6 +218,37 @@ class AnankeClient(ClientBase):
         return self._call(
             self._stub.ValidateConstraints, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
+
+    def tokenize(
+        self,
+        text: str | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        return_tokens: bool = False,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = None,
+    ) -> inference_service_pb2.TokenizeResponse:
+        """Token ids of `text` (as a raw prompt) or of chat `messages` (with
+        the model's chat template), exactly as generate() would send them."""
+        request = self._tokenize_request(text, messages, return_tokens)
+        return self._call(self._stub.Tokenize, request, CallKind.IDEMPOTENT, timeout, call_metadata)
+
+    def detokenize(
+        self,
+        token_ids: Iterable[int],
+        *,
+        skip_special_tokens: bool = False,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = None,
+    ) -> str:
+        """The text of `token_ids`."""
+        request = inference_service_pb2.DetokenizeRequest(
+            token_ids=list(token_ids), skip_special_tokens=skip_special_tokens
+        )
+        response = self._call(
+            self._stub.Detokenize, request, CallKind.IDEMPOTENT, timeout, call_metadata
+        )
+        return response.text
 
     def model_info(
         self, *, timeout: float | None = None, call_metadata: CallMetadata = None

@@ -10,7 +10,7 @@ from ananke.v1 import constraints_pb2, generation_pb2
 if TYPE_CHECKING:
     from typing import Unpack  # Python 3.11+; the package supports 3.10
 
-__all__ = ["GenerationArgs", "Message", "RoleName", "build_generation_request"]
+__all__ = ["GenerationArgs", "Message", "RoleName", "build_generation_request", "chat_message"]
 
 RoleName = Literal["system", "user", "assistant"]
 # A chat message: a proto, or a (role, content) pair such as ("user", "Hi").
@@ -23,7 +23,8 @@ _ROLES: dict[str, generation_pb2.ChatRole.ValueType] = {
 }
 
 
-def _message(message: Message) -> generation_pb2.ChatMessage:
+def chat_message(message: Message) -> generation_pb2.ChatMessage:
+    """A ChatMessage proto from a proto or a (role, content) pair."""
     if isinstance(message, generation_pb2.ChatMessage):
         return message
     role, content = message
@@ -47,6 +48,29 @@ class GenerationArgs(TypedDict, total=False):
     request_id: str | None
     context: generation_pb2.GenerationContext | None
     metadata: Mapping[str, str] | None
+    n: int | None
+    min_tokens: int | None
+    stop_token_ids: Iterable[int]
+    repetition_penalty: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    logit_bias: Mapping[int, float] | None
+    ignore_eos: bool | None
+    logprobs: int | None
+    prompt_logprobs: int | None
+
+
+# Optional SamplingParams scalars copied as given when not None.
+_OPTIONAL_SAMPLING = (
+    "n",
+    "min_tokens",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "ignore_eos",
+    "logprobs",
+    "prompt_logprobs",
+)
 
 
 def build_generation_request(
@@ -54,7 +78,10 @@ def build_generation_request(
 ) -> generation_pb2.GenerationRequest:
     """One generation request: exactly one of `prompt` and `messages`.
 
-    Sampling fields left as None take the server's defaults.
+    Sampling fields left as None take the server's defaults (see
+    generation.proto SamplingParams for each range). `n` asks for several
+    candidates; `logprobs` (0 to the server's max_logprobs) returns each
+    output token's log probability with that many alternatives.
     """
     unknown = set(args) - set(GenerationArgs.__annotations__)
     if unknown:
@@ -73,7 +100,7 @@ def build_generation_request(
         request.prompt = prompt
     else:
         assert messages is not None
-        request.messages.extend(_message(m) for m in messages)
+        request.messages.extend(chat_message(m) for m in messages)
     request.constraints.extend(constraints)
     sampling = request.sampling
     if (max_tokens := args.get("max_tokens")) is not None:
@@ -87,6 +114,12 @@ def build_generation_request(
     if (seed := args.get("seed")) is not None:
         sampling.seed = seed
     sampling.stop.extend(stop)
+    for name in _OPTIONAL_SAMPLING:
+        if (value := args.get(name)) is not None:
+            setattr(sampling, name, value)
+    sampling.stop_token_ids.extend(args.get("stop_token_ids", ()))
+    if logit_bias := args.get("logit_bias"):
+        sampling.logit_bias.update(logit_bias)
     if not sampling.ListFields():
         request.ClearField("sampling")
     if (context := args.get("context")) is not None:

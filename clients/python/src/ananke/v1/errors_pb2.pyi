@@ -42,8 +42,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     SAMPLING_PARAM_INVALID: _ErrorReason.ValueType  # 5
-    """INVALID_ARGUMENT: temperature, top_p, top_k, seed or a stop sequence is
-    out of its documented range.
+    """INVALID_ARGUMENT: temperature, top_p, top_k, seed, a stop sequence,
+    min_tokens, a penalty, a logit_bias value or ignore_eos is out of its
+    documented range or cannot be combined with the request's constraints.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
     REQUEST_FIELD_INVALID: _ErrorReason.ValueType  # 6
@@ -154,6 +155,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     included). Sent before generating; only with budget-aware completion on.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
+    TOKEN_ID_INVALID: _ErrorReason.ValueType  # 60
+    """INVALID_ARGUMENT: a token id (SamplingParams.stop_token_ids, a
+    logit_bias key, DetokenizeRequest.token_ids) is not below the vocab size
+    (metadata "vocab_size").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    LOGPROBS_OUT_OF_RANGE: _ErrorReason.ValueType  # 61
+    """INVALID_ARGUMENT: SamplingParams.logprobs or prompt_logprobs is above the
+    server's max_logprobs (metadata "limit").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    CANDIDATES_OUT_OF_RANGE: _ErrorReason.ValueType  # 62
+    """INVALID_ARGUMENT: SamplingParams.n is 0 or above the server's
+    max_candidates (metadata "limit").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
     INTERNAL_ERROR: _ErrorReason.ValueType  # 50
     """INTERNAL: an unexpected failure; logged with the request id.
     buf:lint:ignore ENUM_VALUE_PREFIX
@@ -205,8 +222,9 @@ MAX_TOKENS_OUT_OF_RANGE: ErrorReason.ValueType  # 4
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 SAMPLING_PARAM_INVALID: ErrorReason.ValueType  # 5
-"""INVALID_ARGUMENT: temperature, top_p, top_k, seed or a stop sequence is
-out of its documented range.
+"""INVALID_ARGUMENT: temperature, top_p, top_k, seed, a stop sequence,
+min_tokens, a penalty, a logit_bias value or ignore_eos is out of its
+documented range or cannot be combined with the request's constraints.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 REQUEST_FIELD_INVALID: ErrorReason.ValueType  # 6
@@ -315,6 +333,22 @@ MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM: ErrorReason.ValueType  # 75
 that satisfies the constraints (metadata "max_tokens" and "min_tokens":
 the tokens the shortest completion found needs, end of sequence
 included). Sent before generating; only with budget-aware completion on.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+TOKEN_ID_INVALID: ErrorReason.ValueType  # 60
+"""INVALID_ARGUMENT: a token id (SamplingParams.stop_token_ids, a
+logit_bias key, DetokenizeRequest.token_ids) is not below the vocab size
+(metadata "vocab_size").
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+LOGPROBS_OUT_OF_RANGE: ErrorReason.ValueType  # 61
+"""INVALID_ARGUMENT: SamplingParams.logprobs or prompt_logprobs is above the
+server's max_logprobs (metadata "limit").
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+CANDIDATES_OUT_OF_RANGE: ErrorReason.ValueType  # 62
+"""INVALID_ARGUMENT: SamplingParams.n is 0 or above the server's
+max_candidates (metadata "limit").
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 INTERNAL_ERROR: ErrorReason.ValueType  # 50

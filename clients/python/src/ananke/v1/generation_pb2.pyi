@@ -48,6 +48,54 @@ CHAT_ROLE_ASSISTANT: ChatRole.ValueType  # 3
 """The model's earlier turns."""
 Global___ChatRole: _TypeAlias = ChatRole  # noqa: Y015
 
+class _LogprobsMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LogprobsModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogprobsMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOGPROBS_MODE_UNSPECIFIED: _LogprobsMode.ValueType  # 0
+    """Not set; the server reports its mode, never this value."""
+    LOGPROBS_MODE_PROCESSED: _LogprobsMode.ValueType  # 1
+    """After the constraint masks, logit_bias, penalties, temperature and
+    top_k/top_p: the distribution the token was actually drawn from,
+    renormalized over the tokens the constraints allow. Tokens a constraint
+    forbids never appear among the alternatives. Use it to judge how
+    confident the model was among the outputs the constraints permit (a low
+    value means several allowed continuations competed). The default.
+    """
+    LOGPROBS_MODE_RAW: _LogprobsMode.ValueType  # 2
+    """The model's distribution before token masks, logit_bias, penalties and
+    temperature. When one grammar is enforced by the engine's built-in
+    structured output, that grammar's mask is already applied (vLLM masks
+    before sampling); intersections and token masks are not. Use it to see
+    what the model preferred regardless of constraints.
+    """
+
+class LogprobsMode(_LogprobsMode, metaclass=_LogprobsModeEnumTypeWrapper):
+    """Which distribution log probabilities are taken from. A server-wide
+    setting (`logprobs_mode`), reported by GetModelInfo and in provenance.
+    """
+
+LOGPROBS_MODE_UNSPECIFIED: LogprobsMode.ValueType  # 0
+"""Not set; the server reports its mode, never this value."""
+LOGPROBS_MODE_PROCESSED: LogprobsMode.ValueType  # 1
+"""After the constraint masks, logit_bias, penalties, temperature and
+top_k/top_p: the distribution the token was actually drawn from,
+renormalized over the tokens the constraints allow. Tokens a constraint
+forbids never appear among the alternatives. Use it to judge how
+confident the model was among the outputs the constraints permit (a low
+value means several allowed continuations competed). The default.
+"""
+LOGPROBS_MODE_RAW: LogprobsMode.ValueType  # 2
+"""The model's distribution before token masks, logit_bias, penalties and
+temperature. When one grammar is enforced by the engine's built-in
+structured output, that grammar's mask is already applied (vLLM masks
+before sampling); intersections and token masks are not. Use it to see
+what the model preferred regardless of constraints.
+"""
+Global___LogprobsMode: _TypeAlias = LogprobsMode  # noqa: Y015
+
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -59,7 +107,9 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_END_OF_SEQUENCE: _FinishReason.ValueType  # 1
     """The model produced its end-of-sequence token."""
     FINISH_REASON_STOP_SEQUENCE: _FinishReason.ValueType  # 2
-    """A stop sequence from SamplingParams.stop was produced."""
+    """A stop sequence from SamplingParams.stop, or a token from
+    SamplingParams.stop_token_ids, was produced.
+    """
     FINISH_REASON_MAX_TOKENS: _FinishReason.ValueType  # 3
     """max_tokens tokens were generated. The output may be an incomplete
     sentence of the constraint.
@@ -79,7 +129,9 @@ FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
 FINISH_REASON_END_OF_SEQUENCE: FinishReason.ValueType  # 1
 """The model produced its end-of-sequence token."""
 FINISH_REASON_STOP_SEQUENCE: FinishReason.ValueType  # 2
-"""A stop sequence from SamplingParams.stop was produced."""
+"""A stop sequence from SamplingParams.stop, or a token from
+SamplingParams.stop_token_ids, was produced.
+"""
 FINISH_REASON_MAX_TOKENS: FinishReason.ValueType  # 3
 """max_tokens tokens were generated. The output may be an incomplete
 sentence of the constraint.
@@ -234,12 +286,42 @@ class SamplingParams(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LogitBiasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    MIN_TOKENS_FIELD_NUMBER: _builtins.int
+    STOP_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    LOGIT_BIAS_FIELD_NUMBER: _builtins.int
+    IGNORE_EOS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """Optional. Most tokens to generate, 1 to the server's max_tokens cap
     (GetModelInfoResponse.max_tokens_limit). Default: the server's
@@ -258,11 +340,74 @@ class SamplingParams(_message.Message):
     give the same output on the same model and engine version. Below 2^63.
     Default: a random seed, reported in provenance.
     """
+    n: _builtins.int
+    """Optional. Candidates to generate from this prompt, 1 to the server's
+    max_candidates (GetModelInfoResponse.max_candidates). The engine prefills
+    the prompt once: the candidates share its KV cache blocks (whole blocks
+    of the engine's KV block size; the CPU engine's is 128 tokens). Candidate
+    i samples with seed + i, so candidates differ only when temperature > 0.
+    Each candidate is constrained, finished, counted and checked on its own.
+    Default: 1.
+    """
+    min_tokens: _builtins.int
+    """Optional. Tokens to generate before end-of-sequence or a stop_token_ids
+    token may end the output, 0 to max_tokens. Stop strings still apply.
+    Cannot be combined with a grammar constraint (a complete grammar allows
+    only end-of-sequence): SAMPLING_PARAM_INVALID. Default: 0.
+    """
+    repetition_penalty: _builtins.float
+    """Optional. Multiplies down (above 1) or up (below 1) the logits of tokens
+    already in the prompt or output, in (0, 2]. 1 is off. Default: 1.
+    """
+    presence_penalty: _builtins.float
+    """Optional. Subtracted from the logits of tokens already generated, once
+    per token, -2 to 2. 0 is off. Default: 0.
+    """
+    frequency_penalty: _builtins.float
+    """Optional. Subtracted from the logits of tokens already generated, times
+    their count, -2 to 2. 0 is off. Default: 0.
+    """
+    ignore_eos: _builtins.bool
+    """Optional. Keep generating past end-of-sequence tokens until max_tokens
+    (for benchmarks and tests). Cannot be combined with a grammar constraint:
+    SAMPLING_PARAM_INVALID. Default: false.
+    """
+    logprobs: _builtins.int
+    """Optional. When set, each output token comes with its log probability
+    (TokenChunk.logprobs, Candidate.logprobs) and that many most likely
+    alternatives, 0 to the server's max_logprobs
+    (GetModelInfoResponse.max_logprobs). Which distribution they come from
+    is the server's logprobs_mode (see LogprobsMode). Default: unset (none).
+    """
+    prompt_logprobs: _builtins.int
+    """Optional. When set, each prompt token (after the first, which has no
+    context) comes with its log probability under the model and that many
+    most likely alternatives, 0 to max_logprobs
+    (GenerationFinished.prompt_logprobs, GenerateResponse.prompt_logprobs).
+    Prompt log probabilities are the model's own: no constraint, penalty or
+    temperature applies to the prompt. Default: unset (none).
+    """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. Generation stops before the first occurrence of any of these
         strings, which is not included in the output. At most 16, each 1 to 256
         bytes.
+        """
+
+    @_builtins.property
+    def stop_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Optional. Token ids that end generation when produced (like an
+        end-of-sequence token; the finish reason is FINISH_REASON_STOP_SEQUENCE and
+        the token is left out of the output). At most 16, each below the vocab
+        size.
+        """
+
+    @_builtins.property
+    def logit_bias(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]:
+        """Optional. Added to the logits of the given token ids before sampling:
+        keys below the vocab size, values -100 to 100, at most 1,024 entries. A
+        bias cannot let through a token the constraints forbid: the constraint
+        masks apply on top of it. Default: none.
         """
 
     def __init__(
@@ -274,13 +419,39 @@ class SamplingParams(_message.Message):
         top_k: _builtins.int | None = ...,
         seed: _builtins.int | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        n: _builtins.int | None = ...,
+        min_tokens: _builtins.int | None = ...,
+        stop_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        repetition_penalty: _builtins.float | None = ...,
+        presence_penalty: _builtins.float | None = ...,
+        frequency_penalty: _builtins.float | None = ...,
+        logit_bias: _abc.Mapping[_builtins.int, _builtins.float] | None = ...,
+        ignore_eos: _builtins.bool | None = ...,
+        logprobs: _builtins.int | None = ...,
+        prompt_logprobs: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_ignore_eos", b"_ignore_eos", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_min_tokens", b"_min_tokens", "_n", b"_n", "_presence_penalty", b"_presence_penalty", "_prompt_logprobs", b"_prompt_logprobs", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "ignore_eos", b"ignore_eos", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "min_tokens", b"min_tokens", "n", b"n", "presence_penalty", b"presence_penalty", "prompt_logprobs", b"prompt_logprobs", "repetition_penalty", b"repetition_penalty", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_ignore_eos", b"_ignore_eos", "_logprobs", b"_logprobs", "_max_tokens", b"_max_tokens", "_min_tokens", b"_min_tokens", "_n", b"_n", "_presence_penalty", b"_presence_penalty", "_prompt_logprobs", b"_prompt_logprobs", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "ignore_eos", b"ignore_eos", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "min_tokens", b"min_tokens", "n", b"n", "presence_penalty", b"presence_penalty", "prompt_logprobs", b"prompt_logprobs", "repetition_penalty", b"repetition_penalty", "seed", b"seed", "stop", b"stop", "stop_token_ids", b"stop_token_ids", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__ignore_eos: _TypeAlias = _typing.Literal["ignore_eos"]  # noqa: Y015
+    _WhichOneofArgType__ignore_eos: _TypeAlias = _typing.Literal["_ignore_eos", b"_ignore_eos"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_tokens: _TypeAlias = _typing.Literal["min_tokens"]  # noqa: Y015
+    _WhichOneofArgType__min_tokens: _TypeAlias = _typing.Literal["_min_tokens", b"_min_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__n: _TypeAlias = _typing.Literal["n"]  # noqa: Y015
+    _WhichOneofArgType__n: _TypeAlias = _typing.Literal["_n", b"_n"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__prompt_logprobs: _TypeAlias = _typing.Literal["prompt_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__prompt_logprobs: _TypeAlias = _typing.Literal["_prompt_logprobs", b"_prompt_logprobs"]  # noqa: Y015
+    _WhichOneofReturnType__repetition_penalty: _TypeAlias = _typing.Literal["repetition_penalty"]  # noqa: Y015
+    _WhichOneofArgType__repetition_penalty: _TypeAlias = _typing.Literal["_repetition_penalty", b"_repetition_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
@@ -290,7 +461,23 @@ class SamplingParams(_message.Message):
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ignore_eos) -> _WhichOneofReturnType__ignore_eos | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_tokens) -> _WhichOneofReturnType__min_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__n) -> _WhichOneofReturnType__n | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_logprobs) -> _WhichOneofReturnType__prompt_logprobs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__repetition_penalty) -> _WhichOneofReturnType__repetition_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
@@ -301,6 +488,79 @@ class SamplingParams(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___SamplingParams: _TypeAlias = SamplingParams  # noqa: Y015
+
+@_typing.final
+class TokenLogprob(_message.Message):
+    """One token with its log probability."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """The token id."""
+    text: _builtins.str
+    """The token's text as the tokenizer decodes it alone (UTF-8; a token that
+    holds part of a multi-byte character decodes to U+FFFD).
+    """
+    token_bytes: _builtins.bytes
+    """The token's bytes exactly."""
+    logprob: _builtins.float
+    """Natural-log probability, at most 0."""
+    rank: _builtins.int
+    """Rank among all tokens at this position, from 1 (the most likely)."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        token_bytes: _builtins.bytes = ...,
+        logprob: _builtins.float = ...,
+        rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "rank", b"rank", "text", b"text", "token_bytes", b"token_bytes", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenLogprob: _TypeAlias = TokenLogprob  # noqa: Y015
+
+@_typing.final
+class PositionLogprobs(_message.Message):
+    """Log probabilities at one position of the output or the prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token(self) -> Global___TokenLogprob:
+        """The token at this position (the one sampled, or the prompt's)."""
+
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """The most likely tokens at this position, most likely first: as many as
+        asked (SamplingParams.logprobs or prompt_logprobs), fewer when fewer
+        tokens are allowed. May include `token` itself.
+        """
+
+    def __init__(
+        self,
+        *,
+        token: Global___TokenLogprob | None = ...,
+        top: _abc.Iterable[Global___TokenLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PositionLogprobs: _TypeAlias = PositionLogprobs  # noqa: Y015
 
 @_typing.final
 class GenerationContext(_message.Message):
@@ -342,21 +602,30 @@ class Usage(_message.Message):
 
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt after templating."""
     completion_tokens: _builtins.int
     """Tokens generated, counting an end-of-sequence token the model produced
     (TokenChunk.token_ids and GenerateResponse.token_ids leave it out).
     """
+    cached_prompt_tokens: _builtins.int
+    """Prompt tokens whose KV cache came from the engine's prefix cache (an
+    earlier request with the same prompt prefix, or a sibling candidate) and
+    were not computed again; at most prompt_tokens. Counted in whole KV
+    blocks (128 tokens on the CPU engine), so prompts shorter than a block
+    report 0.
+    """
     def __init__(
         self,
         *,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
+        cached_prompt_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

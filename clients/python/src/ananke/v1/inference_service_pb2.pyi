@@ -48,7 +48,10 @@ Global___GenerateStreamRequest: _TypeAlias = GenerateStreamRequest  # noqa: Y015
 
 @_typing.final
 class GenerateStreamResponse(_message.Message):
-    """One event of InferenceService.GenerateStream."""
+    """One event of InferenceService.GenerateStream. With SamplingParams.n above
+    1 the chunks of the candidates interleave (each tagged with its
+    candidate_index) and each candidate ends with its own GenerationFinished.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -65,7 +68,9 @@ class GenerateStreamResponse(_message.Message):
 
     @_builtins.property
     def finished(self) -> Global___GenerationFinished:
-        """Last event of a successful stream."""
+        """A candidate finished; the last event of a successful stream is the
+        GenerationFinished of the last candidate to finish.
+        """
 
     def __init__(
         self,
@@ -95,6 +100,7 @@ class GenerationStarted(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
     CONSTRAINT_DIGEST_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id in use (the caller's or the one the server chose)."""
     model_id: _builtins.str
@@ -103,16 +109,19 @@ class GenerationStarted(_message.Message):
     """sha256 (hex) of the canonical serialization of the request's
     constraints (see ConstraintProvenance.digest); empty when unconstrained.
     """
+    candidates: _builtins.int
+    """Candidates that will be generated (SamplingParams.n as applied), from 1."""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         model_id: _builtins.str = ...,
         constraint_digest: _builtins.str = ...,
+        candidates: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraint_digest", b"constraint_digest", "model_id", b"model_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "constraint_digest", b"constraint_digest", "model_id", b"model_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -126,14 +135,24 @@ class TokenChunk(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INDEX_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text these tokens add to the output (UTF-8). May be empty when a token
     ends inside a multi-byte character; the bytes appear in a later chunk.
     """
+    candidate_index: _builtins.int
+    """The candidate these tokens belong to, 0 to n - 1."""
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The ids of the tokens, in order; end-of-sequence tokens are left out
         (Usage.completion_tokens counts them).
+        """
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.PositionLogprobs]:
+        """When SamplingParams.logprobs is set: one entry per id in token_ids, in
+        order.
         """
 
     def __init__(
@@ -141,10 +160,12 @@ class TokenChunk(_message.Message):
         *,
         text: _builtins.str = ...,
         token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        candidate_index: _builtins.int = ...,
+        logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_index", b"candidate_index", "logprobs", b"logprobs", "text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,15 +173,19 @@ Global___TokenChunk: _TypeAlias = TokenChunk  # noqa: Y015
 
 @_typing.final
 class GenerationFinished(_message.Message):
-    """The last event of a successful stream."""
+    """A candidate finished: one event per candidate, in the order they finish."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INDEX_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     finish_reason: _generation_pb2.FinishReason.ValueType
     """Why generation ended."""
+    candidate_index: _builtins.int
+    """The candidate that finished, 0 to n - 1."""
     @_builtins.property
     def usage(self) -> _generation_pb2.Usage:
         """Token counts."""
@@ -169,16 +194,24 @@ class GenerationFinished(_message.Message):
     def provenance(self) -> _provenance_pb2.Provenance:
         """The full record of this generation."""
 
+    @_builtins.property
+    def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.PositionLogprobs]:
+        """When SamplingParams.prompt_logprobs is set, on candidate 0's event only:
+        one entry per prompt token after the first.
+        """
+
     def __init__(
         self,
         *,
         finish_reason: _generation_pb2.FinishReason.ValueType = ...,
         usage: _generation_pb2.Usage | None = ...,
         provenance: _provenance_pb2.Provenance | None = ...,
+        candidate_index: _builtins.int = ...,
+        prompt_logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_index", b"candidate_index", "finish_reason", b"finish_reason", "prompt_logprobs", b"prompt_logprobs", "provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,7 +243,10 @@ Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):
-    """Response of InferenceService.Generate."""
+    """Response of InferenceService.Generate. Fields 2 to 6 and `logprobs`
+    describe candidate 0; `candidates` holds every candidate (candidate 0
+    included), in index order.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -220,6 +256,9 @@ class GenerateResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id in use."""
     text: _builtins.str
@@ -238,6 +277,22 @@ class GenerateResponse(_message.Message):
     def provenance(self) -> _provenance_pb2.Provenance:
         """The full record of this generation."""
 
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
+        """Every candidate, in index order (SamplingParams.n of them)."""
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.PositionLogprobs]:
+        """Candidate 0's log probabilities, one per id in token_ids, when
+        SamplingParams.logprobs is set.
+        """
+
+    @_builtins.property
+    def prompt_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.PositionLogprobs]:
+        """When SamplingParams.prompt_logprobs is set: one entry per prompt token
+        after the first.
+        """
+
     def __init__(
         self,
         *,
@@ -247,14 +302,207 @@ class GenerateResponse(_message.Message):
         finish_reason: _generation_pb2.FinishReason.ValueType = ...,
         usage: _generation_pb2.Usage | None = ...,
         provenance: _provenance_pb2.Provenance | None = ...,
+        candidates: _abc.Iterable[Global___Candidate] | None = ...,
+        logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
+        prompt_logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "provenance", b"provenance", "request_id", b"request_id", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "prompt_logprobs", b"prompt_logprobs", "provenance", b"provenance", "request_id", b"request_id", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class Candidate(_message.Message):
+    """One candidate of a Generate call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its index, 0 to n - 1."""
+    text: _builtins.str
+    """The whole output (UTF-8)."""
+    finish_reason: _generation_pb2.FinishReason.ValueType
+    """Why its generation ended."""
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The generated token ids, in order."""
+
+    @_builtins.property
+    def usage(self) -> _generation_pb2.Usage:
+        """Its token counts (the prompt counts are shared by every candidate)."""
+
+    @_builtins.property
+    def provenance(self) -> _provenance_pb2.Provenance:
+        """Its record, with its own constraint check."""
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.PositionLogprobs]:
+        """One entry per id in token_ids, when SamplingParams.logprobs is set."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        text: _builtins.str = ...,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        finish_reason: _generation_pb2.FinishReason.ValueType = ...,
+        usage: _generation_pb2.Usage | None = ...,
+        provenance: _provenance_pb2.Provenance | None = ...,
+        logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "provenance", b"provenance", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Candidate: _TypeAlias = Candidate  # noqa: Y015
+
+@_typing.final
+class TokenizeRequest(_message.Message):
+    """Request of InferenceService.Tokenize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    RETURN_TOKENS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text tokenized as GenerationRequest.prompt is (special tokens such as BOS
+    added as the tokenizer adds them). Exactly one of `text` and `messages`
+    is set and non-empty; at most the server's max_message_bytes.
+    """
+    return_tokens: _builtins.bool
+    """Optional. Also return each token's text and bytes (TokenizeResponse.tokens)."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.ChatMessage]:
+        """Chat messages, rendered with the model's chat template and an assistant
+        turn opened, exactly as GenerationRequest.messages is. Exactly one of
+        `text` and `messages`; at most 1,000 messages.
+        """
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        messages: _abc.Iterable[_generation_pb2.ChatMessage] | None = ...,
+        return_tokens: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "return_tokens", b"return_tokens", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenizeRequest: _TypeAlias = TokenizeRequest  # noqa: Y015
+
+@_typing.final
+class TokenizeResponse(_message.Message):
+    """Response of InferenceService.Tokenize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    RENDERED_TEXT_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many: the length of token_ids (Usage.prompt_tokens of a Generate
+    with the same prompt).
+    """
+    rendered_text: _builtins.str
+    """When `messages` was given: the templated text that was tokenized."""
+    context_length: _builtins.int
+    """The model's context length, for comparison with count."""
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The token ids, in order: what Generate would send to the model."""
+
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[_generation_pb2.TokenLogprob]:
+        """When return_tokens is set: one entry per token id (logprob and rank 0)."""
+
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        count: _builtins.int = ...,
+        rendered_text: _builtins.str = ...,
+        tokens: _abc.Iterable[_generation_pb2.TokenLogprob] | None = ...,
+        context_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "count", b"count", "rendered_text", b"rendered_text", "token_ids", b"token_ids", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenizeResponse: _TypeAlias = TokenizeResponse  # noqa: Y015
+
+@_typing.final
+class DetokenizeRequest(_message.Message):
+    """Request of InferenceService.Detokenize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    SKIP_SPECIAL_TOKENS_FIELD_NUMBER: _builtins.int
+    skip_special_tokens: _builtins.bool
+    """Optional. Leave special tokens (end-of-sequence, chat markers) out of the
+    text. Default: false (kept).
+    """
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Required. Token ids, each below the vocab size; at most the model's
+        context length of them.
+        """
+
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        skip_special_tokens: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["skip_special_tokens", b"skip_special_tokens", "token_ids", b"token_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetokenizeRequest: _TypeAlias = DetokenizeRequest  # noqa: Y015
+
+@_typing.final
+class DetokenizeResponse(_message.Message):
+    """Response of InferenceService.Detokenize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text (UTF-8; bytes that do not form a character become U+FFFD)."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetokenizeResponse: _TypeAlias = DetokenizeResponse  # noqa: Y015
 
 @_typing.final
 class ValidateConstraintsRequest(_message.Message):
@@ -463,6 +711,9 @@ class GetModelInfoResponse(_message.Message):
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
     MAX_CONSTRAINT_BYTES_FIELD_NUMBER: _builtins.int
     ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
+    MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
+    MAX_LOGPROBS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_MODE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model id as loaded."""
     model_revision: _builtins.str
@@ -483,6 +734,12 @@ class GetModelInfoResponse(_message.Message):
     """The server's cap on SamplingParams.max_tokens."""
     max_constraint_bytes: _builtins.int
     """The server's limit on one constraint's text, in bytes."""
+    max_candidates: _builtins.int
+    """The server's cap on SamplingParams.n."""
+    max_logprobs: _builtins.int
+    """The server's cap on SamplingParams.logprobs and prompt_logprobs."""
+    logprobs_mode: _generation_pb2.LogprobsMode.ValueType
+    """Which distribution log probabilities come from."""
     @_builtins.property
     def eos_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The end-of-sequence token ids."""
@@ -514,10 +771,13 @@ class GetModelInfoResponse(_message.Message):
         max_tokens_limit: _builtins.int = ...,
         max_constraint_bytes: _builtins.int = ...,
         engine_settings: Global___EngineSettings | None = ...,
+        max_candidates: _builtins.int = ...,
+        max_logprobs: _builtins.int = ...,
+        logprobs_mode: _generation_pb2.LogprobsMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine_settings", b"engine_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "max_constraint_bytes", b"max_constraint_bytes", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "logprobs_mode", b"logprobs_mode", "max_candidates", b"max_candidates", "max_constraint_bytes", b"max_constraint_bytes", "max_logprobs", b"max_logprobs", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

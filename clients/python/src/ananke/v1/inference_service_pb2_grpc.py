@@ -65,6 +65,16 @@ class InferenceServiceStub:
                 request_serializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsRequest.SerializeToString,
                 response_deserializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/ananke.v1.InferenceService/Tokenize',
+                request_serializer=ananke_dot_v1_dot_inference__service__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=ananke_dot_v1_dot_inference__service__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/ananke.v1.InferenceService/Detokenize',
+                request_serializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -121,6 +131,22 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """Tokenizes text (as Generate tokenizes `prompt`) or chat messages (with the
+        model's chat template, as Generate renders `messages`), so callers count
+        tokens and build token masks against the served vocabulary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Turns token ids back into text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +174,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetServerStats,
                     request_deserializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsRequest.FromString,
                     response_serializer=ananke_dot_v1_dot_inference__service__pb2.GetServerStatsResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=ananke_dot_v1_dot_inference__service__pb2.TokenizeRequest.FromString,
+                    response_serializer=ananke_dot_v1_dot_inference__service__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeRequest.FromString,
+                    response_serializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -291,6 +327,60 @@ class InferenceService:
             '/ananke.v1.InferenceService/GetServerStats',
             ananke_dot_v1_dot_inference__service__pb2.GetServerStatsRequest.SerializeToString,
             ananke_dot_v1_dot_inference__service__pb2.GetServerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ananke.v1.InferenceService/Tokenize',
+            ananke_dot_v1_dot_inference__service__pb2.TokenizeRequest.SerializeToString,
+            ananke_dot_v1_dot_inference__service__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ananke.v1.InferenceService/Detokenize',
+            ananke_dot_v1_dot_inference__service__pb2.DetokenizeRequest.SerializeToString,
+            ananke_dot_v1_dot_inference__service__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

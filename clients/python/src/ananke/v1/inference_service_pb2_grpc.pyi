@@ -63,6 +63,13 @@ class InferenceServiceStub:
     """
     GetServerStats: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetServerStatsRequest, _inference_service_pb2.GetServerStatsResponse]
     """Reports this server process's load and compile cache counters."""
+    Tokenize: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.TokenizeRequest, _inference_service_pb2.TokenizeResponse]
+    """Tokenizes text (as Generate tokenizes `prompt`) or chat messages (with the
+    model's chat template, as Generate renders `messages`), so callers count
+    tokens and build token masks against the served vocabulary.
+    """
+    Detokenize: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.DetokenizeRequest, _inference_service_pb2.DetokenizeResponse]
+    """Turns token ids back into text."""
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -99,6 +106,13 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """
     GetServerStats: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetServerStatsRequest, _inference_service_pb2.GetServerStatsResponse]  # type: ignore[assignment]
     """Reports this server process's load and compile cache counters."""
+    Tokenize: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.TokenizeRequest, _inference_service_pb2.TokenizeResponse]  # type: ignore[assignment]
+    """Tokenizes text (as Generate tokenizes `prompt`) or chat messages (with the
+    model's chat template, as Generate renders `messages`), so callers count
+    tokens and build token masks against the served vocabulary.
+    """
+    Detokenize: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.DetokenizeRequest, _inference_service_pb2.DetokenizeResponse]  # type: ignore[assignment]
+    """Turns token ids back into text."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Constrained generation: every generated token obeys the request's
@@ -162,5 +176,24 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.GetServerStatsResponse, _abc.Awaitable[_inference_service_pb2.GetServerStatsResponse]]:
         """Reports this server process's load and compile cache counters."""
+
+    @_abc_1.abstractmethod
+    def Tokenize(
+        self,
+        request: _inference_service_pb2.TokenizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.TokenizeResponse, _abc.Awaitable[_inference_service_pb2.TokenizeResponse]]:
+        """Tokenizes text (as Generate tokenizes `prompt`) or chat messages (with the
+        model's chat template, as Generate renders `messages`), so callers count
+        tokens and build token masks against the served vocabulary.
+        """
+
+    @_abc_1.abstractmethod
+    def Detokenize(
+        self,
+        request: _inference_service_pb2.DetokenizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.DetokenizeResponse, _abc.Awaitable[_inference_service_pb2.DetokenizeResponse]]:
+        """Turns token ids back into text."""
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

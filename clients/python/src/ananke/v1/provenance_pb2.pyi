@@ -282,6 +282,8 @@ class Provenance(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     CLIENT_METADATA_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INDEX_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     FORCED_TOKENS_FIELD_NUMBER: _builtins.int
     FAST_FORWARD_FIELD_NUMBER: _builtins.int
     STEERING_FIELD_NUMBER: _builtins.int
@@ -313,6 +315,12 @@ class Provenance(_message.Message):
     """Tokens generated."""
     finish_reason: _generation_pb2.FinishReason.ValueType
     """Why generation ended."""
+    candidate_index: _builtins.int
+    """The candidate this record describes, 0 to n - 1."""
+    cached_prompt_tokens: _builtins.int
+    """Prompt tokens served from the engine's prefix cache (see
+    Usage.cached_prompt_tokens).
+    """
     forced_tokens: _builtins.int
     """Output tokens the grammar forced that were appended without a model step
     of their own (fast-forward: drafted and verified together in one step).
@@ -380,13 +388,15 @@ class Provenance(_message.Message):
         placement: Global___Placement | None = ...,
         client_metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         context: _generation_pb2.GenerationContext | None = ...,
+        candidate_index: _builtins.int = ...,
+        cached_prompt_tokens: _builtins.int = ...,
         forced_tokens: _builtins.int = ...,
         fast_forward: Global___FastForward.ValueType = ...,
         steering: Global___BudgetSteering | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "sampling", b"sampling", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "candidate_index", b"candidate_index", "check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -598,12 +608,43 @@ class AppliedSampling(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LogitBiasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    MIN_TOKENS_FIELD_NUMBER: _builtins.int
+    STOP_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    LOGIT_BIAS_FIELD_NUMBER: _builtins.int
+    IGNORE_EOS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
+    LOGPROBS_MODE_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
     """Most tokens allowed."""
     temperature: _builtins.float
@@ -614,9 +655,37 @@ class AppliedSampling(_message.Message):
     """Top-k; 0 is off."""
     seed: _builtins.int
     """The seed actually used (the caller's, or the one the server drew)."""
+    n: _builtins.int
+    """Candidates generated for the request."""
+    min_tokens: _builtins.int
+    """Tokens before end-of-sequence may end the output."""
+    repetition_penalty: _builtins.float
+    """Repetition penalty; 1 is off."""
+    presence_penalty: _builtins.float
+    """Presence penalty; 0 is off."""
+    frequency_penalty: _builtins.float
+    """Frequency penalty; 0 is off."""
+    ignore_eos: _builtins.bool
+    """Whether end-of-sequence tokens were ignored."""
+    logprobs: _builtins.int
+    """Alternatives returned per output token; unset when no logprobs were asked."""
+    prompt_logprobs: _builtins.int
+    """Alternatives returned per prompt token; unset when none were asked."""
+    logprobs_mode: _generation_pb2.LogprobsMode.ValueType
+    """Which distribution the log probabilities came from; unspecified when none
+    were asked.
+    """
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stop sequences."""
+
+    @_builtins.property
+    def stop_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Token ids that end generation."""
+
+    @_builtins.property
+    def logit_bias(self) -> _containers.ScalarMap[_builtins.int, _builtins.float]:
+        """Logit bias by token id."""
 
     def __init__(
         self,
@@ -627,12 +696,30 @@ class AppliedSampling(_message.Message):
         top_k: _builtins.int = ...,
         seed: _builtins.int = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        n: _builtins.int = ...,
+        min_tokens: _builtins.int = ...,
+        stop_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        repetition_penalty: _builtins.float = ...,
+        presence_penalty: _builtins.float = ...,
+        frequency_penalty: _builtins.float = ...,
+        logit_bias: _abc.Mapping[_builtins.int, _builtins.float] | None = ...,
+        ignore_eos: _builtins.bool = ...,
+        logprobs: _builtins.int | None = ...,
+        prompt_logprobs: _builtins.int | None = ...,
+        logprobs_mode: _generation_pb2.LogprobsMode.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs", "_prompt_logprobs", b"_prompt_logprobs", "logprobs", b"logprobs", "prompt_logprobs", b"prompt_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_tokens", b"max_tokens", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs", "_prompt_logprobs", b"_prompt_logprobs", "frequency_penalty", b"frequency_penalty", "ignore_eos", b"ignore_eos", "logit_bias", b"logit_bias", "logprobs", b"logprobs", "logprobs_mode", b"logprobs_mode", "max_tokens", b"max_tokens", "min_tokens", b"min_tokens", "n", b"n", "presence_penalty", b"presence_penalty", "prompt_logprobs", b"prompt_logprobs", "repetition_penalty", b"repetition_penalty", "seed", b"seed", "stop", b"stop", "stop_token_ids", b"stop_token_ids", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
+    _WhichOneofReturnType__prompt_logprobs: _TypeAlias = _typing.Literal["prompt_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__prompt_logprobs: _TypeAlias = _typing.Literal["_prompt_logprobs", b"_prompt_logprobs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_logprobs) -> _WhichOneofReturnType__prompt_logprobs | None: ...
 
 Global___AppliedSampling: _TypeAlias = AppliedSampling  # noqa: Y015
 

@@ -7,6 +7,7 @@ __all__ = (
     "AppliedSampling",
     "BudgetSteering",
     "CacheOutcome",
+    "Candidate",
     "ChatMessage",
     "ChatRole",
     "CheckVerdict",
@@ -23,6 +24,8 @@ __all__ = (
     "ConstraintProvenance",
     "ConstraintSummary",
     "ConstraintVerdict",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
     "EngineSettings",
     "ErrorReason",
     "FastForward",
@@ -48,7 +51,9 @@ __all__ = (
     "JsonSchemaConstraint",
     "JsonSchemaOptions",
     "KeywordEnforcement",
+    "LogprobsMode",
     "Placement",
+    "PositionLogprobs",
     "Provenance",
     "RegexConstraint",
     "SamplingParams",
@@ -57,7 +62,10 @@ __all__ = (
     "SchemaVerdict",
     "StructuralConstraint",
     "TokenChunk",
+    "TokenLogprob",
     "TokenMaskConstraint",
+    "TokenizeRequest",
+    "TokenizeResponse",
     "Usage",
     "ValidateConstraintsRequest",
     "ValidateConstraintsResponse",
@@ -446,8 +454,9 @@ class ErrorReason(betterproto2.Enum):
 
     SAMPLING_PARAM_INVALID = 5
     """
-    INVALID_ARGUMENT: temperature, top_p, top_k, seed or a stop sequence is
-    out of its documented range.
+    INVALID_ARGUMENT: temperature, top_p, top_k, seed, a stop sequence,
+    min_tokens, a penalty, a logit_bias value or ignore_eos is out of its
+    documented range or cannot be combined with the request's constraints.
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
@@ -601,6 +610,28 @@ class ErrorReason(betterproto2.Enum):
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
+    TOKEN_ID_INVALID = 60
+    """
+    INVALID_ARGUMENT: a token id (SamplingParams.stop_token_ids, a
+    logit_bias key, DetokenizeRequest.token_ids) is not below the vocab size
+    (metadata "vocab_size").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    LOGPROBS_OUT_OF_RANGE = 61
+    """
+    INVALID_ARGUMENT: SamplingParams.logprobs or prompt_logprobs is above the
+    server's max_logprobs (metadata "limit").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    CANDIDATES_OUT_OF_RANGE = 62
+    """
+    INVALID_ARGUMENT: SamplingParams.n is 0 or above the server's
+    max_candidates (metadata "limit").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
     INTERNAL_ERROR = 50
     """
     INTERNAL: an unexpected failure; logged with the request id.
@@ -695,7 +726,8 @@ class FinishReason(betterproto2.Enum):
 
     STOP_SEQUENCE = 2
     """
-    A stop sequence from SamplingParams.stop was produced.
+    A stop sequence from SamplingParams.stop, or a token from
+    SamplingParams.stop_token_ids, was produced.
     """
 
     MAX_TOKENS = 3
@@ -817,6 +849,53 @@ class KeywordEnforcement(betterproto2.Enum):
         }
 
 
+class LogprobsMode(betterproto2.Enum):
+    """
+    Which distribution log probabilities are taken from. A server-wide
+    setting (`logprobs_mode`), reported by GetModelInfo and in provenance.
+    """
+
+    UNSPECIFIED = 0
+    """
+    Not set; the server reports its mode, never this value.
+    """
+
+    PROCESSED = 1
+    """
+    After the constraint masks, logit_bias, penalties, temperature and
+    top_k/top_p: the distribution the token was actually drawn from,
+    renormalized over the tokens the constraints allow. Tokens a constraint
+    forbids never appear among the alternatives. Use it to judge how
+    confident the model was among the outputs the constraints permit (a low
+    value means several allowed continuations competed). The default.
+    """
+
+    RAW = 2
+    """
+    The model's distribution before token masks, logit_bias, penalties and
+    temperature. When one grammar is enforced by the engine's built-in
+    structured output, that grammar's mask is already applied (vLLM masks
+    before sampling); intersections and token masks are not. Use it to see
+    what the model preferred regardless of constraints.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "LOGPROBS_MODE_UNSPECIFIED",
+            1: "LOGPROBS_MODE_PROCESSED",
+            2: "LOGPROBS_MODE_RAW",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "LOGPROBS_MODE_UNSPECIFIED": 0,
+            "LOGPROBS_MODE_PROCESSED": 1,
+            "LOGPROBS_MODE_RAW": 2,
+        }
+
+
 class SchemaVerdict(betterproto2.Enum):
     """
     A validator's verdict.
@@ -898,6 +977,68 @@ class AppliedSampling(betterproto2.Message):
     Stop sequences.
     """
 
+    n: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    Candidates generated for the request.
+    """
+
+    min_tokens: "int" = betterproto2.field(21, betterproto2.TYPE_UINT32)
+    """
+    Tokens before end-of-sequence may end the output.
+    """
+
+    stop_token_ids: "list[int]" = betterproto2.field(22, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Token ids that end generation.
+    """
+
+    repetition_penalty: "float" = betterproto2.field(23, betterproto2.TYPE_FLOAT)
+    """
+    Repetition penalty; 1 is off.
+    """
+
+    presence_penalty: "float" = betterproto2.field(24, betterproto2.TYPE_FLOAT)
+    """
+    Presence penalty; 0 is off.
+    """
+
+    frequency_penalty: "float" = betterproto2.field(25, betterproto2.TYPE_FLOAT)
+    """
+    Frequency penalty; 0 is off.
+    """
+
+    logit_bias: "dict[int, float]" = betterproto2.field(
+        26,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_UINT32, betterproto2.TYPE_FLOAT),
+    )
+    """
+    Logit bias by token id.
+    """
+
+    ignore_eos: "bool" = betterproto2.field(27, betterproto2.TYPE_BOOL)
+    """
+    Whether end-of-sequence tokens were ignored.
+    """
+
+    logprobs: "int | None" = betterproto2.field(28, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Alternatives returned per output token; unset when no logprobs were asked.
+    """
+
+    prompt_logprobs: "int | None" = betterproto2.field(29, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Alternatives returned per prompt token; unset when none were asked.
+    """
+
+    logprobs_mode: "LogprobsMode" = betterproto2.field(
+        30, betterproto2.TYPE_ENUM, default_factory=lambda: LogprobsMode(0)
+    )
+    """
+    Which distribution the log probabilities came from; unspecified when none
+    were asked.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "AppliedSampling", AppliedSampling)
 
@@ -922,6 +1063,57 @@ class BudgetSteering(betterproto2.Message):
 
 
 default_message_pool.register_message("ananke.v1", "BudgetSteering", BudgetSteering)
+
+
+@dataclass(eq=False, repr=False)
+class Candidate(betterproto2.Message):
+    """
+    One candidate of a Generate call.
+    """
+
+    index: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    Its index, 0 to n - 1.
+    """
+
+    text: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The whole output (UTF-8).
+    """
+
+    token_ids: "list[int]" = betterproto2.field(3, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    The generated token ids, in order.
+    """
+
+    finish_reason: "FinishReason" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: FinishReason(0)
+    )
+    """
+    Why its generation ended.
+    """
+
+    usage: "Usage | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    Its token counts (the prompt counts are shared by every candidate).
+    """
+
+    provenance: "Provenance | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Its record, with its own constraint check.
+    """
+
+    logprobs: "list[PositionLogprobs]" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    One entry per id in token_ids, when SamplingParams.logprobs is set.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "Candidate", Candidate)
 
 
 @dataclass(eq=False, repr=False)
@@ -1429,6 +1621,43 @@ default_message_pool.register_message("ananke.v1", "ConstraintVerdict", Constrai
 
 
 @dataclass(eq=False, repr=False)
+class DetokenizeRequest(betterproto2.Message):
+    """
+    Request of InferenceService.Detokenize.
+    """
+
+    token_ids: "list[int]" = betterproto2.field(1, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Required. Token ids, each below the vocab size; at most the model's
+    context length of them.
+    """
+
+    skip_special_tokens: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Optional. Leave special tokens (end-of-sequence, chat markers) out of the
+    text. Default: false (kept).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "DetokenizeRequest", DetokenizeRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DetokenizeResponse(betterproto2.Message):
+    """
+    Response of InferenceService.Detokenize.
+    """
+
+    text: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The text (UTF-8; bytes that do not form a character become U+FFFD).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "DetokenizeResponse", DetokenizeResponse)
+
+
+@dataclass(eq=False, repr=False)
 class EngineSettings(betterproto2.Message):
     """
     The engine (vLLM) settings a server runs with; see `ananke-server --help`.
@@ -1510,7 +1739,9 @@ default_message_pool.register_message("ananke.v1", "GenerateRequest", GenerateRe
 @dataclass(eq=False, repr=False)
 class GenerateResponse(betterproto2.Message):
     """
-    Response of InferenceService.Generate.
+    Response of InferenceService.Generate. Fields 2 to 6 and `logprobs`
+    describe candidate 0; `candidates` holds every candidate (candidate 0
+    included), in index order.
     """
 
     request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
@@ -1547,6 +1778,27 @@ class GenerateResponse(betterproto2.Message):
     The full record of this generation.
     """
 
+    candidates: "list[Candidate]" = betterproto2.field(20, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Every candidate, in index order (SamplingParams.n of them).
+    """
+
+    logprobs: "list[PositionLogprobs]" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Candidate 0's log probabilities, one per id in token_ids, when
+    SamplingParams.logprobs is set.
+    """
+
+    prompt_logprobs: "list[PositionLogprobs]" = betterproto2.field(
+        22, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    When SamplingParams.prompt_logprobs is set: one entry per prompt token
+    after the first.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "GenerateResponse", GenerateResponse)
 
@@ -1571,7 +1823,9 @@ default_message_pool.register_message("ananke.v1", "GenerateStreamRequest", Gene
 @dataclass(eq=False, repr=False)
 class GenerateStreamResponse(betterproto2.Message):
     """
-    One event of InferenceService.GenerateStream.
+    One event of InferenceService.GenerateStream. With SamplingParams.n above
+    1 the chunks of the candidates interleave (each tagged with its
+    candidate_index) and each candidate ends with its own GenerationFinished.
 
     Oneofs:
         - event: Required. Exactly one event.
@@ -1595,7 +1849,8 @@ class GenerateStreamResponse(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, optional=True, group="event"
     )
     """
-    Last event of a successful stream.
+    A candidate finished; the last event of a successful stream is the
+    GenerationFinished of the last candidate to finish.
     """
 
 
@@ -1661,7 +1916,7 @@ default_message_pool.register_message("ananke.v1", "GenerationCounters", Generat
 @dataclass(eq=False, repr=False)
 class GenerationFinished(betterproto2.Message):
     """
-    The last event of a successful stream.
+    A candidate finished: one event per candidate, in the order they finish.
     """
 
     finish_reason: "FinishReason" = betterproto2.field(
@@ -1681,6 +1936,19 @@ class GenerationFinished(betterproto2.Message):
     )
     """
     The full record of this generation.
+    """
+
+    candidate_index: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    The candidate that finished, 0 to n - 1.
+    """
+
+    prompt_logprobs: "list[PositionLogprobs]" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    When SamplingParams.prompt_logprobs is set, on candidate 0's event only:
+    one entry per prompt token after the first.
     """
 
 
@@ -1789,6 +2057,11 @@ class GenerationStarted(betterproto2.Message):
     """
     sha256 (hex) of the canonical serialization of the request's
     constraints (see ConstraintProvenance.digest); empty when unconstrained.
+    """
+
+    candidates: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    Candidates that will be generated (SamplingParams.n as applied), from 1.
     """
 
 
@@ -1960,6 +2233,23 @@ class GetModelInfoResponse(betterproto2.Message):
     The engine settings in effect: as vLLM resolved them once the engine has
     started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
     method is named).
+    """
+
+    max_candidates: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    The server's cap on SamplingParams.n.
+    """
+
+    max_logprobs: "int" = betterproto2.field(21, betterproto2.TYPE_UINT32)
+    """
+    The server's cap on SamplingParams.logprobs and prompt_logprobs.
+    """
+
+    logprobs_mode: "LogprobsMode" = betterproto2.field(
+        22, betterproto2.TYPE_ENUM, default_factory=lambda: LogprobsMode(0)
+    )
+    """
+    Which distribution log probabilities come from.
     """
 
 
@@ -2177,6 +2467,28 @@ default_message_pool.register_message("ananke.v1", "Placement", Placement)
 
 
 @dataclass(eq=False, repr=False)
+class PositionLogprobs(betterproto2.Message):
+    """
+    Log probabilities at one position of the output or the prompt.
+    """
+
+    token: "TokenLogprob | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The token at this position (the one sampled, or the prompt's).
+    """
+
+    top: "list[TokenLogprob]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The most likely tokens at this position, most likely first: as many as
+    asked (SamplingParams.logprobs or prompt_logprobs), fewer when fewer
+    tokens are allowed. May include `token` itself.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "PositionLogprobs", PositionLogprobs)
+
+
+@dataclass(eq=False, repr=False)
 class Provenance(betterproto2.Message):
     """
     Everything needed to trust and reproduce one generation: which model and
@@ -2300,6 +2612,17 @@ class Provenance(betterproto2.Message):
     The request's context, unchanged.
     """
 
+    candidate_index: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    The candidate this record describes, 0 to n - 1.
+    """
+
+    cached_prompt_tokens: "int" = betterproto2.field(21, betterproto2.TYPE_UINT32)
+    """
+    Prompt tokens served from the engine's prefix cache (see
+    Usage.cached_prompt_tokens).
+    """
+
     forced_tokens: "int" = betterproto2.field(40, betterproto2.TYPE_UINT32)
     """
     Output tokens the grammar forced that were appended without a model step
@@ -2386,6 +2709,95 @@ class SamplingParams(betterproto2.Message):
     Optional. Generation stops before the first occurrence of any of these
     strings, which is not included in the output. At most 16, each 1 to 256
     bytes.
+    """
+
+    n: "int | None" = betterproto2.field(20, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Optional. Candidates to generate from this prompt, 1 to the server's
+    max_candidates (GetModelInfoResponse.max_candidates). The engine prefills
+    the prompt once: the candidates share its KV cache blocks (whole blocks
+    of the engine's KV block size; the CPU engine's is 128 tokens). Candidate
+    i samples with seed + i, so candidates differ only when temperature > 0.
+    Each candidate is constrained, finished, counted and checked on its own.
+    Default: 1.
+    """
+
+    min_tokens: "int | None" = betterproto2.field(21, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Optional. Tokens to generate before end-of-sequence or a stop_token_ids
+    token may end the output, 0 to max_tokens. Stop strings still apply.
+    Cannot be combined with a grammar constraint (a complete grammar allows
+    only end-of-sequence): SAMPLING_PARAM_INVALID. Default: 0.
+    """
+
+    stop_token_ids: "list[int]" = betterproto2.field(22, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Optional. Token ids that end generation when produced (like an
+    end-of-sequence token; the finish reason is FINISH_REASON_STOP_SEQUENCE and
+    the token is left out of the output). At most 16, each below the vocab
+    size.
+    """
+
+    repetition_penalty: "float | None" = betterproto2.field(
+        23, betterproto2.TYPE_FLOAT, optional=True
+    )
+    """
+    Optional. Multiplies down (above 1) or up (below 1) the logits of tokens
+    already in the prompt or output, in (0, 2]. 1 is off. Default: 1.
+    """
+
+    presence_penalty: "float | None" = betterproto2.field(
+        24, betterproto2.TYPE_FLOAT, optional=True
+    )
+    """
+    Optional. Subtracted from the logits of tokens already generated, once
+    per token, -2 to 2. 0 is off. Default: 0.
+    """
+
+    frequency_penalty: "float | None" = betterproto2.field(
+        25, betterproto2.TYPE_FLOAT, optional=True
+    )
+    """
+    Optional. Subtracted from the logits of tokens already generated, times
+    their count, -2 to 2. 0 is off. Default: 0.
+    """
+
+    logit_bias: "dict[int, float]" = betterproto2.field(
+        26,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_UINT32, betterproto2.TYPE_FLOAT),
+    )
+    """
+    Optional. Added to the logits of the given token ids before sampling:
+    keys below the vocab size, values -100 to 100, at most 1,024 entries. A
+    bias cannot let through a token the constraints forbid: the constraint
+    masks apply on top of it. Default: none.
+    """
+
+    ignore_eos: "bool | None" = betterproto2.field(27, betterproto2.TYPE_BOOL, optional=True)
+    """
+    Optional. Keep generating past end-of-sequence tokens until max_tokens
+    (for benchmarks and tests). Cannot be combined with a grammar constraint:
+    SAMPLING_PARAM_INVALID. Default: false.
+    """
+
+    logprobs: "int | None" = betterproto2.field(28, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Optional. When set, each output token comes with its log probability
+    (TokenChunk.logprobs, Candidate.logprobs) and that many most likely
+    alternatives, 0 to the server's max_logprobs
+    (GetModelInfoResponse.max_logprobs). Which distribution they come from
+    is the server's logprobs_mode (see LogprobsMode). Default: unset (none).
+    """
+
+    prompt_logprobs: "int | None" = betterproto2.field(29, betterproto2.TYPE_UINT32, optional=True)
+    """
+    Optional. When set, each prompt token (after the first, which has no
+    context) comes with its log probability under the model and that many
+    most likely alternatives, 0 to max_logprobs
+    (GenerationFinished.prompt_logprobs, GenerateResponse.prompt_logprobs).
+    Prompt log probabilities are the model's own: no constraint, penalty or
+    temperature applies to the prompt. Default: unset (none).
     """
 
 
@@ -2515,8 +2927,122 @@ class TokenChunk(betterproto2.Message):
     (Usage.completion_tokens counts them).
     """
 
+    candidate_index: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    The candidate these tokens belong to, 0 to n - 1.
+    """
+
+    logprobs: "list[PositionLogprobs]" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    When SamplingParams.logprobs is set: one entry per id in token_ids, in
+    order.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "TokenChunk", TokenChunk)
+
+
+@dataclass(eq=False, repr=False)
+class TokenizeRequest(betterproto2.Message):
+    """
+    Request of InferenceService.Tokenize.
+    """
+
+    text: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Text tokenized as GenerationRequest.prompt is (special tokens such as BOS
+    added as the tokenizer adds them). Exactly one of `text` and `messages`
+    is set and non-empty; at most the server's max_message_bytes.
+    """
+
+    messages: "list[ChatMessage]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    Chat messages, rendered with the model's chat template and an assistant
+    turn opened, exactly as GenerationRequest.messages is. Exactly one of
+    `text` and `messages`; at most 1,000 messages.
+    """
+
+    return_tokens: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    Optional. Also return each token's text and bytes (TokenizeResponse.tokens).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "TokenizeRequest", TokenizeRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TokenizeResponse(betterproto2.Message):
+    """
+    Response of InferenceService.Tokenize.
+    """
+
+    token_ids: "list[int]" = betterproto2.field(1, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    The token ids, in order: what Generate would send to the model.
+    """
+
+    count: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    How many: the length of token_ids (Usage.prompt_tokens of a Generate
+    with the same prompt).
+    """
+
+    rendered_text: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    When `messages` was given: the templated text that was tokenized.
+    """
+
+    tokens: "list[TokenLogprob]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    When return_tokens is set: one entry per token id (logprob and rank 0).
+    """
+
+    context_length: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    The model's context length, for comparison with count.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "TokenizeResponse", TokenizeResponse)
+
+
+@dataclass(eq=False, repr=False)
+class TokenLogprob(betterproto2.Message):
+    """
+    One token with its log probability.
+    """
+
+    token_id: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    The token id.
+    """
+
+    text: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The token's text as the tokenizer decodes it alone (UTF-8; a token that
+    holds part of a multi-byte character decodes to U+FFFD).
+    """
+
+    token_bytes: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+    """
+    The token's bytes exactly.
+    """
+
+    logprob: "float" = betterproto2.field(4, betterproto2.TYPE_FLOAT)
+    """
+    Natural-log probability, at most 0.
+    """
+
+    rank: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    Rank among all tokens at this position, from 1 (the most likely).
+    """
+
+
+default_message_pool.register_message("ananke.v1", "TokenLogprob", TokenLogprob)
 
 
 @dataclass(eq=False, repr=False)
@@ -2560,6 +3086,15 @@ class Usage(betterproto2.Message):
     """
     Tokens generated, counting an end-of-sequence token the model produced
     (TokenChunk.token_ids and GenerateResponse.token_ids leave it out).
+    """
+
+    cached_prompt_tokens: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
+    """
+    Prompt tokens whose KV cache came from the engine's prefix cache (an
+    earlier request with the same prompt prefix, or a sibling candidate) and
+    were not computed again; at most prompt_tokens. Counted in whole KV
+    blocks (128 tokens on the CPU engine), so prompts shorter than a block
+    report 0.
     """
 
 
@@ -2716,6 +3251,30 @@ class InferenceServiceStub:
             "/ananke.v1.InferenceService/GetServerStats",
             GetServerStatsRequest.SerializeToString,
             GetServerStatsResponse.FromString,
+        )(message)
+
+    def tokenize(self, message: "TokenizeRequest") -> "TokenizeResponse":
+        """
+        Tokenizes text (as Generate tokenizes `prompt`) or chat messages (with the
+        model's chat template, as Generate renders `messages`), so callers count
+        tokens and build token masks against the served vocabulary.
+        """
+
+        return self._channel.unary_unary(
+            "/ananke.v1.InferenceService/Tokenize",
+            TokenizeRequest.SerializeToString,
+            TokenizeResponse.FromString,
+        )(message)
+
+    def detokenize(self, message: "DetokenizeRequest") -> "DetokenizeResponse":
+        """
+        Turns token ids back into text.
+        """
+
+        return self._channel.unary_unary(
+            "/ananke.v1.InferenceService/Detokenize",
+            DetokenizeRequest.SerializeToString,
+            DetokenizeResponse.FromString,
         )(message)
 
 

@@ -14,9 +14,10 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::error::{Error, Result};
 use crate::pb::inference_service_client::InferenceServiceClient;
 use crate::pb::{
-    ConstraintIr, GenerateRequest, GenerateStreamRequest, GenerationRequest, GetModelInfoRequest,
-    GetModelInfoResponse, GetServerStatsRequest, GetServerStatsResponse,
-    ValidateConstraintsRequest, ValidateConstraintsResponse,
+    ChatMessage, ConstraintIr, DetokenizeRequest, GenerateRequest, GenerateStreamRequest,
+    GenerationRequest, GetModelInfoRequest, GetModelInfoResponse, GetServerStatsRequest,
+    GetServerStatsResponse, TokenizeRequest, TokenizeResponse, ValidateConstraintsRequest,
+    ValidateConstraintsResponse,
 };
 use crate::result::GenerationResult;
 use crate::retry::{CallKind, RetryPolicy};
@@ -333,6 +334,62 @@ impl Client {
             async move { stub.get_server_stats(r).await }
         })
         .await
+    }
+
+    /// Token ids of `text`, tokenized exactly as a `prompt` of that text
+    /// (`return_tokens`: with each token's text and bytes).
+    pub async fn tokenize(&self, text: &str, return_tokens: bool) -> Result<TokenizeResponse> {
+        self.tokenize_request(TokenizeRequest {
+            text: text.to_owned(),
+            return_tokens,
+            ..TokenizeRequest::default()
+        })
+        .await
+    }
+
+    /// Token ids of chat `messages` rendered with the model's chat template,
+    /// exactly as a request with those `messages`.
+    pub async fn tokenize_chat(
+        &self,
+        messages: impl IntoIterator<Item = ChatMessage>,
+        return_tokens: bool,
+    ) -> Result<TokenizeResponse> {
+        self.tokenize_request(TokenizeRequest {
+            messages: messages.into_iter().collect(),
+            return_tokens,
+            ..TokenizeRequest::default()
+        })
+        .await
+    }
+
+    async fn tokenize_request(&self, message: TokenizeRequest) -> Result<TokenizeResponse> {
+        let inference = &self.inference;
+        self.call(CallKind::Idempotent, message, |r| {
+            let mut stub = inference.clone();
+            async move { stub.tokenize(r).await }
+        })
+        .await
+    }
+
+    /// The text of `token_ids` (special tokens kept unless
+    /// `skip_special_tokens`).
+    pub async fn detokenize(
+        &self,
+        token_ids: impl IntoIterator<Item = u32>,
+        skip_special_tokens: bool,
+    ) -> Result<String> {
+        let inference = &self.inference;
+        let request = DetokenizeRequest {
+            token_ids: token_ids.into_iter().collect(),
+            skip_special_tokens,
+        };
+        let response = self
+            .call(CallKind::Idempotent, request, |r| {
+                let mut stub = inference.clone();
+                async move { stub.detokenize(r).await }
+            })
+            .await?;
+        Ok(response.text)
     }
 
     /// `grpc.health.v1.Health/Check` of `service`: `""` for the server as a

@@ -88,6 +88,80 @@ impl GenerationRequest {
         self
     }
 
+    /// Asks for `n` candidates of this prompt in one call (they share the
+    /// prompt's prefill); 1 to the server's `max_candidates`.
+    #[must_use]
+    pub fn with_n(mut self, n: u32) -> Self {
+        self.sampling_mut().n = Some(n);
+        self
+    }
+
+    /// Returns each output token's log probability and its `top` most likely
+    /// alternatives (0 to the server's `max_logprobs`).
+    #[must_use]
+    pub fn with_logprobs(mut self, top: u32) -> Self {
+        self.sampling_mut().logprobs = Some(top);
+        self
+    }
+
+    /// Returns each prompt token's log probability and its `top` most likely
+    /// alternatives.
+    #[must_use]
+    pub fn with_prompt_logprobs(mut self, top: u32) -> Self {
+        self.sampling_mut().prompt_logprobs = Some(top);
+        self
+    }
+
+    /// Tokens to generate before end-of-sequence may end the output.
+    #[must_use]
+    pub fn with_min_tokens(mut self, min_tokens: u32) -> Self {
+        self.sampling_mut().min_tokens = Some(min_tokens);
+        self
+    }
+
+    /// Adds a token id that ends generation when produced.
+    #[must_use]
+    pub fn with_stop_token_id(mut self, token_id: u32) -> Self {
+        self.sampling_mut().stop_token_ids.push(token_id);
+        self
+    }
+
+    /// Sets the repetition penalty, in (0, 2]; 1 is off.
+    #[must_use]
+    pub fn with_repetition_penalty(mut self, penalty: f32) -> Self {
+        self.sampling_mut().repetition_penalty = Some(penalty);
+        self
+    }
+
+    /// Sets the presence penalty, -2 to 2; 0 is off.
+    #[must_use]
+    pub fn with_presence_penalty(mut self, penalty: f32) -> Self {
+        self.sampling_mut().presence_penalty = Some(penalty);
+        self
+    }
+
+    /// Sets the frequency penalty, -2 to 2; 0 is off.
+    #[must_use]
+    pub fn with_frequency_penalty(mut self, penalty: f32) -> Self {
+        self.sampling_mut().frequency_penalty = Some(penalty);
+        self
+    }
+
+    /// Adds `bias` (-100 to 100) to the logit of `token_id`; the constraint
+    /// masks still apply on top.
+    #[must_use]
+    pub fn with_logit_bias(mut self, token_id: u32, bias: f32) -> Self {
+        self.sampling_mut().logit_bias.insert(token_id, bias);
+        self
+    }
+
+    /// Keeps generating past end-of-sequence until max_tokens (benchmarks).
+    #[must_use]
+    pub fn with_ignore_eos(mut self, ignore_eos: bool) -> Self {
+        self.sampling_mut().ignore_eos = Some(ignore_eos);
+        self
+    }
+
     /// Records where the output goes (informational, kept in provenance).
     #[must_use]
     pub fn with_context(
@@ -163,6 +237,32 @@ mod tests {
         assert_eq!(context.language, "rust");
         assert_eq!(req.metadata["k"], "v");
         assert_eq!(req.request_id, "r1");
+    }
+
+    #[test]
+    fn builder_fills_issue_13_fields() {
+        let req = GenerationRequest::from_prompt("p")
+            .with_n(3)
+            .with_logprobs(2)
+            .with_prompt_logprobs(0)
+            .with_min_tokens(4)
+            .with_stop_token_id(9)
+            .with_repetition_penalty(1.1)
+            .with_presence_penalty(0.5)
+            .with_frequency_penalty(-0.5)
+            .with_logit_bias(17, -5.0)
+            .with_ignore_eos(true);
+        let sampling = req.sampling.expect("sampling set");
+        assert_eq!(sampling.n, Some(3));
+        assert_eq!(sampling.logprobs, Some(2));
+        assert_eq!(sampling.prompt_logprobs, Some(0));
+        assert_eq!(sampling.min_tokens, Some(4));
+        assert_eq!(sampling.stop_token_ids, [9]);
+        assert_eq!(sampling.repetition_penalty, Some(1.1));
+        assert_eq!(sampling.presence_penalty, Some(0.5));
+        assert_eq!(sampling.frequency_penalty, Some(-0.5));
+        assert_eq!(sampling.logit_bias[&17], -5.0);
+        assert_eq!(sampling.ignore_eos, Some(true));
     }
 
     #[test]

@@ -11,16 +11,17 @@ use crate::pb::generate_stream_response::Event;
 use crate::pb::{GenerateStreamResponse, GenerationFinished, GenerationStarted, TokenChunk};
 use crate::result::GenerationResult;
 
-/// One event of a streaming generation: `Started`, then `Chunk`s, then
-/// `Finished`.
+/// One event of a streaming generation: `Started`, then `Chunk`s, then one
+/// `Finished` per candidate (with `SamplingParams.n` above 1 the candidates'
+/// chunks interleave, tagged with `candidate_index`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     /// The request was accepted and its constraints compiled.
     Started(GenerationStarted),
     /// Some generated tokens and their text.
     Chunk(TokenChunk),
-    /// The last event of a successful stream, with usage and provenance
-    /// (boxed: it is much larger than the other events).
+    /// A candidate finished, with its usage and provenance (boxed: it is much
+    /// larger than the other events). The stream ends after the last one.
     Finished(Box<GenerationFinished>),
 }
 
@@ -51,39 +52,54 @@ impl GenerationStream {
         }
     }
 
-    /// Reads the stream to its end and returns the whole generation (Python's
-    /// `GenerationStream.collect()`).
+    /// Reads the stream to its end and returns the whole generation, every
+    /// candidate included (Python's `GenerationStream.collect()`); fails when
+    /// a candidate the `Started` event announced did not finish.
     pub async fn collect(mut self) -> Result<GenerationResult> {
-        let mut started = None;
+        let mut started: Option<GenerationStarted> = None;
         let mut chunks = Vec::new();
+        let mut finals = Vec::new();
         while let Some(event) = self.message().await? {
             match event {
                 GenerationEvent::Started(event) => started = Some(event),
                 GenerationEvent::Chunk(chunk) => chunks.push(chunk),
-                GenerationEvent::Finished(finished) => {
-                    return Ok(GenerationResult::from_stream(
-                        started.as_ref(),
-                        &chunks,
-                        *finished,
-                    ));
-                }
+                GenerationEvent::Finished(finished) => finals.push(*finished),
             }
         }
-        Err(Error::protocol("stream ended without a Finished event"))
+        let expected = started.as_ref().map_or(1, |s| s.candidates.max(1)) as usize;
+        if finals.len() < expected {
+            return Err(Error::protocol(
+                "stream ended without a Finished event for every candidate",
+            ));
+        }
+        Ok(GenerationResult::from_stream_candidates(
+            started.as_ref(),
+            &chunks,
+            finals,
+        ))
     }
 
-    /// Reads the stream to its end and returns the whole text and the
-    /// `Finished` event.
+    /// Reads the stream to its end and returns candidate 0's whole text and
+    /// its `Finished` event.
     pub async fn collect_text(mut self) -> Result<(String, GenerationFinished)> {
         let mut text = String::new();
+        let mut first = None;
         while let Some(event) = self.message().await? {
             match event {
                 GenerationEvent::Started(_) => {}
-                GenerationEvent::Chunk(chunk) => text.push_str(&chunk.text),
-                GenerationEvent::Finished(finished) => return Ok((text, *finished)),
+                GenerationEvent::Chunk(chunk) if chunk.candidate_index == 0 => {
+                    text.push_str(&chunk.text);
+                }
+                GenerationEvent::Chunk(_) => {}
+                GenerationEvent::Finished(finished) if finished.candidate_index == 0 => {
+                    first = Some(*finished);
+                }
+                GenerationEvent::Finished(_) => {}
             }
         }
-        Err(Error::protocol("stream ended without a Finished event"))
+        first
+            .map(|finished| (text, finished))
+            .ok_or_else(|| Error::protocol("stream ended without a Finished event"))
     }
 }
 

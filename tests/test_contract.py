@@ -105,9 +105,10 @@ def fill(message: Message, variant: int = 0, depth: int = 0) -> Message:
             continue
         value = getattr(message, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key_field = field.message_type.fields_by_name["key"]
             value_field = field.message_type.fields_by_name["value"]
             for i in range(2):  # keys inserted in sorted order, as deterministic output sorts
-                key = f"key{i}"
+                key = f"key{i}" if key_field.type == FD.TYPE_STRING else _scalar(key_field, i)
                 if value_field.message_type is None:
                     value[key] = _scalar(value_field, i)
                 else:
@@ -475,6 +476,8 @@ def test_service_methods_from_descriptor() -> None:
         "ValidateConstraints",
         "GetModelInfo",
         "GetServerStats",
+        "Tokenize",
+        "Detokenize",
     ]
     streaming = {m.name: (m.client_streaming, m.server_streaming) for m in SERVICE.methods}
     assert streaming["GenerateStream"] == (False, True)
@@ -535,6 +538,8 @@ def test_betterproto_stub_paths_match_descriptor() -> None:
     stub.validate_constraints(bp.ValidateConstraintsRequest())
     stub.get_model_info()
     stub.get_server_stats()
+    stub.tokenize(bp.TokenizeRequest())
+    stub.detokenize(bp.DetokenizeRequest())
     expected = {
         ("stream" if m.server_streaming else "unary", f"/{SERVICE.full_name}/{m.name}")
         for m in SERVICE.methods

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,12 @@ def test_rust_client_mtls_and_api_key(test_pki: Pki) -> None:
     assert refused.returncode == 1, refused.stdout
     assert "SERVING" not in refused.stdout
     assert refused.stderr.startswith("error: Unavailable"), refused.stderr
+
+
+def test_zig_program_against_live_server(cargo_env: dict[str, str]) -> None:
+    """A Zig program includes ananke.h, builds Maze-shaped constraints (JSON
+    schema, regex list, token masks from Tokenize, priorities, names), calls
+    the live server through the C ABI, checks the result and frees it."""
+    if importlib.util.find_spec("ziglang") is None:
+        pytest.skip("the ziglang package (requirements/dev.txt) is not installed")
+    _run(["./run_zig_test.sh"], {**cargo_env, "ZIG": f"{sys.executable} -m ziglang"})

@@ -10,9 +10,10 @@
  *  - The caller owns everything it passes in (intent, constraints, strings,
  *    arrays). The library only reads them during the call and keeps nothing.
  *  - The library owns what it returns. Free an AnankeClient* with
- *    ananke_client_free() and an AnankeGenerationResult* (strings included)
- *    with ananke_generation_result_free(), exactly once each; never free a
- *    result's strings yourself, and do not read them after the free.
+ *    ananke_client_free(), an AnankeGenerationResult* (strings included)
+ *    with ananke_generation_result_free() and an AnankeTokenizeResult* with
+ *    ananke_tokenize_result_free(), exactly once each; never free a
+ *    result's strings or arrays yourself, and do not read them after the free.
  *
  * Strings are NUL-terminated UTF-8. Calls block the calling thread; one
  * client may be used from several threads at once.
@@ -261,6 +262,38 @@ typedef struct AnankeGenerateOptions {
   uint64_t timeout_ms;
 } AnankeGenerateOptions;
 
+/**
+ * The token ids of a text, as the served model tokenizes it (from
+ * `ananke_client_tokenize`). Allocated by the library; free it with
+ * `ananke_tokenize_result_free`.
+ */
+typedef struct AnankeTokenizeResult {
+  /**
+   * The token ids; NULL when `token_ids_len` is 0.
+   */
+  uint32_t *token_ids;
+  /**
+   * Length of `token_ids`.
+   */
+  size_t token_ids_len;
+  /**
+   * True when the call succeeded (`status_code` is 0).
+   */
+  bool success;
+  /**
+   * The error message; NULL on success.
+   */
+  char *error;
+  /**
+   * The server's ErrorInfo reason; NULL on success or when there is none.
+   */
+  char *error_reason;
+  /**
+   * The gRPC status code.
+   */
+  int32_t status_code;
+} AnankeTokenizeResult;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -348,6 +381,34 @@ struct AnankeGenerationResult *ananke_client_generate(const struct AnankeClient 
  * `result` is NULL or a pointer from `ananke_client_generate` not yet freed.
  */
 void ananke_generation_result_free(struct AnankeGenerationResult *result);
+
+/**
+ * Tokenizes `text` as the server tokenizes a prompt (special tokens added as
+ * the model's tokenizer adds them), or, when `chat` is true, as one user
+ * chat message rendered with the model's chat template. Use the ids to build
+ * `AnankeTokenMaskRules` against the served vocabulary.
+ *
+ * Always returns a result (never NULL), which the caller frees with
+ * `ananke_tokenize_result_free`.
+ *
+ * # Safety
+ *
+ * `client` comes from `ananke_client_new` and is not freed during the call;
+ * `text` is NULL or a NUL-terminated string.
+ */
+struct AnankeTokenizeResult *ananke_client_tokenize(const struct AnankeClient *client,
+                                                    const char *text,
+                                                    bool chat);
+
+/**
+ * Frees a result from `ananke_client_tokenize` with its array and strings.
+ * NULL is ignored.
+ *
+ * # Safety
+ *
+ * `result` is NULL or a pointer from `ananke_client_tokenize` not yet freed.
+ */
+void ananke_tokenize_result_free(struct AnankeTokenizeResult *result);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -9,9 +9,10 @@
 //!   strings, arrays); they are read during the call only and never freed or
 //!   kept by the library.
 //! - The library owns what it returns: free an `AnankeClient*` with
-//!   `ananke_client_free` and an `AnankeGenerationResult*` (with all its
-//!   strings) with `ananke_generation_result_free`, exactly once each. Never
-//!   free a result's strings yourself.
+//!   `ananke_client_free`, an `AnankeGenerationResult*` (with all its
+//!   strings) with `ananke_generation_result_free` and an
+//!   `AnankeTokenizeResult*` with `ananke_tokenize_result_free`, exactly once
+//!   each. Never free a result's strings or arrays yourself.
 
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use crate::pb::{ConstraintIr, GenerationContext, GenerationRequest, GrammarSyntax};
+use crate::pb::{ChatMessage, ConstraintIr, GenerationContext, GenerationRequest, GrammarSyntax};
 use crate::{Client, ClientOptions, Error, GenerationResult, RetryPolicy, constraint};
 
 /// `AnankeConstraintIR.grammar_syntax`: GBNF when the grammar text contains
@@ -133,6 +134,25 @@ pub struct AnankeGenerationResult {
     /// The generation's provenance as proto3 JSON (see provenance.proto);
     /// NULL on failure.
     pub provenance_json: *mut c_char,
+}
+
+/// The token ids of a text, as the served model tokenizes it (from
+/// `ananke_client_tokenize`). Allocated by the library; free it with
+/// `ananke_tokenize_result_free`.
+#[repr(C)]
+pub struct AnankeTokenizeResult {
+    /// The token ids; NULL when `token_ids_len` is 0.
+    pub token_ids: *mut u32,
+    /// Length of `token_ids`.
+    pub token_ids_len: usize,
+    /// True when the call succeeded (`status_code` is 0).
+    pub success: bool,
+    /// The error message; NULL on success.
+    pub error: *mut c_char,
+    /// The server's ErrorInfo reason; NULL on success or when there is none.
+    pub error_reason: *mut c_char,
+    /// The gRPC status code.
+    pub status_code: i32,
 }
 
 /// A connection to an Ananke server with its own I/O threads. Thread-safe:
@@ -355,6 +375,99 @@ pub unsafe extern "C" fn ananke_generation_result_free(result: *mut AnankeGenera
             result.error_reason,
             result.provenance_json,
         ] {
+            if !text.is_null() {
+                drop(CString::from_raw(text));
+            }
+        }
+    }
+}
+
+/// Tokenizes `text` as the server tokenizes a prompt (special tokens added as
+/// the model's tokenizer adds them), or, when `chat` is true, as one user
+/// chat message rendered with the model's chat template. Use the ids to build
+/// `AnankeTokenMaskRules` against the served vocabulary.
+///
+/// Always returns a result (never NULL), which the caller frees with
+/// `ananke_tokenize_result_free`.
+///
+/// # Safety
+///
+/// `client` comes from `ananke_client_new` and is not freed during the call;
+/// `text` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ananke_client_tokenize(
+    client: *const AnankeClient,
+    text: *const c_char,
+    chat: bool,
+) -> *mut AnankeTokenizeResult {
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<u32>, Error> {
+        // SAFETY: the caller's pointers are valid as documented above.
+        let client =
+            unsafe { client.as_ref() }.ok_or_else(|| Error::invalid_argument("client is NULL"))?;
+        let text = unsafe { c_str(text, "text") }?
+            .ok_or_else(|| Error::invalid_argument("text is NULL"))?;
+        let call = if chat {
+            client.runtime.block_on(
+                client
+                    .client
+                    .tokenize_chat([ChatMessage::user(text)], false),
+            )
+        } else {
+            client.runtime.block_on(client.client.tokenize(text, false))
+        };
+        Ok(call?.token_ids)
+    }))
+    .unwrap_or_else(|_| Err(Error::protocol("panic inside ananke_client_tokenize")));
+    let result = match outcome {
+        Ok(ids) => {
+            let token_ids_len = ids.len();
+            let token_ids = if ids.is_empty() {
+                ptr::null_mut()
+            } else {
+                Box::into_raw(ids.into_boxed_slice()).cast::<u32>()
+            };
+            AnankeTokenizeResult {
+                token_ids,
+                token_ids_len,
+                success: true,
+                error: ptr::null_mut(),
+                error_reason: ptr::null_mut(),
+                status_code: Code::Ok as i32,
+            }
+        }
+        Err(error) => AnankeTokenizeResult {
+            token_ids: ptr::null_mut(),
+            token_ids_len: 0,
+            success: false,
+            error: into_c_string(&error.to_string()),
+            error_reason: error.reason().map_or(ptr::null_mut(), into_c_string),
+            status_code: error.code() as i32,
+        },
+    };
+    Box::into_raw(Box::new(result))
+}
+
+/// Frees a result from `ananke_client_tokenize` with its array and strings.
+/// NULL is ignored.
+///
+/// # Safety
+///
+/// `result` is NULL or a pointer from `ananke_client_tokenize` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ananke_tokenize_result_free(result: *mut AnankeTokenizeResult) {
+    if result.is_null() {
+        return;
+    }
+    // SAFETY: the pointer came from Box::into_raw in ananke_client_tokenize;
+    // the array from a boxed slice of `token_ids_len` elements, the strings
+    // from CString::into_raw (or are NULL).
+    unsafe {
+        let result = Box::from_raw(result);
+        if !result.token_ids.is_null() {
+            let ids = ptr::slice_from_raw_parts_mut(result.token_ids, result.token_ids_len);
+            drop(Box::from_raw(ids));
+        }
+        for text in [result.error, result.error_reason] {
             if !text.is_null() {
                 drop(CString::from_raw(text));
             }

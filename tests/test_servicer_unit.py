@@ -93,6 +93,10 @@ class FakeEngine:
         text = "".join(f"<{role}>{content}" for role, content in messages) + "<assistant>"
         return PromptTokens(token_ids=list(text.encode()), text=text)
 
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str:
+        kept = [t for t in token_ids if not (skip_special_tokens and t == EOS)]
+        return bytes(kept).decode(errors="replace")
+
     async def generate(
         self, request_id: str, prompt: PromptTokens, params: EngineParams
     ) -> AsyncIterator[EngineDelta]:

@@ -49,6 +49,7 @@ class EngineInfo:
     # "on": forced tokens are fast-forwarded; "off": by setting; "unavailable":
     # the engine cannot (one step per token).
     fast_forward: str = "off"
+    logprobs_mode: str = "processed"  # "processed" (after masks and sampling knobs) or "raw"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,34 @@ class EngineParams:
     intersection: tuple[str, ...] = ()
     # Budget-aware completion and dead-end search (steering/); None: off.
     steer: SteerConfig | None = None
+    n: int = 1
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # alternatives per output token; None: no logprobs
+    prompt_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log probability at a position, and its rank there (from 1)."""
+
+    token_id: int
+    logprob: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class PositionLogprobs:
+    """The log probabilities at one position: the token there and the most
+    likely alternatives, most likely first."""
+
+    token: TokenLogprob
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,10 @@ class EngineDelta:
     stop_reason: str | int | None = None  # the stop string or token that ended it
     # On the last delta: output tokens appended without a model step of their own.
     forced_tokens: int = 0
+    index: int = 0  # the candidate, 0 to n - 1
+    logprobs: tuple[PositionLogprobs, ...] = ()  # one per id in token_ids, when asked
+    prompt_logprobs: tuple[PositionLogprobs, ...] = ()  # on a candidate's first delta
+    cached_tokens: int = 0  # prompt tokens the prefix cache served
 
 
 @dataclass
@@ -108,6 +141,9 @@ class Engine(Protocol):
 
     def encode_chat(self, messages: Sequence[tuple[str, str]]) -> PromptTokens:
         """Renders chat messages with the model's chat template and tokenizes."""
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str:
+        """The text of token ids."""
 
     def generate(
         self, request_id: str, prompt: PromptTokens, params: EngineParams

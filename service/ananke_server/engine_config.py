@@ -34,6 +34,8 @@ class EngineConfig:
     distributed_executor_backend: str = "mp"
     fast_forward: bool = True
     fast_forward_tokens: int = 8
+    max_logprobs: int = 20
+    logprobs_mode: str = "processed"  # or "raw"
 
     @classmethod
     def from_settings(cls, settings: Settings, model_path: str, model_id: str) -> EngineConfig:
@@ -55,6 +57,8 @@ class EngineConfig:
             distributed_executor_backend=settings.distributed_executor_backend,
             fast_forward=settings.fast_forward,
             fast_forward_tokens=settings.fast_forward_tokens,
+            max_logprobs=settings.max_logprobs,
+            logprobs_mode=settings.logprobs_mode,
         )
 
     @property
@@ -102,6 +106,11 @@ def engine_args_kwargs(
         "structured_outputs_config": {"backend": GUIDANCE_BACKEND},
         "enable_log_requests": False,
         **speculative,
+        "max_logprobs": config.max_logprobs,
+        # "processed": after every mask (grammar, intersection, token masks,
+        # logit_bias), penalties, temperature and top-k/p; "raw": before the
+        # sampler's processors (the engine's grammar mask is already applied).
+        "logprobs_mode": f"{config.logprobs_mode}_logprobs",
     }
 
 

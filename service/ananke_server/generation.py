@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 from ananke.v1 import generation_pb2, inference_service_pb2, provenance_pb2
 
 from .admission import Admission
+from .candidates import logprobs_to_proto
 from .constraints import CompiledConstraints, ConstraintCompiler, unsatisfiable_during_generation
 from .engine_api import Engine, EngineParams, PromptTokens
 from .errors import ServiceError, invalid
@@ -30,7 +31,12 @@ from .provenance import Clock, build_provenance
 from .schema_outcome import SchemaOutcome, not_satisfied, retry_sampling, validate_output
 from .settings import Settings
 from .steering import SteerConfig, replay_steering
-from .validation import ValidatedRequest, check_prompt_length, validate_generation
+from .validation import (
+    ValidatedRequest,
+    check_prompt_length,
+    check_sampling_with_constraints,
+    validate_generation,
+)
 
 log = logging.getLogger("ananke.generation")
 
@@ -42,13 +48,17 @@ Reason: TypeAlias = generation_pb2.FinishReason.ValueType
 
 @dataclass
 class _Output:
-    """What the engine produced so far."""
+    """What the engine produced so far for one candidate."""
 
+    index: int = 0
     token_ids: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     engine_reason: str = "length"  # vLLM's finish reason: "stop" | "length"
     stop_string: bool = False  # ended by one of the request's stop sequences
     forced_tokens: int = 0  # fast-forwarded (no model step of their own)
+    stop_token: bool = False  # ended by one of the request's stop_token_ids
+    cached_tokens: int = 0  # prompt tokens the prefix cache served
+    prompt_logprobs: list[generation_pb2.PositionLogprobs] = field(default_factory=list)
 
 
 def now() -> datetime:
@@ -105,6 +115,17 @@ class Generations:
         compiled, cache_hit = await self._compiler.compile(
             request.constraints, "request.constraints"
         )
+        check_sampling_with_constraints(
+            validated.sampling, compiled.has_grammar, "request.sampling"
+        )
+        if validated.sampling.logit_bias and info.fast_forward == "on":
+            # vLLM 0.32 refuses logit_bias whenever speculative decoding is on.
+            raise invalid(
+                "SAMPLING_PARAM_INVALID",
+                "logit_bias is not available while this server fast-forwards forced "
+                "tokens (speculative decoding); use a server started with --no-fast-forward",
+                "request.sampling.logit_bias",
+            )
         clock.compiled_seconds = time.perf_counter() - compile_started
         self._metrics.record_compile(clock.compiled_seconds)
         if self._steer is not None and self._steer.budget:
@@ -128,24 +149,43 @@ class Generations:
                     request_id=validated.request_id,
                     model_id=info.model_id,
                     constraint_digest=compiled.digest,
+                    candidates=validated.sampling.n,
                 )
             )
             # An output that may be generated again is held back until it validated.
-            hold = compiled.retried and self._settings.schema_max_attempts > 1
+            # Several candidates are never retried: each is reported with its verdict.
+            single = validated.sampling.n == 1
+            hold = single and compiled.retried and self._settings.schema_max_attempts > 1
             first_sampling = validated.sampling
             attempt, limit = 1, self._settings.schema_max_attempts
             async with _deadline(deadline_s):
                 while True:
-                    output = _Output()
+                    outputs = {i: _Output(index=i) for i in range(validated.sampling.n)}
                     held: list[StreamEvent] = []
-                    async for chunk in self._run(validated, compiled, prompt, clock, output):
-                        if hold:
-                            held.append(chunk)
+                    last: tuple[Any, SchemaOutcome | None] | None = None
+                    async for item in self._run(validated, compiled, prompt, clock, outputs):
+                        if isinstance(item, int):  # candidate `item` finished
+                            last = await self._finish(
+                                validated,
+                                compiled,
+                                cache_hit,
+                                clock,
+                                prompt,
+                                outputs[item],
+                                attempt,
+                            )
+                            if not hold:
+                                rejected = last[1].rejected if last[1] is not None else None
+                                if single and rejected is not None:
+                                    raise not_satisfied(*rejected, attempt)
+                                yield StreamEvent(finished=last[0])
+                        elif hold:
+                            held.append(item)
                         else:
-                            yield chunk
-                    finished, outcome = await self._finish(
-                        validated, compiled, cache_hit, clock, prompt, output, attempt
-                    )
+                            yield item
+                    if not hold or last is None:
+                        return
+                    finished, outcome = last
                     rejected = outcome.rejected if outcome is not None else None
                     if outcome is not None and outcome.complete:
                         self._metrics.record_schema_validation(_result(outcome, attempt, limit))
@@ -178,14 +218,13 @@ class Generations:
         compiled: CompiledConstraints,
         prompt: PromptTokens,
         clock: Clock,
-        output: _Output,
-    ) -> AsyncIterator[StreamEvent]:
-        """One engine run: its chunks, recorded into `output` as they come.
-        Per delta only what the stream needs: the tokens are counted into the
-        metrics once, when the run ends."""
-        eos = self._eos
-        token_ids = output.token_ids
-        texts = output.text
+        outputs: dict[int, _Output],
+    ) -> AsyncIterator[StreamEvent | int]:
+        """One engine run: its chunks, recorded into `outputs` (by candidate)
+        as they come, and each candidate's index once it finished. The tokens
+        are counted into the metrics once, when the run ends."""
+        hidden = self._eos | set(validated.sampling.stop_token_ids)
+        tokenizer = self._engine.llg_tokenizer()
         produced = 0
         try:
             async for delta in self._engine.generate(
@@ -193,16 +232,28 @@ class Generations:
                 prompt,
                 engine_params(validated, compiled, self._steer),
             ):
+                output = outputs[delta.index]
                 new = delta.token_ids
                 if new:
                     if clock.first_token is None:
                         clock.first_token = now()
                     produced += len(new)
-                    token_ids.extend(new)
-                ids = new if eos.isdisjoint(new) else [t for t in new if t not in eos]
-                if ids or delta.text:
-                    texts.append(delta.text)
-                    yield StreamEvent(chunk=TokenChunk(text=delta.text, token_ids=ids))
+                    output.token_ids.extend(new)
+                output.cached_tokens = max(output.cached_tokens, delta.cached_tokens)
+                if delta.prompt_logprobs:
+                    output.prompt_logprobs = logprobs_to_proto(delta.prompt_logprobs, tokenizer)
+                shown = new if hidden.isdisjoint(new) else [t for t in new if t not in hidden]
+                if shown or delta.text:
+                    output.text.append(delta.text)
+                    positions = [p for p in delta.logprobs if p.token.token_id not in hidden]
+                    yield StreamEvent(
+                        chunk=TokenChunk(
+                            text=delta.text,
+                            token_ids=shown,
+                            candidate_index=delta.index,
+                            logprobs=logprobs_to_proto(positions, tokenizer) if positions else (),
+                        )
+                    )
                 if delta.finished:
                     if delta.finish_reason in ("abort", "error"):
                         raise ServiceError(
@@ -214,6 +265,11 @@ class Generations:
                     output.stop_string = isinstance(delta.stop_reason, str)
                     output.forced_tokens = delta.forced_tokens
                     self._metrics.record_forced(delta.forced_tokens)
+                    output.stop_token = (
+                        isinstance(delta.stop_reason, int)
+                        and delta.stop_reason in validated.sampling.stop_token_ids
+                    )
+                    yield delta.index
         finally:
             self._metrics.record_tokens(produced)
 
@@ -232,7 +288,9 @@ class Generations:
         started = time.perf_counter()
         checked = output.token_ids
         cut_inside_token = False
-        if output.stop_string:
+        if output.stop_token and checked:
+            checked = checked[:-1]  # the stop token is not part of the output
+        elif output.stop_string:
             # vLLM cuts the text at a stop sequence but not the token ids: check
             # only the tokens that lie within the returned text.
             checked, cut_inside_token = tokens_within_text(
@@ -253,7 +311,8 @@ class Generations:
                 attempts=attempt,
             )
         clock.check_seconds = time.perf_counter() - started
-        if may_be_dead_end(compiled, verdict, output.engine_reason, output.stop_string):
+        stopped = output.stop_string or output.stop_token
+        if may_be_dead_end(compiled, verdict, output.engine_reason, stopped):
             # The engine's product grammar forces EOS only at a dead end: prove it
             # with fresh matchers before reporting the request unsatisfiable.
             # With the dead-end search on, the engine also ends a row when the
@@ -270,11 +329,11 @@ class Generations:
             log.error(
                 "request %s: output violates its constraints: %s", validated.request_id, detail
             )
-        reason = finish_reason(
-            output.engine_reason, output.stop_string, compiled.has_grammar, verdict
-        )
+        reason = finish_reason(output.engine_reason, stopped, compiled.has_grammar, verdict)
         usage = generation_pb2.Usage(
-            prompt_tokens=len(prompt.token_ids), completion_tokens=len(output.token_ids)
+            prompt_tokens=len(prompt.token_ids),
+            completion_tokens=len(output.token_ids),
+            cached_prompt_tokens=min(output.cached_tokens, len(prompt.token_ids)),
         )
         provenance = build_provenance(
             request=validated,
@@ -289,12 +348,19 @@ class Generations:
             placement=self._placement,
             schema=outcome,
             forced_tokens=output.forced_tokens,
+            candidate_index=output.index,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            logprobs_mode=self._engine.info.logprobs_mode,
         )
         steered = await asyncio.to_thread(self._steered, validated, compiled, output)
         if steered is not None:
             provenance.steering.from_token, provenance.steering.tokens_left = steered
         finished = inference_service_pb2.GenerationFinished(
-            finish_reason=reason, usage=usage, provenance=provenance
+            finish_reason=reason,
+            usage=usage,
+            provenance=provenance,
+            candidate_index=output.index,
+            prompt_logprobs=output.prompt_logprobs if output.index == 0 else (),
         )
         return finished, outcome
 
@@ -393,6 +459,16 @@ def engine_params(
         allowed_token_ids=compiled.allowed_token_ids,
         forbidden_token_ids=compiled.forbidden_token_ids,
         steer=steer if compiled.has_grammar else None,
+        n=sampling.n,
+        min_tokens=sampling.min_tokens,
+        stop_token_ids=sampling.stop_token_ids,
+        repetition_penalty=sampling.repetition_penalty,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        logit_bias=tuple(sorted(sampling.logit_bias.items())),
+        ignore_eos=sampling.ignore_eos,
+        logprobs=sampling.logprobs,
+        prompt_logprobs=sampling.prompt_logprobs,
     )
 
 
@@ -405,14 +481,13 @@ def _result(outcome: SchemaOutcome, attempt: int, limit: int) -> str:
     return "valid"
 
 
-def finish_reason(
-    engine_reason: str, stop_string: bool, has_grammar: bool, verdict: Verdict
-) -> Reason:
+def finish_reason(engine_reason: str, stopped: bool, has_grammar: bool, verdict: Verdict) -> Reason:
     """Why a generation ended, as the contract names it: the token budget, a stop
-    sequence, a grammar reaching its end, or the model's own end of sequence."""
+    sequence (or stop token), a grammar reaching its end, or the model's own
+    end of sequence."""
     if engine_reason == "length":
         return generation_pb2.FINISH_REASON_MAX_TOKENS
-    if stop_string:
+    if stopped:
         return generation_pb2.FINISH_REASON_STOP_SEQUENCE
     if has_grammar and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
         return generation_pb2.FINISH_REASON_CONSTRAINT_COMPLETE

@@ -81,9 +81,13 @@ def build_provenance(
     placement: provenance_pb2.Placement,
     schema: SchemaOutcome | None = None,
     forced_tokens: int = 0,
+    candidate_index: int = 0,
+    cached_prompt_tokens: int = 0,
+    logprobs_mode: str = "processed",
 ) -> provenance_pb2.Provenance:
-    """The full record of one finished generation (`schema`: the validator's
-    verdicts on it, when a JSON schema's grammar over-approximates)."""
+    """The full record of one finished generation, one candidate of it
+    (`schema`: the validator's verdicts on it, when a JSON schema's grammar
+    over-approximates)."""
     cache = provenance_pb2.CACHE_OUTCOME_UNSPECIFIED
     if compiled.constrained:
         cache = provenance_pb2.CACHE_OUTCOME_HIT if cache_hit else provenance_pb2.CACHE_OUTCOME_MISS
@@ -114,6 +118,19 @@ def build_provenance(
             top_k=sampling.top_k,
             seed=sampling.seed,
             stop=sampling.stop,
+            n=sampling.n,
+            min_tokens=sampling.min_tokens,
+            stop_token_ids=sampling.stop_token_ids,
+            repetition_penalty=sampling.repetition_penalty,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            logit_bias=dict(sampling.logit_bias),
+            ignore_eos=sampling.ignore_eos,
+            logprobs=sampling.logprobs,
+            prompt_logprobs=sampling.prompt_logprobs,
+            logprobs_mode=logprobs_mode_proto(logprobs_mode)
+            if sampling.logprobs is not None or sampling.prompt_logprobs is not None
+            else generation_pb2.LOGPROBS_MODE_UNSPECIFIED,
         ),
         timestamps=provenance_pb2.GenerationTimestamps(
             received_at=_timestamp(clock.received),
@@ -136,6 +153,8 @@ def build_provenance(
         context=request.context,
         forced_tokens=forced_tokens,
         fast_forward=fast_forward_mode(engine.fast_forward, compiled.has_grammar),
+        candidate_index=candidate_index,
+        cached_prompt_tokens=cached_prompt_tokens,
     )
 
 
@@ -151,3 +170,10 @@ def fast_forward_mode(engine_mode: str, has_grammar: bool) -> provenance_pb2.Fas
     if not has_grammar:
         return provenance_pb2.FAST_FORWARD_NOT_APPLICABLE
     return _FAST_FORWARD.get(engine_mode, provenance_pb2.FAST_FORWARD_UNSPECIFIED)
+
+
+def logprobs_mode_proto(mode: str) -> generation_pb2.LogprobsMode.ValueType:
+    """The LogprobsMode value for the `logprobs_mode` setting."""
+    if mode == "raw":
+        return generation_pb2.LOGPROBS_MODE_RAW
+    return generation_pb2.LOGPROBS_MODE_PROCESSED

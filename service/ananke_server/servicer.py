@@ -23,6 +23,7 @@ from ananke.v1 import (
 from google.protobuf import duration_pb2
 
 from .admission import Admission
+from .candidates import gather_response, token_list
 from .constraints import LLGUIDANCE_VERSION, SUPPORTED_KINDS, ConstraintCompiler
 from .engine_api import Engine
 from .errors import (
@@ -36,10 +37,11 @@ from .errors import (
 from .generation import Generations, StreamEvent
 from .metrics import Metrics
 from .model_prep import default_compile_cache_dir
-from .provenance import SERVICE_VERSION, placement_from_environment
+from .provenance import SERVICE_VERSION, logprobs_mode_proto, placement_from_environment
 from .schema_outcome import keyword_protos
 from .serving_state import Phase, ServingState, unavailable
 from .settings import Settings
+from .validation import validate_detokenize, validate_tokenize
 
 log = logging.getLogger("ananke.servicer")
 
@@ -138,23 +140,51 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: inference_service_pb2.GenerateRequest, context: Context
     ) -> inference_service_pb2.GenerateResponse:
-        """Runs one generation and returns all of it."""
-        response = inference_service_pb2.GenerateResponse()
-        texts: list[str] = []
+        """Runs one generation and returns all of it (every candidate)."""
+        events: list[StreamEvent] = []
         async with self._outcome(context):
             async for event in self._generate(request.request, context):
-                kind = event.WhichOneof("event")
-                if kind == "started":
-                    response.request_id = event.started.request_id
-                elif kind == "chunk":
-                    texts.append(event.chunk.text)
-                    response.token_ids.extend(event.chunk.token_ids)
-                elif kind == "finished":
-                    response.finish_reason = event.finished.finish_reason
-                    response.usage.CopyFrom(event.finished.usage)
-                    response.provenance.CopyFrom(event.finished.provenance)
-        response.text = "".join(texts)
-        return response
+                events.append(event)
+        return gather_response(events)
+
+    async def Tokenize(
+        self, request: inference_service_pb2.TokenizeRequest, context: Context
+    ) -> inference_service_pb2.TokenizeResponse:
+        """Token ids of a text or of chat messages, as Generate would send them."""
+        try:
+            self._compiler_or_unavailable()
+            given = validate_tokenize(request)
+            # Templating and tokenizing a long text must not stall other calls.
+            if given.text is not None:
+                prompt = await asyncio.to_thread(self._engine.encode_prompt, given.text)
+            else:
+                prompt = await asyncio.to_thread(self._engine.encode_chat, given.messages)
+            response = inference_service_pb2.TokenizeResponse(
+                token_ids=prompt.token_ids,
+                count=len(prompt.token_ids),
+                rendered_text=prompt.text if given.text is None else "",
+                context_length=self._engine.info.context_length,
+            )
+            if given.return_tokens:
+                response.tokens.extend(token_list(self._engine.llg_tokenizer(), prompt.token_ids))
+            return response
+        except ServiceError as error:
+            await abort(context, error)
+            raise AssertionError("unreachable") from error
+
+    async def Detokenize(
+        self, request: inference_service_pb2.DetokenizeRequest, context: Context
+    ) -> inference_service_pb2.DetokenizeResponse:
+        """The text of token ids."""
+        try:
+            self._compiler_or_unavailable()
+            info = self._engine.info
+            ids = validate_detokenize(request, info.vocab_size, info.context_length)
+            text = await asyncio.to_thread(self._engine.decode, ids, request.skip_special_tokens)
+            return inference_service_pb2.DetokenizeResponse(text=text)
+        except ServiceError as error:
+            await abort(context, error)
+            raise AssertionError("unreachable") from error
 
     async def ValidateConstraints(
         self, request: inference_service_pb2.ValidateConstraintsRequest, context: Context
@@ -222,6 +252,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             engine_settings=inference_service_pb2.EngineSettings(
                 **dataclasses.asdict(info.engine_settings)
             ),
+            max_candidates=self._settings.max_candidates,
+            max_logprobs=self._settings.max_logprobs,
+            logprobs_mode=logprobs_mode_proto(info.logprobs_mode),
         )
 
     async def GetServerStats(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -35,7 +36,9 @@ from .engine_api import (
     EngineDelta,
     EngineInfo,
     EngineParams,
+    PositionLogprobs,
     PromptTokens,
+    TokenLogprob,
     model_revision,
     package_version,
 )
@@ -132,6 +135,7 @@ class VllmEngine:
             accelerator=_accelerator(),
             engine_settings=resolved_settings(self._llm.vllm_config),
             fast_forward=self._fast_forward_state(),
+            logprobs_mode=self._config.logprobs_mode,
         )
         from llguidance.hf import from_tokenizer
 
@@ -210,12 +214,20 @@ class VllmEngine:
         bias = {t: float("-inf") for t in params.forbidden_token_ids} or None
         return structured, allowed, bias, None
 
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str:
+        """The tokenizer's text for `token_ids`."""
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
+
     async def generate(
         self, request_id: str, prompt: PromptTokens, params: EngineParams
     ) -> AsyncIterator[EngineDelta]:
         """Streams deltas from vLLM. Cancellation or closing aborts the request
         (vLLM's generator aborts on CancelledError/GeneratorExit)."""
         structured, allowed, bias, extra_args = self._constraint_params(params)
+        if params.logit_bias:
+            # The caller's bias goes under the constraint masks: a forbidden id
+            # stays -inf, and the product grammar masks after it anyway.
+            bias = {**dict(params.logit_bias), **(bias or {})}
         sampling = SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -229,22 +241,46 @@ class VllmEngine:
             extra_args=extra_args,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
+            n=params.n,
+            min_tokens=params.min_tokens,
+            stop_token_ids=list(params.stop_token_ids) or None,
+            repetition_penalty=params.repetition_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            ignore_eos=params.ignore_eos,
+            logprobs=params.logprobs,
+            prompt_logprobs=params.prompt_logprobs,
         )
         stream = self._llm.generate({"prompt_token_ids": prompt.token_ids}, sampling, request_id)
-        produced = 0
+        prompt_sent: set[int] = set()
+        produced: dict[int, int] = {}
         try:
             async for output in stream:
-                completion = output.outputs[0]
-                token_ids = tuple(int(t) for t in completion.token_ids)
-                produced += len(token_ids)
-                yield EngineDelta(
-                    token_ids=token_ids,
-                    text=completion.text,
-                    finished=output.finished,
-                    finish_reason=completion.finish_reason,
-                    stop_reason=completion.stop_reason,
-                    forced_tokens=_forced(completion, produced) if output.finished else 0,
-                )
+                # With n > 1 vLLM runs one child request per candidate; each
+                # output carries the completions with new tokens, each with its index.
+                for completion in output.outputs:
+                    token_ids = tuple(int(t) for t in completion.token_ids)
+                    index = int(completion.index)
+                    produced[index] = produced.get(index, 0) + len(token_ids)
+                    finished = completion.finish_reason is not None
+                    prompt_lps: tuple[PositionLogprobs, ...] = ()
+                    if output.prompt_logprobs and completion.index not in prompt_sent:
+                        prompt_sent.add(completion.index)
+                        prompt_lps = _prompt_logprobs(
+                            output.prompt_logprobs, prompt.token_ids, params.prompt_logprobs
+                        )
+                    yield EngineDelta(
+                        token_ids=token_ids,
+                        text=completion.text,
+                        finished=finished,
+                        finish_reason=completion.finish_reason,
+                        stop_reason=completion.stop_reason,
+                        index=index,
+                        forced_tokens=_forced(completion, produced[index]) if finished else 0,
+                        logprobs=_output_logprobs(completion.logprobs, token_ids, params.logprobs),
+                        prompt_logprobs=prompt_lps,
+                        cached_tokens=int(output.num_cached_tokens or 0),
+                    )
         except VllmEngineDead as error:
             raise EngineDeadError(str(error)) from error
         except ValueError as error:
@@ -284,6 +320,49 @@ def _forced(completion: Any, produced: int) -> int:
         return 0
     accepted = sum(j * count for j, count in enumerate(metrics.histogram))
     return max(0, min(int(accepted), produced - 1))
+
+
+def _position(entries: Any, token_id: int, top: int) -> PositionLogprobs | None:
+    """One position of vLLM's logprobs ({id: Logprob}): the token there and
+    the `top` most likely alternatives. Alternatives a mask removed (-inf)
+    are left out."""
+    if not entries:
+        return None
+    chosen = entries.get(token_id)
+    if chosen is None:
+        return None
+    ranked = sorted(
+        (
+            TokenLogprob(int(t), float(lp.logprob), int(lp.rank or 0))
+            for t, lp in entries.items()
+            if math.isfinite(lp.logprob)
+        ),
+        key=lambda e: (e.rank, e.token_id),
+    )
+    return PositionLogprobs(
+        token=TokenLogprob(token_id, float(chosen.logprob), int(chosen.rank or 0)),
+        top=tuple(ranked[:top]),
+    )
+
+
+def _output_logprobs(
+    logprobs: Any, token_ids: tuple[int, ...], top: int | None
+) -> tuple[PositionLogprobs, ...]:
+    if top is None or not logprobs:
+        return ()
+    positions = (_position(logprobs[i], t, top) for i, t in enumerate(token_ids))
+    return tuple(p for p in positions if p is not None)
+
+
+def _prompt_logprobs(
+    logprobs: Any, prompt_ids: Sequence[int], top: int | None
+) -> tuple[PositionLogprobs, ...]:
+    if top is None:
+        return ()
+    positions = (
+        _position(logprobs[i], t, top) for i, t in enumerate(prompt_ids) if i < len(logprobs)
+    )
+    return tuple(p for p in positions if p is not None)
 
 
 def _on_cpu() -> bool:

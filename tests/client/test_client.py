@@ -57,7 +57,11 @@ def test_to_dict_is_json_ready(fake_server) -> None:
     decoded = json.loads(json.dumps(data))
     assert decoded["text"] == "Hello"
     assert decoded["finish_reason"] == "END_OF_SEQUENCE"
-    assert decoded["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "cached_prompt_tokens": 0}
+    assert decoded["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 5,
+        "cached_prompt_tokens": 0,
+    }
     assert decoded["provenance"]["model_id"] == "fake/model"
 
 

@@ -710,10 +710,10 @@ class GetModelInfoResponse(_message.Message):
     SUPPORTED_CONSTRAINT_KINDS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _builtins.int
     MAX_CONSTRAINT_BYTES_FIELD_NUMBER: _builtins.int
-    ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     MAX_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOGPROBS_MODE_FIELD_NUMBER: _builtins.int
+    ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model id as loaded."""
     model_revision: _builtins.str
@@ -770,10 +770,10 @@ class GetModelInfoResponse(_message.Message):
         supported_constraint_kinds: _abc.Iterable[_constraints_pb2.ConstraintKind.ValueType] | None = ...,
         max_tokens_limit: _builtins.int = ...,
         max_constraint_bytes: _builtins.int = ...,
-        engine_settings: Global___EngineSettings | None = ...,
         max_candidates: _builtins.int = ...,
         max_logprobs: _builtins.int = ...,
         logprobs_mode: _generation_pb2.LogprobsMode.ValueType = ...,
+        engine_settings: Global___EngineSettings | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine_settings", b"engine_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

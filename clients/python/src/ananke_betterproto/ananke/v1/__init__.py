@@ -2226,15 +2226,6 @@ class GetModelInfoResponse(betterproto2.Message):
     The server's limit on one constraint's text, in bytes.
     """
 
-    engine_settings: "EngineSettings | None" = betterproto2.field(
-        70, betterproto2.TYPE_MESSAGE, optional=True
-    )
-    """
-    The engine settings in effect: as vLLM resolved them once the engine has
-    started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
-    method is named).
-    """
-
     max_candidates: "int" = betterproto2.field(20, betterproto2.TYPE_UINT32)
     """
     The server's cap on SamplingParams.n.
@@ -2250,6 +2241,15 @@ class GetModelInfoResponse(betterproto2.Message):
     )
     """
     Which distribution log probabilities come from.
+    """
+
+    engine_settings: "EngineSettings | None" = betterproto2.field(
+        70, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The engine settings in effect: as vLLM resolved them once the engine has
+    started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
+    method is named).
     """
 
 

@@ -172,3 +172,90 @@ def test_betterproto_example_streams(live_server: Any) -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert re.fullmatch("[0-9]{4}", proc.stdout.strip()), proc.stdout
+
+
+def test_candidates_logprobs_and_tokenize(client: AnankeClient) -> None:
+    """n candidates with logprobs through the sync client, stream and unary,
+    and Tokenize counting what generate sends."""
+    prompt = "A person as JSON: "
+    args: dict[str, Any] = {
+        "constraints": [c.json_schema(PERSON, name="person")],
+        "max_tokens": 48,
+        "n": 2,
+        "temperature": 0.8,
+        "seed": 3,
+        "logprobs": 2,
+    }
+    result = client.generate(prompt, **args)
+    assert [x.index for x in result.candidates] == [0, 1]
+    for candidate in result.candidates:
+        assert len(candidate.logprobs) == len(candidate.token_ids)
+        assert candidate.logprob_sum <= 0.0
+        assert candidate.check_verdict in ("SATISFIED", "INCOMPLETE")
+    assert result.text == result.candidates[0].text
+    assert all(v.check_verdict == "SATISFIED" for v in result.valid_candidates())
+    with client.generate_stream(prompt, **args) as stream:
+        streamed = stream.collect()
+    assert [x.text for x in streamed.candidates] == [x.text for x in result.candidates]
+    assert len(stream.finals) == 2
+
+    tokens = client.tokenize(prompt, return_tokens=True)
+    assert result.usage.prompt_tokens == tokens.count
+    assert client.detokenize(tokens.token_ids) == prompt
+    chat = client.tokenize(messages=[("user", "hi")])
+    assert "hi" in chat.rendered_text
+
+
+async def test_async_tokenize_and_sampling_controls(live_server: Any) -> None:
+    async with AsyncAnankeClient(
+        live_server.address, api_key=_api_key(live_server), timeout=TIMEOUT
+    ) as aclient:
+        tokens = await aclient.tokenize("def main():")
+        assert tokens.count == len(tokens.token_ids) > 0
+        assert await aclient.detokenize(tokens.token_ids) == "def main():"
+        info = await aclient.model_info()
+        result = await aclient.generate(
+            "def main():",
+            max_tokens=6,
+            ignore_eos=True,
+            logit_bias=dict.fromkeys(info.eos_token_ids, 50.0),
+            prompt_logprobs=1,
+        )
+        assert result.usage.completion_tokens == 6
+        assert result.finish_reason_name == "MAX_TOKENS"
+        assert [p.token.token_id for p in result.prompt_logprobs] == list(tokens.token_ids[1:])
+        stream = aclient.generate_stream("def main():", max_tokens=4, n=2, temperature=1.0)
+        streamed = await stream.collect()
+        assert len(streamed.candidates) == 2
+
+
+def test_cli_tokenize_and_candidates(live_server: Any) -> None:
+    ids = _cli(live_server, "tokenize", "def main():")
+    assert ids.returncode == 0, ids.stderr
+    numbers = [int(t) for t in ids.stdout.split()]
+    assert numbers
+    back = _cli(live_server, "detokenize", *map(str, numbers))
+    assert back.returncode == 0, back.stderr
+    assert back.stdout == "def main():\n"
+    shown = _cli(live_server, "tokenize", "--tokens", "def main():")
+    assert shown.stdout.strip().endswith(f"{len(numbers)} tokens")
+    run = _cli(
+        live_server,
+        "generate",
+        "--n",
+        "2",
+        "--temperature",
+        "1",
+        "--max-tokens",
+        "8",
+        "--logprobs",
+        "1",
+        "--json",
+        "def main():",
+    )
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert [c["index"] for c in data["candidates"]] == [0, 1]
+    assert len(data["logprobs"]) == len(data["token_ids"])
+    text = _cli(live_server, "generate", "--n", "2", "--max-tokens", "4", "def main():")
+    assert text.stdout.count("--- candidate") == 2, text.stdout

@@ -7,9 +7,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use ananke_client::pb::{
-    CheckVerdict, ConstraintKind, FinishReason, GenerationRequest, GetModelInfoResponse,
+    ChatMessage, CheckVerdict, ConstraintKind, FinishReason, GenerationRequest,
+    GetModelInfoResponse,
 };
-use ananke_client::{Client, ClientOptions, Code, GenerationEvent, ServingStatus, constraint};
+use ananke_client::{
+    Client, ClientOptions, Code, GenerationEvent, GenerationResult, ServingStatus, constraint,
+};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_stream::StreamExt;
 
@@ -356,4 +359,116 @@ async fn deadline_aborts_the_call() {
         .await
         .expect_err("512 tokens cannot come in 200 ms");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+}
+
+#[tokio::test]
+async fn candidates_logprobs_and_tokenize() {
+    let Some((client, _guard)) = live_client().await else {
+        return;
+    };
+    let info = model_info(&client).await;
+    let prompt = "A person described as JSON:\n";
+    let request = GenerationRequest::from_prompt(prompt)
+        .with_constraint(constraint::json_schema(PERSON_SCHEMA).named("person"))
+        .with_max_tokens(capped(&info, 48))
+        .with_n(2)
+        .with_temperature(0.8)
+        .with_seed(4)
+        .with_logprobs(2);
+    let result = client.generate(request.clone()).await.expect("Generate");
+    assert_eq!(result.candidates.len(), 2);
+    for (i, candidate) in result.candidates.iter().enumerate() {
+        assert_eq!(candidate.index as usize, i);
+        assert_eq!(candidate.logprobs.len(), candidate.token_ids.len());
+        let provenance = candidate.provenance.as_ref().expect("provenance");
+        assert_eq!(provenance.candidate_index, candidate.index);
+        let verdict = provenance.check.as_ref().expect("check").verdict();
+        assert!(
+            matches!(verdict, CheckVerdict::Satisfied | CheckVerdict::Incomplete),
+            "{verdict:?}"
+        );
+        for position in &candidate.logprobs {
+            assert!(position.token.as_ref().expect("token").logprob <= 0.0);
+            assert!((1..=2).contains(&position.top.len()), "{position:?}");
+        }
+    }
+    assert_eq!(result.text, result.candidates[0].text);
+    assert_eq!(result.logprobs, result.candidates[0].logprobs);
+
+    let streamed = client
+        .generate_stream(request)
+        .await
+        .expect("GenerateStream")
+        .collect()
+        .await
+        .expect("collect");
+    let texts = |r: &GenerationResult| {
+        r.candidates
+            .iter()
+            .map(|c| c.text.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&streamed), texts(&result), "seeded candidates repeat");
+
+    let tokens = client.tokenize(prompt, true).await.expect("Tokenize");
+    assert_eq!(tokens.count, result.usage.prompt_tokens);
+    assert_eq!(tokens.tokens.len(), tokens.token_ids.len());
+    let text = client
+        .detokenize(tokens.token_ids.clone(), false)
+        .await
+        .expect("Detokenize");
+    assert_eq!(text, prompt);
+    let chat = client
+        .tokenize_chat([ChatMessage::user("hi")], false)
+        .await
+        .expect("Tokenize chat");
+    assert!(
+        chat.rendered_text.contains("hi"),
+        "{:?}",
+        chat.rendered_text
+    );
+}
+
+#[tokio::test]
+async fn sampling_controls_apply() {
+    let Some((client, _guard)) = live_client().await else {
+        return;
+    };
+    let info = model_info(&client).await;
+    let to_eos = |mut request: GenerationRequest, bias: f32| {
+        for &eos in &info.eos_token_ids {
+            request = request.with_logit_bias(eos, bias);
+        }
+        request
+    };
+    let request = to_eos(
+        GenerationRequest::from_prompt("def main():\n")
+            .with_max_tokens(6)
+            .with_ignore_eos(true),
+        50.0,
+    );
+    let full = client.generate(request).await.expect("ignore_eos");
+    assert_eq!(full.usage.completion_tokens, 6);
+    assert_eq!(full.finish_reason, FinishReason::MaxTokens);
+    let request = to_eos(
+        GenerationRequest::from_prompt("def main():\n")
+            .with_max_tokens(12)
+            .with_min_tokens(4),
+        100.0,
+    );
+    let held = client.generate(request).await.expect("min_tokens");
+    assert_eq!(held.usage.completion_tokens, 5, "four tokens, then EOS");
+    assert_eq!(held.finish_reason, FinishReason::EndOfSequence);
+
+    let err = client
+        .generate(GenerationRequest::from_prompt("x").with_n(0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.reason(), Some("CANDIDATES_OUT_OF_RANGE"));
+    let err = client
+        .detokenize([info.vocab_size], false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some("TOKEN_ID_INVALID"));
 }

@@ -365,14 +365,27 @@ def test_logit_bias_moves_the_choice_but_not_past_the_constraint(live_server: Li
     assert dict(biased.provenance.sampling.logit_bias) == {forced_id: 100.0, first_id("no"): 20.0}
 
 
-def test_penalties_change_a_repetitive_continuation(live_server: LiveServer) -> None:
+def test_penalties_lower_repeated_tokens(live_server: LiveServer) -> None:
+    """Each penalty either changes the continuation or, where the same tokens
+    still win, lowers the (processed) log probability of a repeated token."""
     prompt = "1, 1, 1, 1, 1, 1, 1, 1, 1, 1,"
-    baseline = _generate(live_server, prompt=prompt, sampling=S(max_tokens=10))
+    baseline = _generate(live_server, prompt=prompt, sampling=S(max_tokens=10, logprobs=0))
     for name in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
         value = 2.0
-        response = _generate(live_server, prompt=prompt, sampling=S(max_tokens=10, **{name: value}))
-        assert response.text != baseline.text, name
+        response = _generate(
+            live_server, prompt=prompt, sampling=S(max_tokens=10, logprobs=0, **{name: value})
+        )
         assert getattr(response.provenance.sampling, name) == pytest.approx(value)
+        if list(response.token_ids) != list(baseline.token_ids):
+            continue
+        ids = list(baseline.token_ids)
+        lowered = [
+            i
+            for i in range(1, len(ids))
+            if ids[i] in ids[:i]
+            and response.logprobs[i].token.logprob < baseline.logprobs[i].token.logprob - 1e-3
+        ]
+        assert lowered, f"{name} changed nothing"
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,9 @@ TWO = (
 
 async def test_candidates_stream_and_unary(served: Served, engine: FakeEngine) -> None:
     engine.script = TWO
-    request = gen_request(constraints=[HELLO_REGEX], sampling=g.SamplingParams(n=2))
+    request = gen_request(
+        constraints=[HELLO_REGEX], sampling=g.SamplingParams(n=2, temperature=1.0)
+    )
     events = await stream_events(served, request)
     assert events[0].started.candidates == 2
     kinds = [(e.WhichOneof("event"), e.chunk.candidate_index) for e in events[1:]]

@@ -39,7 +39,7 @@ def expect_error(reason: str, field: str, **fields: Any) -> ServiceError:
 
 OK = [
     ("n=1", {"n": 1}, "n", 1),
-    ("n=cap", {"n": 8}, "n", 8),
+    ("n=cap", {"n": 8, "temperature": 0.5}, "n", 8),
     ("min_tokens=0", {"min_tokens": 0}, "min_tokens", 0),
     ("min_tokens=max_tokens", {"min_tokens": 10, "max_tokens": 10}, "min_tokens", 10),
     ("stop_token_ids=16", {"stop_token_ids": list(range(16))}, "stop_token_ids", tuple(range(16))),
@@ -89,6 +89,7 @@ def test_defaults() -> None:
 BAD = [
     ("n=0", {"n": 0}, "CANDIDATES_OUT_OF_RANGE", "n"),
     ("n=cap+1", {"n": 9}, "CANDIDATES_OUT_OF_RANGE", "n"),
+    ("n=2 greedy", {"n": 2}, "SAMPLING_PARAM_INVALID", "n"),
     (
         "min_tokens>max",
         {"min_tokens": 11, "max_tokens": 10},

@@ -209,7 +209,7 @@ def validate_sampling(
         top_k=top_k,
         seed=seed,
         stop=tuple(sampling.stop),
-        n=_validate_n(sampling, settings, p),
+        n=_validate_n(sampling, settings, p, temperature),
         min_tokens=_validate_min_tokens(sampling, max_tokens, p),
         stop_token_ids=_validate_stop_token_ids(sampling, p, vocab_size),
         repetition_penalty=_penalty(
@@ -228,7 +228,9 @@ def validate_sampling(
     )
 
 
-def _validate_n(sampling: generation_pb2.SamplingParams, settings: Settings, p: str) -> int:
+def _validate_n(
+    sampling: generation_pb2.SamplingParams, settings: Settings, p: str, temperature: float
+) -> int:
     n = sampling.n if sampling.HasField("n") else 1
     if not 1 <= n <= settings.max_candidates:
         raise invalid(
@@ -236,6 +238,12 @@ def _validate_n(sampling: generation_pb2.SamplingParams, settings: Settings, p: 
             f"n must be 1 to {settings.max_candidates}, got {n}",
             f"{p}.n",
             limit=str(settings.max_candidates),
+        )
+    if n > 1 and temperature == 0.0:
+        raise invalid(
+            "SAMPLING_PARAM_INVALID",
+            f"n = {n} needs temperature above 0: greedy candidates would all be the same",
+            f"{p}.n",
         )
     return n
 

@@ -228,29 +228,32 @@ class VllmEngine:
             # The caller's bias goes under the constraint masks: a forbidden id
             # stays -inf, and the product grammar masks after it anyway.
             bias = {**dict(params.logit_bias), **(bias or {})}
-        sampling = SamplingParams(
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            seed=params.seed,
-            stop=list(params.stop) or None,
-            structured_outputs=structured,
-            allowed_token_ids=allowed,
-            logit_bias=bias,
-            extra_args=extra_args,
-            output_kind=RequestOutputKind.DELTA,
-            skip_special_tokens=True,
-            n=params.n,
-            min_tokens=params.min_tokens,
-            stop_token_ids=list(params.stop_token_ids) or None,
-            repetition_penalty=params.repetition_penalty,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            ignore_eos=params.ignore_eos,
-            logprobs=params.logprobs,
-            prompt_logprobs=params.prompt_logprobs,
-        )
+        try:
+            sampling = SamplingParams(
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+                structured_outputs=structured,
+                allowed_token_ids=allowed,
+                logit_bias=bias,
+                extra_args=extra_args,
+                output_kind=RequestOutputKind.DELTA,
+                skip_special_tokens=True,
+                n=params.n,
+                min_tokens=params.min_tokens,
+                stop_token_ids=list(params.stop_token_ids) or None,
+                repetition_penalty=params.repetition_penalty,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                ignore_eos=params.ignore_eos,
+                logprobs=params.logprobs,
+                prompt_logprobs=params.prompt_logprobs,
+            )
+        except ValueError as error:  # vLLM's own checks of a combination we let through
+            raise EngineRejectedError(str(error)) from error
         stream = self._llm.generate({"prompt_token_ids": prompt.token_ids}, sampling, request_id)
         prompt_sent: set[int] = set()
         produced: dict[int, int] = {}

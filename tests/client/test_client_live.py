@@ -257,5 +257,15 @@ def test_cli_tokenize_and_candidates(live_server: Any) -> None:
     data = json.loads(run.stdout)
     assert [c["index"] for c in data["candidates"]] == [0, 1]
     assert len(data["logprobs"]) == len(data["token_ids"])
-    text = _cli(live_server, "generate", "--n", "2", "--max-tokens", "4", "def main():")
+    text = _cli(
+        live_server,
+        "generate",
+        "--n",
+        "2",
+        "--temperature",
+        "1",
+        "--max-tokens",
+        "4",
+        "def main():",
+    )
     assert text.stdout.count("--- candidate") == 2, text.stdout

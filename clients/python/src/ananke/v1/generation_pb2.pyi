@@ -345,8 +345,9 @@ class SamplingParams(_message.Message):
     max_candidates (GetModelInfoResponse.max_candidates). The engine prefills
     the prompt once: the candidates share its KV cache blocks (whole blocks
     of the engine's KV block size; the CPU engine's is 128 tokens). Candidate
-    i samples with seed + i, so candidates differ only when temperature > 0.
-    Each candidate is constrained, finished, counted and checked on its own.
+    i samples with seed + i. Above 1 it needs temperature > 0 (greedy
+    candidates would be identical): SAMPLING_PARAM_INVALID otherwise. Each
+    candidate is constrained, finished, counted and checked on its own.
     Default: 1.
     """
     min_tokens: _builtins.int

@@ -216,6 +216,8 @@ def test_n_candidates_each_checked(live_server: LiveServer) -> None:
     finals = [e.finished for e in events if e.WhichOneof("event") == "finished"]
     assert sorted(f.candidate_index for f in finals) == [0, 1, 2]
     assert events[-1].WhichOneof("event") == "finished"
+    if response.provenance.fast_forward == provenance_pb2.FAST_FORWARD_ON:
+        return  # multi-token steps consume randomness differently: seeds do not replay
     for candidate in response.candidates:
         text = "".join(c.text for c in chunks if c.candidate_index == candidate.index)
         assert text == candidate.text, "seeded candidates are reproducible"

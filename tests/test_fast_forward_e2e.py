@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import grpc
 import jsonschema
 import pytest
 from ananke.v1 import constraints_pb2 as c
@@ -183,14 +184,12 @@ def test_greedy_same_with_and_without_fast_forward(
     assert fast[2].provenance.forced_tokens > 0
 
 
-def test_forced_run_cut_by_max_tokens(live_server: LiveServer, decode: Any) -> None:
-    """A forced run longer than the budget ends at max_tokens, text intact."""
+def test_forced_run_longer_than_max_tokens_is_refused(live_server: LiveServer) -> None:
+    """A grammar whose forced run (and so its shortest output) is longer than
+    max_tokens is refused before generating (budget-aware completion, issue 14),
+    instead of being cut at max_tokens."""
     constraints = [_lark('start: "the_quick_brown_fox_jumps_over_the_lazy_dog_" /[a-z]+/')]
-    text, chunks, finished = _parts(_stream(live_server.stub(), _request(constraints, 5)))
-    ids = [t for ids in chunks for t in ids]
-    assert finished.finish_reason == generation_pb2.FINISH_REASON_MAX_TOKENS
-    assert finished.provenance.completion_tokens == 5
-    assert len(ids) == 5
-    assert text == decode(ids)
-    assert "the_quick_brown_fox_jumps_over_the_lazy_dog_".startswith(text)
-    assert 0 < finished.provenance.forced_tokens <= 4
+    with pytest.raises(grpc.RpcError) as caught:
+        _parts(_stream(live_server.stub(), _request(constraints, 5)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM" in str(caught.value.trailing_metadata())

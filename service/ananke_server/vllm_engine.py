@@ -342,8 +342,13 @@ def _position(entries: Any, token_id: int, top: int) -> PositionLogprobs | None:
         ),
         key=lambda e: (e.rank, e.token_id),
     )
+    logprob, rank = float(chosen.logprob), int(chosen.rank or 0)
+    if math.isnan(logprob):
+        # A token accepted as a fast-forward draft has no sampled distribution:
+        # it was the only token the constraint mask allowed (probability 1).
+        logprob, rank = 0.0, 1
     return PositionLogprobs(
-        token=TokenLogprob(token_id, float(chosen.logprob), int(chosen.rank or 0)),
+        token=TokenLogprob(token_id, logprob, rank),
         top=tuple(ranked[:top]),
     )
 

@@ -347,6 +347,7 @@ def _position(entries: Any, token_id: int, top: int) -> PositionLogprobs | None:
         # A token accepted as a fast-forward draft has no sampled distribution:
         # it was the only token the constraint mask allowed (probability 1).
         logprob, rank = 0.0, 1
+        ranked = [TokenLogprob(token_id, 0.0, 1)]
     return PositionLogprobs(
         token=TokenLogprob(token_id, logprob, rank),
         top=tuple(ranked[:top]),

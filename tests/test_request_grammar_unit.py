@@ -196,3 +196,26 @@ def test_plugin_validate_tokens_and_proposer() -> None:
     assert manager.validate_tokens(_Request(None), [0, 0, 0]) == []
     proposer = vllm_plugin.ForcedTokenProposer(manager.vllm_config)
     assert proposer.propose([[5], [], [6, 7]]) == [[0, 0, 0], [], [0, 0, 0]]
+
+
+def test_plugin_expands_draft_temperatures_on_cpu() -> None:
+    """vLLM 0.32's CPU kernel left per-draft temperatures uninitialised (a float
+    output written through an int64 copy); after register() the rejection
+    sampler's own expansion gives each draft position its request's value."""
+    import torch
+    from ananke_server import vllm_plugin
+
+    vllm_plugin.register()
+    from vllm.v1.sample import rejection_sampler
+
+    temperature = torch.tensor([0.0, 0.0, 0.7, 0.0, 1.3], dtype=torch.float32)
+    cumulative = torch.tensor([0, 2, 5, 5, 6], dtype=torch.int32)
+    for _ in range(20):  # uninitialised memory differs between calls
+        expanded = rejection_sampler.expand_batch_to_tokens(
+            temperature, cumulative, 6, replace_from=0, replace_to=1
+        )
+        assert expanded.tolist() == pytest.approx([1.0, 1.0, 0.7, 0.7, 0.7, 1.3])
+    top_k = rejection_sampler.expand_batch_to_tokens(
+        torch.tensor([5, 0, 9]), torch.tensor([1, 1, 3]), 3
+    )
+    assert top_k.tolist() == [5, 9, 9]

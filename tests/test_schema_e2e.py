@@ -74,12 +74,6 @@ def _validator(schema: Any) -> jsonschema.protocols.Validator:
 
 
 @pytest.mark.skipif(not MASKBENCH.is_dir(), reason=f"{MASKBENCH} is missing")
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG (issue 14): since budget-aware completion landed, many calls of this "
-    "sample end UNAVAILABLE with vLLM's 'grammar rejected tokens [0]' (28 of 60 in one run); "
-    "no invalid document was returned. Remove this marker when fixed.",
-)
 def test_maskbench_sample_with_refused_schemas_outputs_validate(live_server: LiveServer) -> None:
     refused, served = _sample()
     assert (len(refused), len(served)) == (PER_GROUP, PER_GROUP)

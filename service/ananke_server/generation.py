@@ -352,7 +352,11 @@ class Generations:
             cached_prompt_tokens=usage.cached_prompt_tokens,
             logprobs_mode=self._engine.info.logprobs_mode,
         )
-        steered = await asyncio.to_thread(self._steered, validated, compiled, output)
+        steered = None
+        if verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
+            # Steering ends in a complete output; replaying an incomplete one
+            # (cut by max_tokens) would only repeat the engine's failed searches.
+            steered = await asyncio.to_thread(self._steered, validated, compiled, output)
         if steered is not None:
             provenance.steering.from_token, provenance.steering.tokens_left = steered
         finished = inference_service_pb2.GenerationFinished(

@@ -18,7 +18,8 @@ engine falls back to one step per token and its logits-processor path):
 `StructuredOutputManager._create_grammar` (a request whose
 `SamplingParams.extra_args` carries GRAMMAR_ARG gets a RequestGrammar; vLLM's
 own grammar compiler handles every other request) and
-`StructuredOutputManager.validate_tokens`."""
+`StructuredOutputManager.validate_tokens`; on the CPU platform also
+`rejection_sampler.expand_batch_to_tokens` (see `expand_batch_to_tokens`)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,35 @@ def register() -> None:
     StructuredOutputManager._create_grammar = _create_grammar
     StructuredOutputManager.validate_tokens = validate_tokens
     setattr(StructuredOutputManager, _PATCHED, True)
+    _patch_cpu_expand()
     log.debug("ananke vLLM plugin: structured-output manager patched")
+
+
+def expand_batch_to_tokens(
+    x: Any, cu_num_tokens: Any, num_tokens: int, replace_from: int = 0, replace_to: int = 0
+) -> Any:
+    """vLLM's per-request -> per-draft-token expansion (temperature, top-k, top-p
+    of each draft position), in plain torch.
+
+    vLLM 0.32's CPU kernel for it writes into an int64 copy of its output, so on
+    CPU a float tensor (temperature, top-p) comes back as uninitialised memory:
+    a draft position of a sampled request then gets a garbage temperature, and
+    when it is 0 or negative every logit turns -inf/NaN, the forced draft is
+    rejected and the "recovered" token is 0 (the scheduler then reports
+    "grammar rejected tokens [0]" and the request ends in error)."""
+    import torch
+
+    counts = torch.diff(cu_num_tokens, prepend=cu_num_tokens.new_zeros(1)).to(torch.long)
+    values = torch.where(x == replace_from, torch.full_like(x, replace_to), x)
+    return values.repeat_interleave(counts, output_size=num_tokens)
+
+
+def _patch_cpu_expand() -> None:
+    from vllm.platforms import current_platform
+    from vllm.v1.sample import rejection_sampler
+
+    if current_platform.is_cpu():
+        rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
 
 
 def _ours(vllm_config: Any) -> bool:

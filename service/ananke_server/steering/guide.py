@@ -66,6 +66,7 @@ class Guide:
         self.dead_end = False
         self.last_search: Search | None = None
         self._check_at = 0  # produced-count of the next budget check
+        self._misses = 0  # budget checks in a row whose search found no completion
 
     @property
     def remaining(self) -> int:
@@ -139,8 +140,14 @@ class Guide:
             self.dead_end = True
             return
         if not search.found:
-            self._check_at = self.produced + 1 + min(self.config.check_every, 4)
+            # The completion is beyond the search's reach: back off (4, 8, 16, ...
+            # tokens, at most half the budget left) rather than spend a full
+            # search every few tokens on a completion that may never come close.
+            self._misses += 1
+            wait = min(4 << min(self._misses - 1, 16), max(4, self.remaining // 2))
+            self._check_at = self.produced + 1 + wait
             return
+        self._misses = 0
         need = len(search.tokens) + 1  # the completion, then EOS
         if need > self.remaining - self.config.margin:
             # Tight: the fast search's completion may be longer than the shortest.

@@ -89,8 +89,8 @@ class FakeEngine:
         time.sleep(self.encode_delay_s)
         return PromptTokens(token_ids=list(prompt.encode()), text=prompt)
 
-    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> PromptTokens:
-        text = "".join(f"<{role}>{content}" for role, content in messages) + "<assistant>"
+    def encode_chat(self, messages: Sequence[tuple[str, str]], suffix: str = "") -> PromptTokens:
+        text = "".join(f"<{role}>{content}" for role, content in messages) + "<assistant>" + suffix
         return PromptTokens(token_ids=list(text.encode()), text=text)
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str:

@@ -56,12 +56,14 @@ def gather_response(
     order, and candidate 0 in the top-level fields old clients read."""
     response = inference_service_pb2.GenerateResponse()
     texts: dict[int, list[str]] = {}
+    thoughts: dict[int, list[str]] = {}
     candidates: dict[int, inference_service_pb2.Candidate] = {}
 
     def candidate(index: int) -> inference_service_pb2.Candidate:
         if index not in candidates:
             candidates[index] = inference_service_pb2.Candidate(index=index)
             texts[index] = []
+            thoughts[index] = []
         return candidates[index]
 
     for event in events:
@@ -72,6 +74,7 @@ def gather_response(
             chunk = event.chunk
             target = candidate(chunk.candidate_index)
             texts[chunk.candidate_index].append(chunk.text)
+            thoughts[chunk.candidate_index].append(chunk.reasoning_text)
             target.token_ids.extend(chunk.token_ids)
             target.logprobs.extend(chunk.logprobs)
         elif kind == "finished":
@@ -84,10 +87,12 @@ def gather_response(
     for index in sorted(candidates):
         target = candidates[index]
         target.text = "".join(texts[index])
+        target.reasoning_text = "".join(thoughts[index])
         response.candidates.append(target)
     if response.candidates:
         first = response.candidates[0]
         response.text = first.text
+        response.reasoning_text = first.reasoning_text
         response.token_ids.extend(first.token_ids)
         response.finish_reason = first.finish_reason
         response.usage.CopyFrom(first.usage)

@@ -139,8 +139,9 @@ class Engine(Protocol):
     def encode_prompt(self, prompt: str) -> PromptTokens:
         """Tokenizes a raw prompt (no template)."""
 
-    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> PromptTokens:
-        """Renders chat messages with the model's chat template and tokenizes."""
+    def encode_chat(self, messages: Sequence[tuple[str, str]], suffix: str = "") -> PromptTokens:
+        """Renders chat messages with the model's chat template (then `suffix`,
+        after the opened assistant turn) and tokenizes."""
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool) -> str:
         """The text of token ids."""

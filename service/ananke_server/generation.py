@@ -28,6 +28,7 @@ from .errors import ServiceError, invalid
 from .logging_setup import bind_request_id, prompt_fields
 from .metrics import Metrics
 from .provenance import Clock, build_provenance
+from .reasoning import ReasoningPlan, StreamSplitter, plan_for, split_text, split_tokens, wrap_all
 from .schema_outcome import SchemaOutcome, not_satisfied, retry_sampling, validate_output
 from .settings import Settings
 from .steering import SteerConfig, replay_steering
@@ -110,6 +111,7 @@ class Generations:
             request, self._settings, header_request_id=header_request_id, vocab_size=info.vocab_size
         )
         bind_request_id(validated.request_id)
+        plan = plan_for(request, self._settings)
         self._admission.check_capacity()  # refuse before compiling when full
         compile_started = time.perf_counter()
         compiled, cache_hit = await self._compiler.compile(
@@ -133,7 +135,7 @@ class Generations:
         # Tokenizing (and chat templating) a long prompt must not stall other streams.
         context = contextvars.copy_context()
         prompt = await asyncio.get_running_loop().run_in_executor(
-            self._tokenize, context.run, self._encode, validated
+            self._tokenize, context.run, self._encode, validated, plan
         )
         check_prompt_length(
             len(prompt.token_ids),
@@ -163,7 +165,8 @@ class Generations:
                     outputs = {i: _Output(index=i) for i in range(validated.sampling.n)}
                     held: list[StreamEvent] = []
                     last: tuple[Any, SchemaOutcome | None] | None = None
-                    async for item in self._run(validated, compiled, prompt, clock, outputs):
+                    run = self._run(validated, compiled, prompt, clock, outputs, plan)
+                    async for item in run:
                         if isinstance(item, int):  # candidate `item` finished
                             last = await self._finish(
                                 validated,
@@ -173,6 +176,7 @@ class Generations:
                                 prompt,
                                 outputs[item],
                                 attempt,
+                                plan,
                             )
                             if not hold:
                                 rejected = last[1].rejected if last[1] is not None else None
@@ -219,6 +223,7 @@ class Generations:
         prompt: PromptTokens,
         clock: Clock,
         outputs: dict[int, _Output],
+        plan: ReasoningPlan | None = None,
     ) -> AsyncIterator[StreamEvent | int]:
         """One engine run: its chunks, recorded into `outputs` (by candidate)
         as they come, and each candidate's index once it finished. The tokens
@@ -226,11 +231,12 @@ class Generations:
         hidden = self._eos | set(validated.sampling.stop_token_ids)
         tokenizer = self._engine.llg_tokenizer()
         produced = 0
+        splitters: dict[int, StreamSplitter] = {}
         try:
             async for delta in self._engine.generate(
                 f"{validated.request_id}-{time.monotonic_ns():x}",
                 prompt,
-                engine_params(validated, compiled, self._steer),
+                engine_params(validated, compiled, self._steer, plan),
             ):
                 output = outputs[delta.index]
                 new = delta.token_ids
@@ -243,12 +249,18 @@ class Generations:
                 if delta.prompt_logprobs:
                     output.prompt_logprobs = logprobs_to_proto(delta.prompt_logprobs, tokenizer)
                 shown = new if hidden.isdisjoint(new) else [t for t in new if t not in hidden]
-                if shown or delta.text:
+                thought, answer = "", delta.text
+                if plan is not None:
+                    splitter = splitters.setdefault(delta.index, StreamSplitter(plan))
+                    thought, answer = splitter.feed(delta.text)
+                    thought += splitter.flush() if delta.finished else ""
+                if shown or delta.text or thought:
                     output.text.append(delta.text)
                     positions = [p for p in delta.logprobs if p.token.token_id not in hidden]
                     yield StreamEvent(
                         chunk=TokenChunk(
-                            text=delta.text,
+                            text=answer,
+                            reasoning_text=thought,
                             token_ids=shown,
                             candidate_index=delta.index,
                             logprobs=logprobs_to_proto(positions, tokenizer) if positions else (),
@@ -282,6 +294,7 @@ class Generations:
         prompt: PromptTokens,
         output: _Output,
         attempt: int,
+        plan: ReasoningPlan | None = None,
     ) -> tuple[inference_service_pb2.GenerationFinished, SchemaOutcome | None]:
         """The finished event of one attempt and, for a validated schema, the
         validator's verdicts on it (a rejection the caller may retry)."""
@@ -296,17 +309,25 @@ class Generations:
             checked, cut_inside_token = tokens_within_text(
                 output.token_ids, "".join(output.text), self._engine.llg_tokenizer()
             )
+        text = "".join(output.text)
+        split = None
+        if plan is not None:
+            # The constraints apply to the answer alone, after the reasoning.
+            split = split_tokens(checked, self._engine.llg_tokenizer(), plan, self._eos)
+            checked, text = split.answer_ids, split_text(text, plan)[1] or ""
         verdict, detail = await asyncio.to_thread(
             self._compiler.check_output, compiled, checked, self._engine.info.eos_token_ids
         )
         verdict, detail = verdict_after_stop(verdict, detail, cut_inside_token=cut_inside_token)
+        if split is not None and not split.ended and compiled.has_grammar:
+            verdict, detail = provenance_pb2.CHECK_VERDICT_INCOMPLETE, "the reasoning did not end"
         outcome: SchemaOutcome | None = None
         if compiled.validated:
             # Only a complete sentence of the grammar is a whole document.
             outcome = await asyncio.to_thread(
                 validate_output,
                 compiled,
-                "".join(output.text),
+                text,
                 complete=verdict == provenance_pb2.CHECK_VERDICT_SATISFIED,
                 attempts=attempt,
             )
@@ -317,7 +338,8 @@ class Generations:
             # with fresh matchers before reporting the request unsatisfiable.
             # With the dead-end search on, the engine also ends a row when the
             # search gives up; fresh matchers say which it was.
-            tokens = [t for t in output.token_ids if t not in self._eos]
+            produced = output.token_ids if split is None else checked
+            tokens = [t for t in produced if t not in self._eos]
             cause = await asyncio.to_thread(self._dead_end_cause, compiled, tokens)
             if cause is not None:
                 raise unsatisfiable_during_generation(
@@ -352,11 +374,13 @@ class Generations:
             cached_prompt_tokens=usage.cached_prompt_tokens,
             logprobs_mode=self._engine.info.logprobs_mode,
         )
+        if split is not None and plan is not None:
+            provenance.reasoning.CopyFrom(split.provenance(plan, compiled.has_grammar))
         steered = None
         if verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
             # Steering ends in a complete output; replaying an incomplete one
             # (cut by max_tokens) would only repeat the engine's failed searches.
-            steered = await asyncio.to_thread(self._steered, validated, compiled, output)
+            steered = await asyncio.to_thread(self._steered, validated, compiled, output, plan)
         if steered is not None:
             provenance.steering.from_token, provenance.steering.tokens_left = steered
         finished = inference_service_pb2.GenerationFinished(
@@ -375,7 +399,11 @@ class Generations:
         return "proved" if self._compiler.dead_end(compiled, tokens) else None
 
     def _steered(
-        self, validated: ValidatedRequest, compiled: CompiledConstraints, output: _Output
+        self,
+        validated: ValidatedRequest,
+        compiled: CompiledConstraints,
+        output: _Output,
+        plan: ReasoningPlan | None = None,
     ) -> tuple[int, int] | None:
         """Where budget steering began, replayed over the output (see steering.guide)."""
         grammars = compiled.intersection or (
@@ -385,7 +413,7 @@ class Generations:
             return None
         return replay_steering(
             self._engine.llg_tokenizer(),
-            grammars,
+            wrap_all(grammars, plan),
             [t for t in output.token_ids if t not in self._eos],
             max_tokens=validated.sampling.max_tokens,
             config=self._steer,
@@ -412,10 +440,12 @@ class Generations:
             },
         )
 
-    def _encode(self, validated: ValidatedRequest) -> PromptTokens:
+    def _encode(self, validated: ValidatedRequest, plan: ReasoningPlan | None) -> PromptTokens:
         if validated.prompt is not None:
             return self._engine.encode_prompt(validated.prompt)
-        return self._engine.encode_chat(validated.messages)
+        opened = plan is not None and self._settings.reasoning_open_prompt
+        suffix = plan.start if plan is not None and opened else ""
+        return self._engine.encode_chat(validated.messages, suffix=suffix)
 
 
 def steer_config(settings: Settings) -> SteerConfig | None:
@@ -448,8 +478,10 @@ def engine_params(
     validated: ValidatedRequest,
     compiled: CompiledConstraints,
     steer: SteerConfig | None = None,
+    plan: ReasoningPlan | None = None,
 ) -> EngineParams:
-    """What the engine needs of a validated request and its compiled constraints."""
+    """What the engine needs of a validated request and its compiled constraints
+    (with a reasoning plan, every grammar after the reasoning region)."""
     sampling = validated.sampling
     return EngineParams(
         max_tokens=sampling.max_tokens,
@@ -458,8 +490,8 @@ def engine_params(
         top_k=sampling.top_k,
         seed=sampling.seed,
         stop=sampling.stop,
-        grammar=compiled.grammar,
-        intersection=compiled.intersection,
+        grammar=wrap_all((compiled.grammar,), plan)[0] if compiled.grammar else None,
+        intersection=wrap_all(compiled.intersection, plan),
         allowed_token_ids=compiled.allowed_token_ids,
         forbidden_token_ids=compiled.forbidden_token_ids,
         steer=steer if compiled.has_grammar else None,

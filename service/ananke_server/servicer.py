@@ -38,6 +38,7 @@ from .generation import Generations, StreamEvent
 from .metrics import Metrics
 from .model_prep import default_compile_cache_dir
 from .provenance import SERVICE_VERSION, logprobs_mode_proto, placement_from_environment
+from .reasoning import prompt_suffix, reasoning_info
 from .schema_outcome import keyword_protos
 from .serving_state import Phase, ServingState, unavailable
 from .settings import Settings
@@ -158,7 +159,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             if given.text is not None:
                 prompt = await asyncio.to_thread(self._engine.encode_prompt, given.text)
             else:
-                prompt = await asyncio.to_thread(self._engine.encode_chat, given.messages)
+                suffix = prompt_suffix(self._settings)  # as Generate opens reasoning
+                prompt = await asyncio.to_thread(self._engine.encode_chat, given.messages, suffix)
             response = inference_service_pb2.TokenizeResponse(
                 token_ids=prompt.token_ids,
                 count=len(prompt.token_ids),
@@ -255,6 +257,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             max_candidates=self._settings.max_candidates,
             max_logprobs=self._settings.max_logprobs,
             logprobs_mode=logprobs_mode_proto(info.logprobs_mode),
+            **reasoning_info(self._settings),
         )
 
     async def GetServerStats(

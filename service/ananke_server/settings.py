@@ -100,6 +100,10 @@ class Settings:
     steer_margin_tokens: int = 2
     steer_check_every_tokens: int = 16
     steer_search_nodes: int = 400
+    reasoning_tags: str = ""  # "": off; "think"; or "START END"
+    reasoning_default: bool = True
+    reasoning_max_chars: int = 2000
+    reasoning_open_prompt: bool = False
 
     @property
     def address(self) -> str:
@@ -171,6 +175,11 @@ _HELP: dict[str, str] = {
     "steer_margin_tokens": "tokens kept in hand beyond the known completion before steering",
     "steer_check_every_tokens": "most tokens between two checks of the remaining completion",
     "steer_search_nodes": "states one completion search may expand",
+    "reasoning_tags": "reasoning format: 'think' (<think> </think>) or 'START END'; constraints "
+    "then apply to the answer after the end tag ('': off)",
+    "reasoning_default": "with reasoning_tags, whether requests reason unless they say otherwise",
+    "reasoning_max_chars": "most reasoning characters before the end tag is forced (and cap)",
+    "reasoning_open_prompt": "append the start tag to chat prompts (the model starts reasoning)",
 }
 
 
@@ -331,6 +340,11 @@ def validate_settings(settings: Settings) -> None:
         (settings.steer_margin_tokens >= 0, "steer_margin_tokens must be >= 0"),
         (settings.steer_check_every_tokens >= 1, "steer_check_every_tokens must be >= 1"),
         (settings.steer_search_nodes >= 1, "steer_search_nodes must be >= 1"),
+        (
+            settings.reasoning_tags in ("", "think") or len(settings.reasoning_tags.split()) == 2,
+            "reasoning_tags must be '', 'think' or two tags separated by a space",
+        ),
+        (settings.reasoning_max_chars >= 1, "reasoning_max_chars must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -175,12 +175,14 @@ class VllmEngine:
         ids = self._tokenizer.encode(prompt)
         return PromptTokens(token_ids=[int(t) for t in ids], text=prompt)
 
-    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> PromptTokens:
-        """Applies the model's chat template with an assistant turn opened."""
+    def encode_chat(self, messages: Sequence[tuple[str, str]], suffix: str = "") -> PromptTokens:
+        """Applies the model's chat template with an assistant turn opened,
+        then `suffix` (a reasoning start tag)."""
         conversation = [{"role": role, "content": content} for role, content in messages]
         text = self._tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True
         )
+        text = str(text) + suffix
         ids = self._tokenizer.encode(text, add_special_tokens=False)
         return PromptTokens(token_ids=[int(t) for t in ids], text=str(text))
 

@@ -192,6 +192,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     min_regions/max_regions out of range. ErrorInfo metadata: "field".
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
+    REASONING_UNAVAILABLE: _ErrorReason.ValueType  # 130
+    """INVALID_ARGUMENT: GenerationRequest.reasoning is true on a server
+    started without reasoning tags. ErrorInfo metadata: "field".
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    REASONING_INVALID: _ErrorReason.ValueType  # 131
+    """INVALID_ARGUMENT: reasoning_max_chars is 0 or above the server's cap.
+    ErrorInfo metadata: "field".
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons the service puts in `google.rpc.ErrorInfo.reason` (domain
@@ -370,6 +380,16 @@ STRUCTURAL_INVALID: ErrorReason.ValueType  # 110
 than 16, an empty begin, a trigger that is not a prefix of begin, begin or
 end longer than 256 bytes, a region without a constraint, or
 min_regions/max_regions out of range. ErrorInfo metadata: "field".
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+REASONING_UNAVAILABLE: ErrorReason.ValueType  # 130
+"""INVALID_ARGUMENT: GenerationRequest.reasoning is true on a server
+started without reasoning tags. ErrorInfo metadata: "field".
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+REASONING_INVALID: ErrorReason.ValueType  # 131
+"""INVALID_ARGUMENT: reasoning_max_chars is 0 or above the server's cap.
+ErrorInfo metadata: "field".
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

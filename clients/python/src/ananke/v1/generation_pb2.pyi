@@ -177,6 +177,8 @@ class GenerationRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    REASONING_MAX_CHARS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional. The caller's id for this request, echoed in every event, in
     provenance and in the server's logs; 1 to 128 printable ASCII characters.
@@ -186,6 +188,28 @@ class GenerationRequest(_message.Message):
     """The raw prompt, continued as is (no chat template). Exactly one of
     `prompt` and `messages` is set and non-empty. At most the model's context
     length in tokens, minus max_tokens.
+    """
+    reasoning: _builtins.bool
+    """Optional. Whether the output starts with reasoning (the model thinks
+    before it answers), on a server started with reasoning tags
+    (GetModelInfoResponse.reasoning_start_tag / reasoning_end_tag). When on,
+    the output is free reasoning text, optionally opened by the start tag,
+    closed by the end tag, then the answer; the constraints apply to the
+    answer alone (the text after the first end tag), and so do the re-check
+    and JSON schema validation. Reasoning text is streamed in
+    TokenChunk.reasoning_text, the answer in TokenChunk.text; the tags are in
+    neither (they are in token_ids). Token masks (allowed/forbidden tokens)
+    apply to the whole output. Default: the server's setting (on when it has
+    reasoning tags). True on a server without them: INVALID_ARGUMENT
+    REASONING_UNAVAILABLE.
+    """
+    reasoning_max_chars: _builtins.int
+    """Optional. Most characters of reasoning before the end tag is forced, 1 to
+    the server's reasoning_max_chars (GetModelInfoResponse
+    .reasoning_max_chars). Applies when a grammar constrains the answer;
+    budget-aware completion may close the reasoning earlier so the answer
+    fits in max_tokens. Default: the server's reasoning_max_chars.
+    Out of range: INVALID_ARGUMENT REASONING_INVALID.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
@@ -243,12 +267,21 @@ class GenerationRequest(_message.Message):
         sampling: Global___SamplingParams | None = ...,
         context: Global___GenerationContext | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reasoning: _builtins.bool | None = ...,
+        reasoning_max_chars: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_reasoning_max_chars", b"_reasoning_max_chars", "context", b"context", "reasoning", b"reasoning", "reasoning_max_chars", b"reasoning_max_chars", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "context", b"context", "messages", b"messages", "metadata", b"metadata", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_reasoning_max_chars", b"_reasoning_max_chars", "constraints", b"constraints", "context", b"context", "messages", b"messages", "metadata", b"metadata", "prompt", b"prompt", "reasoning", b"reasoning", "reasoning_max_chars", b"reasoning_max_chars", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__reasoning: _TypeAlias = _typing.Literal["reasoning"]  # noqa: Y015
+    _WhichOneofArgType__reasoning: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning"]  # noqa: Y015
+    _WhichOneofReturnType__reasoning_max_chars: _TypeAlias = _typing.Literal["reasoning_max_chars"]  # noqa: Y015
+    _WhichOneofArgType__reasoning_max_chars: _TypeAlias = _typing.Literal["_reasoning_max_chars", b"_reasoning_max_chars"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reasoning) -> _WhichOneofReturnType__reasoning | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reasoning_max_chars) -> _WhichOneofReturnType__reasoning_max_chars | None: ...
 
 Global___GenerationRequest: _TypeAlias = GenerationRequest  # noqa: Y015
 

@@ -137,12 +137,20 @@ class TokenChunk(_message.Message):
     TOKEN_IDS_FIELD_NUMBER: _builtins.int
     CANDIDATE_INDEX_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    REASONING_TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text these tokens add to the output (UTF-8). May be empty when a token
     ends inside a multi-byte character; the bytes appear in a later chunk.
     """
     candidate_index: _builtins.int
     """The candidate these tokens belong to, 0 to n - 1."""
+    reasoning_text: _builtins.str
+    """With reasoning on (GenerationRequest.reasoning): the reasoning text
+    these tokens add (UTF-8, tags left out); `text` then holds only answer
+    text. A chunk may carry both when its tokens span the end tag. Empty
+    without reasoning. Text that may be the start of the end tag is held
+    back until the next chunk tells.
+    """
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The ids of the tokens, in order; end-of-sequence tokens are left out
@@ -162,10 +170,11 @@ class TokenChunk(_message.Message):
         token_ids: _abc.Iterable[_builtins.int] | None = ...,
         candidate_index: _builtins.int = ...,
         logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
+        reasoning_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_index", b"candidate_index", "logprobs", b"logprobs", "text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_index", b"candidate_index", "logprobs", b"logprobs", "reasoning_text", b"reasoning_text", "text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,12 +268,17 @@ class GenerateResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     PROMPT_LOGPROBS_FIELD_NUMBER: _builtins.int
+    REASONING_TEXT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id in use."""
     text: _builtins.str
     """The whole output (UTF-8): the concatenation of a stream's chunk texts."""
     finish_reason: _generation_pb2.FinishReason.ValueType
     """Why generation ended."""
+    reasoning_text: _builtins.str
+    """With reasoning on: candidate 0's reasoning text (the concatenation of
+    its chunks' reasoning_text); `text` is then the answer alone.
+    """
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The generated token ids, in order."""
@@ -305,10 +319,11 @@ class GenerateResponse(_message.Message):
         candidates: _abc.Iterable[Global___Candidate] | None = ...,
         logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
         prompt_logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
+        reasoning_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "prompt_logprobs", b"prompt_logprobs", "provenance", b"provenance", "request_id", b"request_id", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "prompt_logprobs", b"prompt_logprobs", "provenance", b"provenance", "reasoning_text", b"reasoning_text", "request_id", b"request_id", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,12 +342,15 @@ class Candidate(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    REASONING_TEXT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Its index, 0 to n - 1."""
     text: _builtins.str
     """The whole output (UTF-8)."""
     finish_reason: _generation_pb2.FinishReason.ValueType
     """Why its generation ended."""
+    reasoning_text: _builtins.str
+    """With reasoning on: its reasoning text; `text` is then the answer alone."""
     @_builtins.property
     def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The generated token ids, in order."""
@@ -359,10 +377,11 @@ class Candidate(_message.Message):
         usage: _generation_pb2.Usage | None = ...,
         provenance: _provenance_pb2.Provenance | None = ...,
         logprobs: _abc.Iterable[_generation_pb2.PositionLogprobs] | None = ...,
+        reasoning_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "provenance", b"provenance", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "provenance", b"provenance", "reasoning_text", b"reasoning_text", "text", b"text", "token_ids", b"token_ids", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -713,6 +732,10 @@ class GetModelInfoResponse(_message.Message):
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     MAX_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOGPROBS_MODE_FIELD_NUMBER: _builtins.int
+    REASONING_START_TAG_FIELD_NUMBER: _builtins.int
+    REASONING_END_TAG_FIELD_NUMBER: _builtins.int
+    REASONING_DEFAULT_FIELD_NUMBER: _builtins.int
+    REASONING_MAX_CHARS_FIELD_NUMBER: _builtins.int
     ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model id as loaded."""
@@ -740,6 +763,16 @@ class GetModelInfoResponse(_message.Message):
     """The server's cap on SamplingParams.logprobs and prompt_logprobs."""
     logprobs_mode: _generation_pb2.LogprobsMode.ValueType
     """Which distribution log probabilities come from."""
+    reasoning_start_tag: _builtins.str
+    """The tag that opens reasoning (for example "<think>"); empty when the
+    server has no reasoning format (GenerationRequest.reasoning unavailable).
+    """
+    reasoning_end_tag: _builtins.str
+    """The tag that ends reasoning (for example "</think>"); empty likewise."""
+    reasoning_default: _builtins.bool
+    """Whether requests reason unless they say otherwise."""
+    reasoning_max_chars: _builtins.int
+    """The server's cap on GenerationRequest.reasoning_max_chars."""
     @_builtins.property
     def eos_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The end-of-sequence token ids."""
@@ -773,11 +806,15 @@ class GetModelInfoResponse(_message.Message):
         max_candidates: _builtins.int = ...,
         max_logprobs: _builtins.int = ...,
         logprobs_mode: _generation_pb2.LogprobsMode.ValueType = ...,
+        reasoning_start_tag: _builtins.str = ...,
+        reasoning_end_tag: _builtins.str = ...,
+        reasoning_default: _builtins.bool = ...,
+        reasoning_max_chars: _builtins.int = ...,
         engine_settings: Global___EngineSettings | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine_settings", b"engine_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "logprobs_mode", b"logprobs_mode", "max_candidates", b"max_candidates", "max_constraint_bytes", b"max_constraint_bytes", "max_logprobs", b"max_logprobs", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "logprobs_mode", b"logprobs_mode", "max_candidates", b"max_candidates", "max_constraint_bytes", b"max_constraint_bytes", "max_logprobs", b"max_logprobs", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "reasoning_default", b"reasoning_default", "reasoning_end_tag", b"reasoning_end_tag", "reasoning_max_chars", b"reasoning_max_chars", "reasoning_start_tag", b"reasoning_start_tag", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

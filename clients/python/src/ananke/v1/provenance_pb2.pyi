@@ -287,6 +287,7 @@ class Provenance(_message.Message):
     FORCED_TOKENS_FIELD_NUMBER: _builtins.int
     FAST_FORWARD_FIELD_NUMBER: _builtins.int
     STEERING_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's or the one the server chose)."""
     model_id: _builtins.str
@@ -367,6 +368,12 @@ class Provenance(_message.Message):
         constraints still needed; unset when it did not steer.
         """
 
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningProvenance:
+        """Set when the generation reasoned (GenerationRequest.reasoning): where the
+        answer, to which the constraints apply, begins.
+        """
+
     def __init__(
         self,
         *,
@@ -393,14 +400,72 @@ class Provenance(_message.Message):
         forced_tokens: _builtins.int = ...,
         fast_forward: Global___FastForward.ValueType = ...,
         steering: Global___BudgetSteering | None = ...,
+        reasoning: Global___ReasoningProvenance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "sampling", b"sampling", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "reasoning", b"reasoning", "sampling", b"sampling", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "candidate_index", b"candidate_index", "check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "candidate_index", b"candidate_index", "check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "reasoning", b"reasoning", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Provenance: _TypeAlias = Provenance  # noqa: Y015
+
+@_typing.final
+class ReasoningProvenance(_message.Message):
+    """Where reasoning ended and the constrained answer began."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDED_FIELD_NUMBER: _builtins.int
+    ANSWER_START_TOKEN_FIELD_NUMBER: _builtins.int
+    ANSWER_START_CHAR_FIELD_NUMBER: _builtins.int
+    REASONING_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_CHARS_FIELD_NUMBER: _builtins.int
+    START_TAG_FIELD_NUMBER: _builtins.int
+    END_TAG_FIELD_NUMBER: _builtins.int
+    ended: _builtins.bool
+    """Whether the output closed its reasoning with the end tag. False: the
+    whole output is reasoning (cut by max_tokens or a stop), there is no
+    answer, and the re-check says INCOMPLETE when a grammar applies.
+    """
+    answer_start_token: _builtins.int
+    """Index in the output's tokens (token_ids, end-of-sequence excluded) of
+    the first token holding answer bytes (the token after the end tag, or
+    the one the end tag ends inside). Equal to the token count when the
+    answer is empty or reasoning did not end.
+    """
+    answer_start_char: _builtins.int
+    """Offset in characters (Unicode code points) of the answer in the whole
+    output text, reasoning and tags included.
+    """
+    reasoning_chars: _builtins.int
+    """The reasoning's length in characters (tags excluded)."""
+    max_chars: _builtins.int
+    """The reasoning bound applied, in characters (0 when no grammar applied,
+    so nothing forced the end tag).
+    """
+    start_tag: _builtins.str
+    """The tag that opens reasoning."""
+    end_tag: _builtins.str
+    """The tag that ends reasoning."""
+    def __init__(
+        self,
+        *,
+        ended: _builtins.bool = ...,
+        answer_start_token: _builtins.int = ...,
+        answer_start_char: _builtins.int = ...,
+        reasoning_chars: _builtins.int = ...,
+        max_chars: _builtins.int = ...,
+        start_tag: _builtins.str = ...,
+        end_tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_start_char", b"answer_start_char", "answer_start_token", b"answer_start_token", "end_tag", b"end_tag", "ended", b"ended", "max_chars", b"max_chars", "reasoning_chars", b"reasoning_chars", "start_tag", b"start_tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasoningProvenance: _TypeAlias = ReasoningProvenance  # noqa: Y015
 
 @_typing.final
 class BudgetSteering(_message.Message):

@@ -55,6 +55,7 @@ __all__ = (
     "Placement",
     "PositionLogprobs",
     "Provenance",
+    "ReasoningProvenance",
     "RegexConstraint",
     "SamplingParams",
     "SchemaKeyword",
@@ -659,6 +660,20 @@ class ErrorReason(betterproto2.Enum):
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
+    REASONING_UNAVAILABLE = 130
+    """
+    INVALID_ARGUMENT: GenerationRequest.reasoning is true on a server
+    started without reasoning tags. ErrorInfo metadata: "field".
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    REASONING_INVALID = 131
+    """
+    INVALID_ARGUMENT: reasoning_max_chars is 0 or above the server's cap.
+    ErrorInfo metadata: "field".
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
 
 class FastForward(betterproto2.Enum):
     """
@@ -1110,6 +1125,11 @@ class Candidate(betterproto2.Message):
     )
     """
     One entry per id in token_ids, when SamplingParams.logprobs is set.
+    """
+
+    reasoning_text: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
+    """
+    With reasoning on: its reasoning text; `text` is then the answer alone.
     """
 
 
@@ -1799,6 +1819,12 @@ class GenerateResponse(betterproto2.Message):
     after the first.
     """
 
+    reasoning_text: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
+    """
+    With reasoning on: candidate 0's reasoning text (the concatenation of
+    its chunks' reasoning_text); `text` is then the answer alone.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "GenerateResponse", GenerateResponse)
 
@@ -2032,6 +2058,34 @@ class GenerationRequest(betterproto2.Message):
     entries; keys at most 128 bytes, values at most 1,024 bytes.
     """
 
+    reasoning: "bool | None" = betterproto2.field(130, betterproto2.TYPE_BOOL, optional=True)
+    """
+    Optional. Whether the output starts with reasoning (the model thinks
+    before it answers), on a server started with reasoning tags
+    (GetModelInfoResponse.reasoning_start_tag / reasoning_end_tag). When on,
+    the output is free reasoning text, optionally opened by the start tag,
+    closed by the end tag, then the answer; the constraints apply to the
+    answer alone (the text after the first end tag), and so do the re-check
+    and JSON schema validation. Reasoning text is streamed in
+    TokenChunk.reasoning_text, the answer in TokenChunk.text; the tags are in
+    neither (they are in token_ids). Token masks (allowed/forbidden tokens)
+    apply to the whole output. Default: the server's setting (on when it has
+    reasoning tags). True on a server without them: INVALID_ARGUMENT
+    REASONING_UNAVAILABLE.
+    """
+
+    reasoning_max_chars: "int | None" = betterproto2.field(
+        131, betterproto2.TYPE_UINT32, optional=True
+    )
+    """
+    Optional. Most characters of reasoning before the end tag is forced, 1 to
+    the server's reasoning_max_chars (GetModelInfoResponse
+    .reasoning_max_chars). Applies when a grammar constrains the answer;
+    budget-aware completion may close the reasoning earlier so the answer
+    fits in max_tokens. Default: the server's reasoning_max_chars.
+    Out of range: INVALID_ARGUMENT REASONING_INVALID.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "GenerationRequest", GenerationRequest)
 
@@ -2241,6 +2295,27 @@ class GetModelInfoResponse(betterproto2.Message):
     )
     """
     Which distribution log probabilities come from.
+    """
+
+    reasoning_start_tag: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
+    """
+    The tag that opens reasoning (for example "<think>"); empty when the
+    server has no reasoning format (GenerationRequest.reasoning unavailable).
+    """
+
+    reasoning_end_tag: "str" = betterproto2.field(131, betterproto2.TYPE_STRING)
+    """
+    The tag that ends reasoning (for example "</think>"); empty likewise.
+    """
+
+    reasoning_default: "bool" = betterproto2.field(132, betterproto2.TYPE_BOOL)
+    """
+    Whether requests reason unless they say otherwise.
+    """
+
+    reasoning_max_chars: "int" = betterproto2.field(133, betterproto2.TYPE_UINT32)
+    """
+    The server's cap on GenerationRequest.reasoning_max_chars.
     """
 
     engine_settings: "EngineSettings | None" = betterproto2.field(
@@ -2646,8 +2721,68 @@ class Provenance(betterproto2.Message):
     constraints still needed; unset when it did not steer.
     """
 
+    reasoning: "ReasoningProvenance | None" = betterproto2.field(
+        130, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Set when the generation reasoned (GenerationRequest.reasoning): where the
+    answer, to which the constraints apply, begins.
+    """
+
 
 default_message_pool.register_message("ananke.v1", "Provenance", Provenance)
+
+
+@dataclass(eq=False, repr=False)
+class ReasoningProvenance(betterproto2.Message):
+    """
+    Where reasoning ended and the constrained answer began.
+    """
+
+    ended: "bool" = betterproto2.field(130, betterproto2.TYPE_BOOL)
+    """
+    Whether the output closed its reasoning with the end tag. False: the
+    whole output is reasoning (cut by max_tokens or a stop), there is no
+    answer, and the re-check says INCOMPLETE when a grammar applies.
+    """
+
+    answer_start_token: "int" = betterproto2.field(131, betterproto2.TYPE_UINT32)
+    """
+    Index in the output's tokens (token_ids, end-of-sequence excluded) of
+    the first token holding answer bytes (the token after the end tag, or
+    the one the end tag ends inside). Equal to the token count when the
+    answer is empty or reasoning did not end.
+    """
+
+    answer_start_char: "int" = betterproto2.field(132, betterproto2.TYPE_UINT32)
+    """
+    Offset in characters (Unicode code points) of the answer in the whole
+    output text, reasoning and tags included.
+    """
+
+    reasoning_chars: "int" = betterproto2.field(133, betterproto2.TYPE_UINT32)
+    """
+    The reasoning's length in characters (tags excluded).
+    """
+
+    max_chars: "int" = betterproto2.field(134, betterproto2.TYPE_UINT32)
+    """
+    The reasoning bound applied, in characters (0 when no grammar applied,
+    so nothing forced the end tag).
+    """
+
+    start_tag: "str" = betterproto2.field(135, betterproto2.TYPE_STRING)
+    """
+    The tag that opens reasoning.
+    """
+
+    end_tag: "str" = betterproto2.field(136, betterproto2.TYPE_STRING)
+    """
+    The tag that ends reasoning.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "ReasoningProvenance", ReasoningProvenance)
 
 
 @dataclass(eq=False, repr=False)
@@ -2939,6 +3074,15 @@ class TokenChunk(betterproto2.Message):
     """
     When SamplingParams.logprobs is set: one entry per id in token_ids, in
     order.
+    """
+
+    reasoning_text: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
+    """
+    With reasoning on (GenerationRequest.reasoning): the reasoning text
+    these tokens add (UTF-8, tags left out); `text` then holds only answer
+    text. A chunk may carry both when its tokens span the end tag. Empty
+    without reasoning. Text that may be the start of the end tag is held
+    back until the next chunk tells.
     """
 
 

@@ -155,6 +155,21 @@ impl GenerationRequest {
         self
     }
 
+    /// Whether the output starts with reasoning (on a server with reasoning
+    /// tags); the constraints then apply to the answer after the end tag.
+    #[must_use]
+    pub fn with_reasoning(mut self, reasoning: bool) -> Self {
+        self.reasoning = Some(reasoning);
+        self
+    }
+
+    /// Most characters of reasoning before the end tag is forced.
+    #[must_use]
+    pub fn with_reasoning_max_chars(mut self, max_chars: u32) -> Self {
+        self.reasoning_max_chars = Some(max_chars);
+        self
+    }
+
     /// Keeps generating past end-of-sequence until max_tokens (benchmarks).
     #[must_use]
     pub fn with_ignore_eos(mut self, ignore_eos: bool) -> Self {

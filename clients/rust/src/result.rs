@@ -29,6 +29,9 @@ pub struct GenerationResult {
     pub logprobs: Vec<PositionLogprobs>,
     /// The prompt's log probabilities, when asked for.
     pub prompt_logprobs: Vec<PositionLogprobs>,
+    /// With reasoning on (`GenerationRequest.reasoning`): candidate 0's
+    /// reasoning before the end tag; `text` is then the answer alone.
+    pub reasoning_text: String,
 }
 
 impl GenerationResult {
@@ -44,6 +47,7 @@ impl GenerationResult {
             candidates: response.candidates,
             logprobs: response.logprobs,
             prompt_logprobs: response.prompt_logprobs,
+            reasoning_text: response.reasoning_text,
         }
     }
 
@@ -85,6 +89,7 @@ impl GenerationResult {
                     logprobs: own().flat_map(|c| c.logprobs.iter().cloned()).collect(),
                     usage: finished.usage,
                     provenance: finished.provenance,
+                    reasoning_text: own().map(|c| c.reasoning_text.as_str()).collect(),
                 }
             })
             .collect();
@@ -102,9 +107,19 @@ impl GenerationResult {
             usage: first.usage.unwrap_or_default(),
             provenance,
             logprobs: first.logprobs,
+            reasoning_text: first.reasoning_text.clone(),
             candidates,
             prompt_logprobs,
         }
+    }
+
+    /// Where the constrained answer begins, as (token index, character
+    /// offset in the whole output), when the generation reasoned.
+    pub fn answer_start(&self) -> Option<(u32, u32)> {
+        self.provenance
+            .reasoning
+            .as_ref()
+            .map(|r| (r.answer_start_token, r.answer_start_char))
     }
 
     /// Prompt tokens the engine's prefix cache served.
@@ -180,14 +195,17 @@ mod tests {
                 usage: Some(Usage::default()),
                 provenance: Some(provenance.clone()),
                 logprobs: vec![],
+                reasoning_text: "hm".into(),
             }],
             logprobs: vec![],
             prompt_logprobs: vec![],
+            reasoning_text: "hm".into(),
         };
         let chunks = [
             TokenChunk {
                 text: "{\"a\"".into(),
                 token_ids: vec![1],
+                reasoning_text: "hm".into(),
                 ..TokenChunk::default()
             },
             TokenChunk {
@@ -209,6 +227,8 @@ mod tests {
         assert_eq!(from_stream.check_verdict(), "UNSPECIFIED");
         let value: serde_json::Value = from_stream.json().unwrap();
         assert_eq!(value["a"], 1);
+        assert_eq!(from_stream.reasoning_text, "hm");
+        assert_eq!(from_stream.answer_start(), None);
     }
 
     #[test]

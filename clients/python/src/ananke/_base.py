@@ -185,6 +185,11 @@ class StreamEvents:
         """The text received so far."""
         return "".join(c.text for c in self.chunks)
 
+    @property
+    def reasoning_text(self) -> str:
+        """The reasoning text received so far (with reasoning on)."""
+        return "".join(c.reasoning_text for c in self.chunks)
+
     def result(self, hint: str) -> GenerationResult:
         """The finished generation; raises (with `hint`) if the stream has not finished."""
         if self.finished is None:
@@ -221,6 +226,11 @@ class StreamView:
     def text(self) -> str:
         """The text received so far."""
         return self._events_state.text
+
+    @property
+    def reasoning_text(self) -> str:
+        """The reasoning text received so far (with reasoning on; `text` is the answer)."""
+        return self._events_state.reasoning_text
 
 
 def health_status_name(status: int) -> str:

@@ -58,6 +58,8 @@ class GenerationArgs(TypedDict, total=False):
     ignore_eos: bool | None
     logprobs: int | None
     prompt_logprobs: int | None
+    reasoning: bool | None
+    reasoning_max_chars: int | None
 
 
 # Optional SamplingParams scalars copied as given when not None.
@@ -126,4 +128,8 @@ def build_generation_request(
         request.context.CopyFrom(context)
     if metadata := args.get("metadata"):
         request.metadata.update(metadata)
+    if (reasoning := args.get("reasoning")) is not None:
+        request.reasoning = reasoning
+    if (reasoning_max_chars := args.get("reasoning_max_chars")) is not None:
+        request.reasoning_max_chars = reasoning_max_chars
     return request

@@ -63,6 +63,8 @@ class Candidate:
     usage: generation_pb2.Usage
     provenance: provenance_pb2.Provenance
     logprobs: tuple[generation_pb2.PositionLogprobs, ...] = ()
+    # With reasoning on: the reasoning before the end tag (`text` is the answer).
+    reasoning_text: str = ""
 
     @property
     def finish_reason_name(self) -> str:
@@ -93,6 +95,7 @@ class Candidate:
         return {
             "index": self.index,
             "text": self.text,
+            "reasoning_text": self.reasoning_text,
             "token_ids": list(self.token_ids),
             "finish_reason": self.finish_reason_name,
             "usage": _message_dict(self.usage, all_fields=True),
@@ -111,6 +114,7 @@ class Candidate:
             usage=candidate.usage,
             provenance=candidate.provenance,
             logprobs=tuple(candidate.logprobs),
+            reasoning_text=candidate.reasoning_text,
         )
 
 
@@ -131,6 +135,18 @@ class GenerationResult:
     candidates: tuple[Candidate, ...] = ()
     logprobs: tuple[generation_pb2.PositionLogprobs, ...] = ()
     prompt_logprobs: tuple[generation_pb2.PositionLogprobs, ...] = ()
+    # With reasoning on (GenerationRequest.reasoning): candidate 0's reasoning
+    # before the end tag; `text` is then the answer alone.
+    reasoning_text: str = ""
+
+    @property
+    def answer_start(self) -> tuple[int, int] | None:
+        """(token index, character offset) where the constrained answer
+        begins, when the generation reasoned; None otherwise."""
+        if not self.provenance.HasField("reasoning"):
+            return None
+        record = self.provenance.reasoning
+        return record.answer_start_token, record.answer_start_char
 
     @property
     def cached_prompt_tokens(self) -> int:
@@ -165,6 +181,7 @@ class GenerationResult:
         return {
             "request_id": self.request_id,
             "text": self.text,
+            "reasoning_text": self.reasoning_text,
             "token_ids": list(self.token_ids),
             "finish_reason": self.finish_reason_name,
             "usage": _message_dict(self.usage, all_fields=True),
@@ -187,6 +204,7 @@ class GenerationResult:
             candidates=tuple(Candidate.from_proto(c) for c in response.candidates),
             logprobs=tuple(response.logprobs),
             prompt_logprobs=tuple(response.prompt_logprobs),
+            reasoning_text=response.reasoning_text,
         )
 
     @classmethod
@@ -213,6 +231,7 @@ class GenerationResult:
                     usage=final.usage,
                     provenance=final.provenance,
                     logprobs=tuple(p for c in own for p in c.logprobs),
+                    reasoning_text="".join(c.reasoning_text for c in own),
                 )
             )
         first = candidates[0]
@@ -228,4 +247,5 @@ class GenerationResult:
             candidates=tuple(candidates),
             logprobs=first.logprobs,
             prompt_logprobs=tuple(prompt_logprobs),
+            reasoning_text=first.reasoning_text,
         )

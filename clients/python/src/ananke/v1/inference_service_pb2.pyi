@@ -732,11 +732,11 @@ class GetModelInfoResponse(_message.Message):
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     MAX_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOGPROBS_MODE_FIELD_NUMBER: _builtins.int
+    ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
     REASONING_START_TAG_FIELD_NUMBER: _builtins.int
     REASONING_END_TAG_FIELD_NUMBER: _builtins.int
     REASONING_DEFAULT_FIELD_NUMBER: _builtins.int
     REASONING_MAX_CHARS_FIELD_NUMBER: _builtins.int
-    ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """The model id as loaded."""
     model_revision: _builtins.str
@@ -806,11 +806,11 @@ class GetModelInfoResponse(_message.Message):
         max_candidates: _builtins.int = ...,
         max_logprobs: _builtins.int = ...,
         logprobs_mode: _generation_pb2.LogprobsMode.ValueType = ...,
+        engine_settings: Global___EngineSettings | None = ...,
         reasoning_start_tag: _builtins.str = ...,
         reasoning_end_tag: _builtins.str = ...,
         reasoning_default: _builtins.bool = ...,
         reasoning_max_chars: _builtins.int = ...,
-        engine_settings: Global___EngineSettings | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine_settings", b"engine_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -2297,6 +2297,15 @@ class GetModelInfoResponse(betterproto2.Message):
     Which distribution log probabilities come from.
     """
 
+    engine_settings: "EngineSettings | None" = betterproto2.field(
+        70, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The engine settings in effect: as vLLM resolved them once the engine has
+    started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
+    method is named).
+    """
+
     reasoning_start_tag: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
     """
     The tag that opens reasoning (for example "<think>"); empty when the
@@ -2316,15 +2325,6 @@ class GetModelInfoResponse(betterproto2.Message):
     reasoning_max_chars: "int" = betterproto2.field(133, betterproto2.TYPE_UINT32)
     """
     The server's cap on GenerationRequest.reasoning_max_chars.
-    """
-
-    engine_settings: "EngineSettings | None" = betterproto2.field(
-        70, betterproto2.TYPE_MESSAGE, optional=True
-    )
-    """
-    The engine settings in effect: as vLLM resolved them once the engine has
-    started (dtype "auto" becomes the model's dtype, a quantized checkpoint's
-    method is named).
     """
 
 

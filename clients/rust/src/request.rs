@@ -266,7 +266,11 @@ mod tests {
             .with_presence_penalty(0.5)
             .with_frequency_penalty(-0.5)
             .with_logit_bias(17, -5.0)
-            .with_ignore_eos(true);
+            .with_ignore_eos(true)
+            .with_reasoning(true)
+            .with_reasoning_max_chars(300);
+        assert_eq!(req.reasoning, Some(true));
+        assert_eq!(req.reasoning_max_chars, Some(300));
         let sampling = req.sampling.expect("sampling set");
         assert_eq!(sampling.n, Some(3));
         assert_eq!(sampling.logprobs, Some(2));

@@ -120,14 +120,6 @@ class Generations:
         check_sampling_with_constraints(
             validated.sampling, compiled.has_grammar, "request.sampling"
         )
-        if validated.sampling.logit_bias and info.fast_forward == "on":
-            # vLLM 0.32 refuses logit_bias whenever speculative decoding is on.
-            raise invalid(
-                "SAMPLING_PARAM_INVALID",
-                "logit_bias is not available while this server fast-forwards forced "
-                "tokens (speculative decoding); use a server started with --no-fast-forward",
-                "request.sampling.logit_bias",
-            )
         clock.compiled_seconds = time.perf_counter() - compile_started
         self._metrics.record_compile(clock.compiled_seconds)
         if self._steer is not None and self._steer.budget:

@@ -19,7 +19,18 @@ engine falls back to one step per token and its logits-processor path):
 `SamplingParams.extra_args` carries GRAMMAR_ARG gets a RequestGrammar; vLLM's
 own grammar compiler handles every other request) and
 `StructuredOutputManager.validate_tokens`; on the CPU platform also
-`rejection_sampler.expand_batch_to_tokens` (see `expand_batch_to_tokens`)."""
+`rejection_sampler.expand_batch_to_tokens` (see `expand_batch_to_tokens`).
+
+logit_bias with fast-forward: vLLM refuses logit_bias (and min_p) whenever
+speculative decoding is on, because its rejection sampler does not apply them
+at draft positions. With our proposer every draft is a forced token, the only
+one its position's mask allows, so a bias cannot change what is sampled there
+(and a drafted token's logprob is reported as 0.0 anyway): the bias matters
+only for the one token each request samples per step, which vLLM's ordinary
+sampler draws with its logits processors. So with our proposer the plugin
+lets logit_bias through `SamplingParams._validate_spec_decode` (min_p stays
+refused) and builds the model runner's logits processors with the logit-bias
+processor beside min-tokens (`build_logitsprocs` in the GPU/CPU model runner)."""
 
 from __future__ import annotations
 
@@ -95,6 +106,7 @@ def register() -> None:
     StructuredOutputManager.validate_tokens = validate_tokens
     setattr(StructuredOutputManager, _PATCHED, True)
     _patch_cpu_expand()
+    _patch_logit_bias()
     log.debug("ananke vLLM plugin: structured-output manager patched")
 
 
@@ -125,9 +137,47 @@ def _patch_cpu_expand() -> None:
         rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
 
 
+def _patch_logit_bias() -> None:
+    from vllm import sampling_params
+    from vllm.v1.sample.logits_processor import LogitsProcessors, builtin
+    from vllm.v1.worker import gpu_model_runner
+
+    original_validate = sampling_params.SamplingParams._validate_spec_decode
+    original_build = gpu_model_runner.build_logitsprocs
+
+    def _validate_spec_decode(self: Any, speculative_config: Any) -> None:
+        if _proposer_is_ours(speculative_config) and self.logit_bias and self.min_p <= 1e-6:
+            return
+        original_validate(self, speculative_config)
+
+    def build_logitsprocs(
+        vllm_config: Any,
+        device: Any,
+        is_pin_memory: bool,
+        is_pooling_model: bool,
+        custom_logitsprocs: Any = (),
+    ) -> Any:
+        built = original_build(
+            vllm_config, device, is_pin_memory, is_pooling_model, custom_logitsprocs
+        )
+        if is_pooling_model or custom_logitsprocs or not _ours(vllm_config):
+            return built
+        kept = [*built.argmax_invariant, *built.non_argmax_invariant]
+        if not any(isinstance(p, builtin.LogitBiasLogitsProcessor) for p in kept):
+            kept.append(builtin.LogitBiasLogitsProcessor(vllm_config, device, is_pin_memory))
+        return LogitsProcessors(kept)
+
+    sampling_params.SamplingParams._validate_spec_decode = _validate_spec_decode
+    gpu_model_runner.build_logitsprocs = build_logitsprocs
+
+
+def _proposer_is_ours(speculative_config: Any) -> bool:
+    return getattr(speculative_config, "model", None) == PROPOSER_FQCN
+
+
 def _ours(vllm_config: Any) -> bool:
     spec = getattr(vllm_config, "speculative_config", None)
-    return spec is not None and getattr(spec, "model", None) == PROPOSER_FQCN
+    return spec is not None and _proposer_is_ours(spec)
 
 
 _LIMITS: list[Any] = []

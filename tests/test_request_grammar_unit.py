@@ -219,3 +219,26 @@ def test_plugin_expands_draft_temperatures_on_cpu() -> None:
         torch.tensor([5, 0, 9]), torch.tensor([1, 1, 3]), 3
     )
     assert top_k.tolist() == [5, 9, 9]
+
+
+def test_plugin_allows_logit_bias_with_our_proposer_only() -> None:
+    """vLLM refuses logit_bias under speculative decoding; with our proposer
+    (every draft a forced token) the plugin lets it through, min_p stays refused."""
+    from ananke_server import vllm_plugin
+
+    vllm_plugin.register()
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+
+    @dataclass
+    class _Spec:
+        model: str
+
+    ours, other = _Spec(vllm_plugin.PROPOSER_FQCN), _Spec("some.other.Proposer")
+    biased = SamplingParams(logit_bias={5: 2.0})
+    biased._validate_spec_decode(ours)
+    with pytest.raises(VLLMValidationError, match="logit_bias"):
+        biased._validate_spec_decode(other)
+    with pytest.raises(VLLMValidationError, match="min_p"):
+        SamplingParams(logit_bias={5: 2.0}, min_p=0.1)._validate_spec_decode(ours)
+    SamplingParams()._validate_spec_decode(ours)

@@ -7,10 +7,14 @@ default model over real gRPC.
   MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM answer), >= 99% of sampled outputs are
   complete and valid (finish CONSTRAINT_COMPLETE, independent check
   SATISFIED); the rate of a server with steering off is printed beside it.
+- A satisfiable intersection that greedy masking dead-ends on (a JSON schema
+  and a length regex, max_tokens far away): with steering every output is
+  complete and valid, none CONSTRAINT_UNSATISFIABLE (the guide caps the next
+  token's length near the regex's bound); the rate with steering off is printed.
 - Truly empty intersections fail fast with CONSTRAINT_UNSATISFIABLE (cause
-  "proved" or "exhausted"). (The dead-end search that finishes satisfiable
-  intersections greedy masking dead-ends on needs the logits: not wired into
-  the structured-output path, see steering.guide.Guide.choose.)"""
+  "proved" or "exhausted"). (The general dead-end search that checks candidate
+  tokens needs the logits: not wired into the structured-output path, see
+  steering.guide.Guide.choose.)"""
 
 from __future__ import annotations
 
@@ -196,6 +200,28 @@ def test_budget_table(live_server: LiveServer, plain_server: LiveServer) -> None
         print(f"| {name} | {shortest} | {max_tokens} | {steered:.0%} | {today:.0%} |")
     print(f"({time.monotonic() - started:.0f} s)")
     assert not failures, failures
+
+
+def test_length_regex_intersection_no_false_dead_end(
+    live_server: LiveServer, plain_server: LiveServer
+) -> None:
+    constraints = [_schema(MODULE), _regex(r"(?s:.{0,40})")]
+    prompt = "Name a long Python module path, as JSON:"
+    steered, results = _rate(live_server, constraints, prompt, 200)
+    today, before = _rate(plain_server, constraints, prompt, 200)
+    dead_ends = sum(
+        isinstance(r, grpc.RpcError) and _error_info(r).reason == "CONSTRAINT_UNSATISFIABLE"
+        for r in before
+    )
+    print(
+        f"\nJSON schema AND (?s:.{{0,40}}), {SAMPLES} samples: complete+valid {steered:.0%} "
+        f"with steering, {today:.0%} without ({dead_ends} false dead ends)"
+    )
+    assert steered == 1.0, [str(r)[:300] for r in results]
+    for result in results:
+        assert isinstance(result, inference_service_pb2.GenerateResponse)
+        assert len(result.text) <= 40
+        assert "module" in json.loads(result.text)
 
 
 def test_steering_is_in_provenance(live_server: LiveServer) -> None:

@@ -291,6 +291,22 @@ def test_dead_end_search_finishes_a_satisfiable_intersection(
     assert _checked(tok, grammars, tokens), tok.decode_str(tokens)
 
 
+def test_budget_guide_keeps_room_for_the_completion_under_a_length_regex(
+    tok: LLTokenizer, table: ByteTokens
+) -> None:
+    """The engine's guide (no candidate verification: it only masks) caps the
+    next token's length near the bound of a length regex, so greedy masking no
+    longer walks into the false dead end of the AND; the output is complete."""
+    grammars = [js(MODULE), rx("(?s:.{0,40})")]
+    tokens, ended, guide = generate(tok, table, grammars, 200, config=SteerConfig())
+    assert ended == "eos", tok.decode_str(tokens)
+    assert _checked(tok, grammars, tokens), tok.decode_str(tokens)
+    text = tok.decode_str([t for t in tokens if t != tok.eos_token])
+    assert len(json.loads(text)["module"]) > 0  # the model still wrote something
+    assert guide is not None
+    assert guide.steered_from is not None
+
+
 def test_guide_without_verification_reaches_the_dead_end(
     tok: LLTokenizer, table: ByteTokens
 ) -> None:

@@ -67,6 +67,11 @@ class Guide:
         self.last_search: Search | None = None
         self._check_at = 0  # produced-count of the next budget check
         self._misses = 0  # budget checks in a row whose search found no completion
+        # Bytes the next token may take when a length-bounded regex part leaves
+        # little room beyond the known completion (see `_cap_by_room`), and the
+        # produced-count it was computed for.
+        self._cap: int | None = None
+        self._cap_at = -1
 
     @property
     def remaining(self) -> int:
@@ -109,9 +114,9 @@ class Guide:
         self.product.unobserve(count if consumed is None else consumed)
         self.plan = None
         self.dead_end = False
-        if self._steering:
+        if self._steering or self._cap is not None:
             self._steering = False
-            self._check_at = self.produced
+            self._check_at = min(self._check_at, self.produced)
 
     def _search(self) -> Search:
         search = shortest_completion(self.product, self.table, max_nodes=self.config.max_nodes)
@@ -124,11 +129,14 @@ class Guide:
         if not self.config.budget or self.hopeless or self.dead_end:
             return None
         if not self.steering:
+            if self._cap is not None and self._cap_at == self.produced:
+                return self._capped(self._cap)
             if self.produced < self._check_at:
                 return None
-            self._budget_check()  # may start steering
+            self._cap = None
+            self._budget_check()  # may start steering or cap the next token
             if not self.steering:
-                return None
+                return None if self._cap is None else self._capped(self._cap)
         if self.plan:
             return self._single(self.plan[0])
         return self._eos.copy()
@@ -160,13 +168,39 @@ class Guide:
         gap = self.remaining - need - self.config.margin
         if need > self.remaining:
             self.hopeless = True
-        elif gap <= 0:
+        elif gap <= 0 or not self._cap_by_room(search):
             self._steering = True
             if self.steered_from is None:
                 self.steered_from = self.produced
             self.plan = list(search.tokens)
-        else:
-            self._check_at = self.produced + max(1, min(self.config.check_every, gap // 2))
+        elif self._cap is None:
+            by_tokens = self.produced + max(1, min(self.config.check_every, gap // 2))
+            by_room = self._check_at if self._check_at > self.produced else by_tokens
+            self._check_at = min(by_tokens, by_room)
+
+    def _cap_by_room(self, search: Search) -> bool:
+        """Keeps the completion inside the room a length-bounded regex part
+        (`(?s:.{0,40})` beside a JSON schema) still leaves; False when only
+        steering to the completion now keeps it. Near the bound the next token
+        may take at most half the spare bytes (bytes >= characters), and the
+        check runs again at the next token: the model stays free and the spare
+        shrinks until steering closes the output, instead of a token that
+        leaves no room for the closing text (a false dead end)."""
+        room = self.product.room()
+        if room is None:
+            return True
+        spare = room - len(self.table.tokenizer.decode_bytes(list(search.tokens)))
+        if spare >= 2 * self.table.longest:
+            self._check_at = self.produced + max(1, (spare - 2 * self.table.longest) // 8)
+            return True
+        if spare // 2 < 1:
+            return False
+        self._cap, self._cap_at = spare // 2, self.produced
+        self._check_at = self.produced + 1
+        return True
+
+    def _capped(self, size: int) -> Mask:
+        return self.table.at_most(size) | self._eos
 
     def _single(self, token: int) -> Mask:
         mask = np.zeros(self.product.words, dtype=np.int32)

@@ -58,6 +58,20 @@ class ByteTokens:
             if not tokenizer.is_special_token(token):
                 self.by_bytes.setdefault(tokenizer.decode_bytes([token]), token)
         self.longest = max(map(len, self.by_bytes), default=1)
+        lengths = np.zeros(self.words * 32, dtype=np.int32)
+        for data, token in self.by_bytes.items():
+            lengths[token] = len(data)
+        self._lengths = lengths
+        self._at_most: dict[int, Mask] = {}
+
+    def at_most(self, size: int) -> Mask:
+        """The (non-special) tokens of at most `size` bytes."""
+        mask = self._at_most.get(size)
+        if mask is None:
+            keep = (self._lengths > 0) & (self._lengths <= size)
+            mask = np.packbits(keep, bitorder="little").view(np.int32).copy()
+            self._at_most[size] = mask
+        return mask
 
     def tokenize(self, data: bytes) -> list[int]:
         """The tokenizer's canonical tokens for `data`."""
@@ -125,6 +139,7 @@ class RegexTracker:
         self._fsm = fsm
         self._tokenizer = tokenizer
         self._distance = _distances(fsm)
+        self._room = _rooms(fsm, self._distance)
         # (DFA state or None when off, undecoded UTF-8 tail) per token taken.
         self._stack: list[tuple[Any, bytes]] = [(fsm.initial, b"")]
 
@@ -151,6 +166,11 @@ class RegexTracker:
         """Characters the current state needs at least to reach a match (None: off)."""
         state = self._stack[-1][0]
         return None if state is None else self._distance.get(state, -1)
+
+    def room(self) -> int | None:
+        """Characters the regex still allows at most (None: unbounded, or off)."""
+        state = self._stack[-1][0]
+        return None if state is None else self._room.get(state)
 
     def push(self, token: int) -> None:
         """Advances over one token's bytes."""
@@ -187,6 +207,31 @@ def _distances(fsm: Any) -> dict[Any, int]:
                     following.append(source)
         frontier = following
     return distance
+
+
+def _rooms(fsm: Any, distance: dict[Any, int]) -> dict[Any, int]:
+    """Per live DFA state (one that can still reach a final state), the most
+    characters a match may still take; absent where a cycle makes it unbounded.
+    Longest paths in reverse topological order (iterative: a `.{0,2000}` is a
+    chain of 2,001 states)."""
+    successors = {
+        state: {t for t in fsm.map.get(state, {}).values() if t in distance} for state in distance
+    }
+    predecessors: dict[Any, set[Any]] = {state: set() for state in distance}
+    for state, targets in successors.items():
+        for target in targets:
+            predecessors[target].add(state)
+    waiting = {state: len(targets) for state, targets in successors.items()}
+    room = {state: 0 for state, count in waiting.items() if count == 0}
+    ready = list(room)
+    while ready:
+        state = ready.pop()
+        for source in predecessors[state]:
+            room[source] = max(room.get(source, 0), room[state] + 1)
+            waiting[source] -= 1
+            if waiting[source] == 0:
+                ready.append(source)
+    return {state: r for state, r in room.items() if waiting[state] == 0}
 
 
 def _split_utf8(data: bytes) -> tuple[str, bytes]:
@@ -291,6 +336,11 @@ class Product:
             hasher.update(matcher.compute_ff_bytes() + b"\0")
         hasher.update(b"A" if self.accepting() else b"-")
         return hasher.digest()
+
+    def room(self) -> int | None:
+        """Characters the tightest length-bounded regex part still allows (None: none bounds)."""
+        rooms = [r for t in self.trackers if t is not None and (r := t.room()) is not None]
+        return min(rooms) if rooms else None
 
     def observe(self, token: int) -> None:
         """Follows a token the matchers' owner made them take."""

@@ -257,8 +257,11 @@ async def _rounds(
     log("serving: warm-up")
     for workload in chosen:
         for name, constrained in arms(workload, names):
-            # Every prompt and schema once (grammar compiles, prefix cache), short.
-            await run_cell(by_name[name], workload, constrained, len(TASKS), 8, -1)
+            # Every prompt and schema once (grammar compiles, prefix cache), short,
+            # but long enough for a schema's shortest document (the server refuses
+            # a max_tokens below it up front).
+            warm_tokens = workload.quick_max_tokens if constrained else 8
+            await run_cell(by_name[name], workload, constrained, len(TASKS), warm_tokens, -1)
     await asyncio.sleep(3.0)
     runs: list[CellRun] = []
     cells = [(w, c) for w in chosen for c in concurrencies]

@@ -478,6 +478,9 @@ def test_service_methods_from_descriptor() -> None:
         "GetServerStats",
         "Tokenize",
         "Detokenize",
+        "LoadAdapter",
+        "UnloadAdapter",
+        "ListAdapters",
     ]
     streaming = {m.name: (m.client_streaming, m.server_streaming) for m in SERVICE.methods}
     assert streaming["GenerateStream"] == (False, True)
@@ -540,6 +543,9 @@ def test_betterproto_stub_paths_match_descriptor() -> None:
     stub.get_server_stats()
     stub.tokenize(bp.TokenizeRequest())
     stub.detokenize(bp.DetokenizeRequest())
+    stub.load_adapter(bp.LoadAdapterRequest())
+    stub.unload_adapter(bp.UnloadAdapterRequest())
+    stub.list_adapters()
     expected = {
         ("stream" if m.server_streaming else "unary", f"/{SERVICE.full_name}/{m.name}")
         for m in SERVICE.methods

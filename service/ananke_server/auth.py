@@ -15,8 +15,9 @@ _BEARER = "bearer "
 
 
 def load_api_keys(settings: Settings) -> tuple[str, ...]:
-    """Keys from `api_keys` plus `api_keys_file` (one per line, `#` comments)."""
-    keys = list(settings.api_keys)
+    """Keys from `api_keys` plus `api_keys_file` (one per line, `#` comments),
+    plus the admin keys (valid for every call)."""
+    keys = list(settings.api_keys) + list(settings.admin_api_keys)
     if settings.api_keys_file:
         for line in Path(settings.api_keys_file).read_text().splitlines():
             key = line.strip()

@@ -53,6 +53,16 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter as the engine knows it: the service's name, the engine's
+    integer id (never reused while the server runs) and its local folder."""
+
+    name: str
+    lora_id: int
+    path: str
+
+
+@dataclass(frozen=True)
 class EngineParams:
     """One generation's parameters, already validated and defaulted."""
 
@@ -80,6 +90,7 @@ class EngineParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # alternatives per output token; None: no logprobs
     prompt_logprobs: int | None = None
+    adapter: LoraAdapter | None = None  # None: the base model
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,12 @@ class Engine(Protocol):
 
     def unfinished_requests(self) -> int:
         """Generations the engine still holds."""
+
+    async def load_adapter(self, adapter: LoraAdapter) -> None:
+        """Loads a LoRA adapter (EngineRejectedError when the engine refuses it)."""
+
+    async def unload_adapter(self, adapter: LoraAdapter) -> None:
+        """Drops a loaded LoRA adapter."""
 
     async def check_health(self) -> None:
         """Raises EngineDeadError when the engine is not usable."""

@@ -36,6 +36,9 @@ class EngineConfig:
     fast_forward_tokens: int = 8
     max_logprobs: int = 20
     logprobs_mode: str = "processed"  # or "raw"
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
 
     @classmethod
     def from_settings(cls, settings: Settings, model_path: str, model_id: str) -> EngineConfig:
@@ -59,6 +62,9 @@ class EngineConfig:
             fast_forward_tokens=settings.fast_forward_tokens,
             max_logprobs=settings.max_logprobs,
             logprobs_mode=settings.logprobs_mode,
+            enable_lora=settings.enable_lora,
+            max_loras=settings.max_loras,
+            max_lora_rank=settings.max_lora_rank,
         )
 
     @property
@@ -87,6 +93,16 @@ def engine_args_kwargs(
             # grammar; the synchronous scheduler guarantees it (CPU forces it anyway).
             "async_scheduling": False,
         }
+    lora: dict[str, Any] = {}
+    if config.enable_lora:
+        lora = {
+            "enable_lora": True,
+            "max_loras": config.max_loras,
+            "max_lora_rank": config.max_lora_rank,
+            # As many kept in memory as may be loaded: vLLM would otherwise evict
+            # adapters the service still lists (the service refuses loads past it).
+            "max_cpu_loras": config.max_loras,
+        }
     return {
         "model": config.model_path,
         "served_model_name": [config.model_id],
@@ -106,6 +122,7 @@ def engine_args_kwargs(
         "structured_outputs_config": {"backend": GUIDANCE_BACKEND},
         "enable_log_requests": False,
         **speculative,
+        **lora,
         "max_logprobs": config.max_logprobs,
         # "processed": after every mask (grammar, intersection, token masks,
         # logit_bias), penalties, temperature and top-k/p; "raw": before the

@@ -20,6 +20,7 @@ from typing import Any, TypeAlias
 
 from ananke.v1 import generation_pb2, inference_service_pb2, provenance_pb2
 
+from .adapters import Adapters
 from .admission import Admission
 from .candidates import logprobs_to_proto
 from .constraints import CompiledConstraints, ConstraintCompiler, unsatisfiable_during_generation
@@ -78,7 +79,9 @@ class Generations:
         admission: Admission,
         metrics: Metrics,
         placement: provenance_pb2.Placement,
+        adapters: Adapters | None = None,
     ) -> None:
+        self._adapters = adapters or Adapters(settings, engine)
         self._settings = settings
         self._engine = engine
         self._compiler = compiler
@@ -112,6 +115,8 @@ class Generations:
         )
         bind_request_id(validated.request_id)
         plan = plan_for(request, self._settings)
+        adapter = self._adapters.resolve(request.adapter, "request.adapter")
+        validated = dataclasses.replace(validated, adapter=adapter)
         self._admission.check_capacity()  # refuse before compiling when full
         compile_started = time.perf_counter()
         compiled, cache_hit = await self._compiler.compile(
@@ -136,7 +141,7 @@ class Generations:
             "request.prompt" if validated.prompt is not None else "request.messages",
         )
         clock.waiting = now()
-        async with self._admission.slot():
+        async with self._admission.slot(), self._adapters.using(adapter):
             clock.admitted = now()
             yield StreamEvent(
                 started=inference_service_pb2.GenerationStarted(
@@ -497,6 +502,7 @@ def engine_params(
         ignore_eos=sampling.ignore_eos,
         logprobs=sampling.logprobs,
         prompt_logprobs=sampling.prompt_logprobs,
+        adapter=validated.adapter.engine if validated.adapter is not None else None,
     )
 
 

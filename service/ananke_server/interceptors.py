@@ -165,16 +165,39 @@ class CallObserver(_HandlerInterceptor):
 
 class ApiKeyCheck(_HandlerInterceptor):
     """Rejects calls without a valid key with UNAUTHENTICATED (API_KEY_MISSING
-    or API_KEY_INVALID) and one ErrorInfo; exempt services pass untouched."""
+    or API_KEY_INVALID) and one ErrorInfo; exempt services pass untouched.
+    `admin_methods` also need one of `admin_keys` (PERMISSION_DENIED
+    ADMIN_KEY_REQUIRED otherwise, and always when there are no admin keys)."""
 
-    def __init__(self, keys: ApiKeys, exempt_services: Iterable[str]) -> None:
+    def __init__(
+        self,
+        keys: ApiKeys,
+        exempt_services: Iterable[str],
+        admin_keys: ApiKeys | None = None,
+        admin_methods: Iterable[str] = (),
+    ) -> None:
         self._keys = keys
         self._exempt = frozenset(exempt_services)
+        self._admin_keys = admin_keys
+        self._admin_methods = frozenset(admin_methods)
+
+    def _admin(self, authorization: str | None) -> bool:
+        return self._admin_keys is not None and self._admin_keys.check(authorization) is None
 
     def intercept(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
         if service_of(details.method) in self._exempt:
             return handler
-        error = self._keys.check(metadata_value(details.invocation_metadata, "authorization"))
+        authorization = metadata_value(details.invocation_metadata, "authorization")
+        error = self._keys.check(authorization)
+        if (
+            error is None
+            and details.method in self._admin_methods
+            and not self._admin(authorization)
+        ):
+            error = ServiceError(
+                "ADMIN_KEY_REQUIRED",
+                f"{details.method} needs an admin API key (the admin_api_keys setting)",
+            )
         if error is None:
             return handler
         return wrap_handler(handler, _refusing(error))
@@ -252,12 +275,16 @@ def code_name(context: Context) -> str:
 
 
 def interceptors(
-    metrics: Metrics, keys: ApiKeys | None, exempt: Iterable[str]
+    metrics: Metrics,
+    keys: ApiKeys | None,
+    exempt: Iterable[str],
+    admin_keys: ApiKeys | None = None,
+    admin_methods: Iterable[str] = (),
 ) -> list[_Interceptor]:
     """The server's interceptors in order: observer, API-key check (when keys are
-    set), decode check."""
+    set; `admin_methods` need one of `admin_keys`), decode check."""
     chain: list[_Interceptor] = [CallObserver(metrics)]
     if keys is not None:
-        chain.append(ApiKeyCheck(keys, exempt))
+        chain.append(ApiKeyCheck(keys, exempt, admin_keys, admin_methods))
     chain.append(DecodeCheck())
     return chain

@@ -96,6 +96,8 @@ def build_provenance(
     sampling = request.sampling
     return provenance_pb2.Provenance(
         request_id=request.request_id,
+        adapter=request.adapter.engine.name if request.adapter else "",
+        adapter_revision=request.adapter.revision if request.adapter else "",
         model_id=engine.model_id,
         model_revision=engine.model_revision,
         engine_name=engine.engine_name,

@@ -14,6 +14,7 @@ from ananke.v1 import inference_service_pb2, inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from .adapter_rpcs import ADMIN_METHODS
 from .auth import ApiKeys, load_api_keys
 from .engine_api import Engine
 from .interceptors import interceptors
@@ -72,7 +73,14 @@ def build_server(
     API-key check if keys are set, then the decode check."""
     metrics = metrics or Metrics()
     keys = load_api_keys(settings)
-    chain = interceptors(metrics, ApiKeys(keys) if keys else None, settings.auth_exempt_services)
+    admin = settings.admin_api_keys
+    chain = interceptors(
+        metrics,
+        ApiKeys(keys) if keys else None,
+        settings.auth_exempt_services,
+        ApiKeys(admin) if admin else None,
+        ADMIN_METHODS,
+    )
     server = grpc.aio.server(options=server_options(settings), interceptors=chain)
     health = HealthServicer()
     state = ServingState(health, HEALTH_NAMES, metrics)
@@ -163,6 +171,7 @@ async def serve(settings: Settings) -> int:
             return 0
         loading.result()
         running.servicer.engine_ready()
+        await running.servicer.preload_adapters()
         await state.serve()
         log.info("SERVING %s on %s:%d", engine.info.model_id, settings.host, running.port)
         watcher = asyncio.create_task(_watch_engine(running))

@@ -22,6 +22,8 @@ from ananke.v1 import (
 )
 from google.protobuf import duration_pb2
 
+from .adapter_rpcs import AdapterRpcs
+from .adapters import Adapters
 from .admission import Admission
 from .candidates import gather_response, token_list
 from .constraints import LLGUIDANCE_VERSION, SUPPORTED_KINDS, ConstraintCompiler
@@ -59,7 +61,7 @@ class Counters:
     failed: int = 0
 
 
-class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
+class InferenceServicer(AdapterRpcs, inference_service_pb2_grpc.InferenceServiceServicer):
     """Serves ananke.v1.InferenceService on one engine."""
 
     def __init__(
@@ -72,6 +74,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self._compiler: ConstraintCompiler | None = None
         self._generations: Generations | None = None
         self._admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+        self.adapters = Adapters(settings, engine)
         self._started = time.monotonic()
         self.counters = Counters()
         self.metrics = metrics
@@ -108,7 +111,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             self._admission,
             self.metrics,
             self._placement,
+            self.adapters,
         )
+
+    async def preload_adapters(self) -> None:
+        """Loads the settings' lora_adapters (before the server is SERVING)."""
+        await self.adapters.preload()
 
     def close(self) -> None:
         """Releases the compile and tokenizing threads."""
@@ -127,6 +135,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         if self._compiler is None:  # SERVING comes after engine_ready()
             raise unavailable(Phase.LOADING)
         return self._compiler
+
+    def _check_ready(self) -> None:
+        self._compiler_or_unavailable()
 
     # -- RPCs -------------------------------------------------------------------
 
@@ -258,6 +269,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             max_logprobs=self._settings.max_logprobs,
             logprobs_mode=logprobs_mode_proto(info.logprobs_mode),
             **reasoning_info(self._settings),
+            lora_enabled=self.adapters.enabled,
+            adapters=[a.to_proto() for a in self.adapters.listed()],
         )
 
     async def GetServerStats(

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .lora_settings import lora_checks
+
 DEFAULT_MODEL = "default"  # SmolLM2-135M-Instruct, prepared from PyPI (model_prep)
 ENV_PREFIX = "ANANKE_"
 # vLLM 0.32's names, copied so that settings need no vllm import; a test compares
@@ -85,8 +87,13 @@ class Settings:
     distributed_executor_backend: str = "mp"
     fast_forward: bool = True
     fast_forward_tokens: int = 8
+    enable_lora: bool = False  # off: vLLM reserves LoRA buffers and wraps layers when on
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    lora_adapters: tuple[str, ...] = ()  # "name=/path" loaded at startup
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_keys_file: str = ""
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
     auth_exempt_services: tuple[str, ...] = AUTH_EXEMPT_DEFAULT
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -160,6 +167,13 @@ _HELP: dict[str, str] = {
     "fast_forward_tokens": "most forced tokens appended per model step (the draft length)",
     "api_keys": "comma-separated API keys; empty (and no api_keys_file) disables authentication",
     "api_keys_file": "file with one API key per line (# comments), added to api_keys",
+    "admin_api_keys": "comma-separated admin keys: also valid API keys, and the only keys "
+    "LoadAdapter/UnloadAdapter accept while authentication is on",
+    "enable_lora": "serve LoRA adapters (GenerationRequest.adapter, LoadAdapter)",
+    "max_loras": "most LoRA adapters loaded at once (vLLM max_loras and max_cpu_loras)",
+    "max_lora_rank": "largest LoRA rank accepted (vLLM max_lora_rank: 1, 8, 16, 32, 64, 128, "
+    "256, 320 or 512)",
+    "lora_adapters": "comma-separated name=/abs/folder LoRA adapters loaded at startup",
     "auth_exempt_services": "comma-separated gRPC services callable without a key",
     "tls_cert_file": "PEM server certificate chain; set with tls_key_file to serve TLS",
     "tls_key_file": "PEM private key of tls_cert_file",
@@ -229,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in _fields():
         env = ENV_PREFIX + f.name.upper()
         default = getattr(Settings(), f.name)
-        shown = "" if f.name == "api_keys" else f" (default {_shown(default)})"
+        shown = "" if f.name.endswith("api_keys") else f" (default {_shown(default)})"
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
             # `--name`, `--name VALUE` and `--no-name` all work for booleans.
@@ -337,6 +351,7 @@ def validate_settings(settings: Settings) -> None:
         (0 <= settings.metrics_port <= 65535, "metrics_port must be 0..65535"),
         (settings.event_loop in {"uvloop", "asyncio"}, "event_loop must be uvloop or asyncio"),
         *_engine_checks(settings),
+        *lora_checks(settings),
         (settings.steer_margin_tokens >= 0, "steer_margin_tokens must be >= 0"),
         (settings.steer_check_every_tokens >= 1, "steer_check_every_tokens must be >= 1"),
         (settings.steer_search_nodes >= 1, "steer_search_nodes must be >= 1"),

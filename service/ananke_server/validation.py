@@ -10,11 +10,15 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ananke.v1 import generation_pb2, inference_service_pb2
 
 from .errors import invalid
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .adapters import LoadedAdapter
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_MESSAGES = 1000
@@ -68,6 +72,7 @@ class ValidatedRequest:
     sampling: Sampling
     metadata: Mapping[str, str]
     context: generation_pb2.GenerationContext
+    adapter: LoadedAdapter | None = None  # the LoRA adapter (set once resolved)
 
 
 def validate_generation(

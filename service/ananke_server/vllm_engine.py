@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
@@ -36,9 +36,9 @@ from .engine_api import (
     EngineDelta,
     EngineInfo,
     EngineParams,
+    LoraAdapter,
     PositionLogprobs,
     PromptTokens,
-    TokenLogprob,
     model_revision,
     package_version,
 )
@@ -49,6 +49,7 @@ from .engine_config import (
     requested_settings,
     resolved_settings,
 )
+from .engine_logprobs import output_logprobs, prompt_logprobs
 from .errors import EngineDeadError, EngineRejectedError
 from .request_grammar import GRAMMAR_ARG, SENTINEL_GRAMMAR, SENTINEL_TEXT, RequestSpec
 
@@ -256,7 +257,12 @@ class VllmEngine:
             )
         except ValueError as error:  # vLLM's own checks of a combination we let through
             raise EngineRejectedError(str(error)) from error
-        stream = self._llm.generate({"prompt_token_ids": prompt.token_ids}, sampling, request_id)
+        stream = self._llm.generate(
+            {"prompt_token_ids": prompt.token_ids},
+            sampling,
+            request_id,
+            lora_request=_lora_request(params.adapter),
+        )
         prompt_sent: set[int] = set()
         produced: dict[int, int] = {}
         try:
@@ -271,7 +277,7 @@ class VllmEngine:
                     prompt_lps: tuple[PositionLogprobs, ...] = ()
                     if output.prompt_logprobs and completion.index not in prompt_sent:
                         prompt_sent.add(completion.index)
-                        prompt_lps = _prompt_logprobs(
+                        prompt_lps = prompt_logprobs(
                             output.prompt_logprobs, prompt.token_ids, params.prompt_logprobs
                         )
                     yield EngineDelta(
@@ -282,7 +288,7 @@ class VllmEngine:
                         stop_reason=completion.stop_reason,
                         index=index,
                         forced_tokens=_forced(completion, produced[index]) if finished else 0,
-                        logprobs=_output_logprobs(completion.logprobs, token_ids, params.logprobs),
+                        logprobs=output_logprobs(completion.logprobs, token_ids, params.logprobs),
                         prompt_logprobs=prompt_lps,
                         cached_tokens=int(output.num_cached_tokens or 0),
                     )
@@ -298,6 +304,19 @@ class VllmEngine:
         if self._llm is None:
             return 0
         return int(self._llm.get_num_unfinished_requests())
+
+    async def load_adapter(self, adapter: LoraAdapter) -> None:
+        """Loads the adapter into the engine (all its workers) now, not at first use."""
+        try:
+            added = await self._llm.add_lora(_lora_request(adapter))
+        except Exception as error:  # vLLM's EngineCore reports a refusal as a failed call
+            raise EngineRejectedError(str(error)) from error
+        if not added:
+            raise EngineRejectedError(f"vLLM did not load the adapter {adapter.name}")
+
+    async def unload_adapter(self, adapter: LoraAdapter) -> None:
+        """Drops the adapter from the engine's memory."""
+        await self._llm.remove_lora(adapter.lora_id)
 
     async def check_health(self) -> None:
         """Raises EngineDeadError when the EngineCore is gone."""
@@ -327,53 +346,10 @@ def _forced(completion: Any, produced: int) -> int:
     return max(0, min(int(accepted), produced - 1))
 
 
-def _position(entries: Any, token_id: int, top: int) -> PositionLogprobs | None:
-    """One position of vLLM's logprobs ({id: Logprob}): the token there and
-    the `top` most likely alternatives. Alternatives a mask removed (-inf)
-    are left out."""
-    if not entries:
+def _lora_request(adapter: LoraAdapter | None) -> LoRARequest | None:
+    if adapter is None:
         return None
-    chosen = entries.get(token_id)
-    if chosen is None:
-        return None
-    ranked = sorted(
-        (
-            TokenLogprob(int(t), float(lp.logprob), int(lp.rank or 0))
-            for t, lp in entries.items()
-            if math.isfinite(lp.logprob)
-        ),
-        key=lambda e: (e.rank, e.token_id),
-    )
-    logprob, rank = float(chosen.logprob), int(chosen.rank or 0)
-    if math.isnan(logprob):
-        # A token accepted as a fast-forward draft has no sampled distribution:
-        # it was the only token the constraint mask allowed (probability 1).
-        logprob, rank = 0.0, 1
-        ranked = [TokenLogprob(token_id, 0.0, 1)]
-    return PositionLogprobs(
-        token=TokenLogprob(token_id, logprob, rank),
-        top=tuple(ranked[:top]),
-    )
-
-
-def _output_logprobs(
-    logprobs: Any, token_ids: tuple[int, ...], top: int | None
-) -> tuple[PositionLogprobs, ...]:
-    if top is None or not logprobs:
-        return ()
-    positions = (_position(logprobs[i], t, top) for i, t in enumerate(token_ids))
-    return tuple(p for p in positions if p is not None)
-
-
-def _prompt_logprobs(
-    logprobs: Any, prompt_ids: Sequence[int], top: int | None
-) -> tuple[PositionLogprobs, ...]:
-    if top is None:
-        return ()
-    positions = (
-        _position(logprobs[i], t, top) for i, t in enumerate(prompt_ids) if i < len(logprobs)
-    )
-    return tuple(p for p in positions if p is not None)
+    return LoRARequest(adapter.name, adapter.lora_id, adapter.path)
 
 
 def _on_cpu() -> bool:

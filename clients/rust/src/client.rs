@@ -23,6 +23,8 @@ use crate::result::GenerationResult;
 use crate::retry::{CallKind, RetryPolicy};
 use crate::stream::GenerationStream;
 
+mod adapters;
+
 /// How a [`Client`] connects and calls (the Python client's keyword
 /// arguments of the same names).
 #[derive(Clone, Debug, Default)]

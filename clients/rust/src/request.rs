@@ -190,6 +190,14 @@ impl GenerationRequest {
         self
     }
 
+    /// Generates with the LoRA adapter loaded under `name` (see
+    /// `Client::load_adapter`); empty: the base model.
+    #[must_use]
+    pub fn with_adapter(mut self, name: impl Into<String>) -> Self {
+        self.adapter = name.into();
+        self
+    }
+
     /// Adds a metadata label, echoed in provenance.
     #[must_use]
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -238,7 +246,8 @@ mod tests {
             .with_stop("\n")
             .with_context("src/main.rs", "rust")
             .with_metadata("k", "v")
-            .with_request_id("r1");
+            .with_request_id("r1")
+            .with_adapter("style");
         assert_eq!(req.prompt, "p");
         assert_eq!(req.constraints.len(), 1);
         let sampling = req.sampling.expect("sampling set");
@@ -252,6 +261,7 @@ mod tests {
         assert_eq!(context.language, "rust");
         assert_eq!(req.metadata["k"], "v");
         assert_eq!(req.request_id, "r1");
+        assert_eq!(req.adapter, "style");
     }
 
     #[test]

@@ -471,3 +471,44 @@ async fn sampling_controls_apply() {
         .unwrap_err();
     assert_eq!(err.reason(), Some("TOKEN_ID_INVALID"));
 }
+
+#[tokio::test]
+async fn lora_calls_on_a_server_without_lora() {
+    let Some((client, _guard)) = live_client().await else {
+        return;
+    };
+    // The shared live server runs without --enable-lora (tests/test_lora_e2e.py
+    // covers adapters on a server with LoRA on).
+    let listed = client.list_adapters().await.expect("ListAdapters");
+    assert!(!listed.lora_enabled);
+    assert!(listed.adapters.is_empty());
+    assert_eq!(listed.max_adapters, 0);
+
+    let request = GenerationRequest::from_prompt("Hello")
+        .with_max_tokens(4)
+        .with_adapter("style");
+    let err = client
+        .generate(request)
+        .await
+        .expect_err("an adapter on a server without LoRA must fail");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(err.reason(), Some("LORA_DISABLED"), "{err}");
+
+    let err = client
+        .load_adapter("style", "/nonexistent")
+        .await
+        .expect_err("loading on a server without LoRA must fail");
+    assert_eq!(err.reason(), Some("LORA_DISABLED"), "{err}");
+    let err = client
+        .unload_adapter("style")
+        .await
+        .expect_err("unloading on a server without LoRA must fail");
+    assert_eq!(err.reason(), Some("LORA_DISABLED"), "{err}");
+
+    // The base model (no adapter) is unaffected.
+    let base = client
+        .generate(GenerationRequest::from_prompt("Hello").with_max_tokens(4))
+        .await
+        .expect("base generation");
+    assert_eq!(base.provenance.adapter, "");
+}

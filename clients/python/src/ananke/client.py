@@ -259,6 +259,42 @@ class AnankeClient(ClientBase):
             self._stub.GetModelInfo, request, CallKind.IDEMPOTENT, timeout, call_metadata
         )
 
+    def load_adapter(
+        self,
+        name: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        call_metadata: CallMetadata = None,
+    ) -> inference_service_pb2.AdapterInfo:
+        """Load the LoRA adapter in the server-side folder `path` (absolute) under
+        `name`, for generate(adapter=name). Needs an admin key when the server
+        has API keys."""
+        request = inference_service_pb2.LoadAdapterRequest(name=name, path=path)
+        response = self._call(
+            self._stub.LoadAdapter, request, CallKind.GENERATE, timeout, call_metadata
+        )
+        return response.adapter
+
+    def unload_adapter(
+        self, name: str, *, timeout: float | None = None, call_metadata: CallMetadata = None
+    ) -> inference_service_pb2.AdapterInfo:
+        """Unload a LoRA adapter (admin key needed when the server has API keys)."""
+        request = inference_service_pb2.UnloadAdapterRequest(name=name)
+        response = self._call(
+            self._stub.UnloadAdapter, request, CallKind.GENERATE, timeout, call_metadata
+        )
+        return response.adapter
+
+    def list_adapters(
+        self, *, timeout: float | None = None, call_metadata: CallMetadata = None
+    ) -> inference_service_pb2.ListAdaptersResponse:
+        """The LoRA adapters loaded on the server, and its LoRA limits."""
+        request = inference_service_pb2.ListAdaptersRequest()
+        return self._call(
+            self._stub.ListAdapters, request, CallKind.IDEMPOTENT, timeout, call_metadata
+        )
+
     def server_stats(
         self, *, timeout: float | None = None, call_metadata: CallMetadata = None
     ) -> inference_service_pb2.GetServerStatsResponse:

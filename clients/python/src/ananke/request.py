@@ -60,6 +60,7 @@ class GenerationArgs(TypedDict, total=False):
     prompt_logprobs: int | None
     reasoning: bool | None
     reasoning_max_chars: int | None
+    adapter: str | None
 
 
 # Optional SamplingParams scalars copied as given when not None.
@@ -83,7 +84,8 @@ def build_generation_request(
     Sampling fields left as None take the server's defaults (see
     generation.proto SamplingParams for each range). `n` asks for several
     candidates; `logprobs` (0 to the server's max_logprobs) returns each
-    output token's log probability with that many alternatives.
+    output token's log probability with that many alternatives. `adapter`
+    names a LoRA adapter loaded on the server (None or "": the base model).
     """
     unknown = set(args) - set(GenerationArgs.__annotations__)
     if unknown:
@@ -132,4 +134,6 @@ def build_generation_request(
         request.reasoning = reasoning
     if (reasoning_max_chars := args.get("reasoning_max_chars")) is not None:
         request.reasoning_max_chars = reasoning_max_chars
+    if adapter := args.get("adapter"):
+        request.adapter = adapter
     return request

@@ -202,6 +202,45 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ErrorInfo metadata: "field".
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
+    ADAPTER_NOT_FOUND: _ErrorReason.ValueType  # 120
+    """NOT_FOUND: GenerationRequest.adapter or UnloadAdapterRequest.name names
+    no loaded LoRA adapter (metadata "adapter"; see ListAdapters).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ADAPTER_INVALID: _ErrorReason.ValueType  # 121
+    """INVALID_ARGUMENT: a LoadAdapter request is not a loadable LoRA adapter:
+    a bad name, a path that is not an absolute local folder, no
+    adapter_config.json or no adapter_model.safetensors/.bin in it, a config
+    that is not a LoRA one, or a rank above the server's max_lora_rank
+    (metadata "field", and "rank"/"limit" for the rank).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ADAPTER_EXISTS: _ErrorReason.ValueType  # 122
+    """ALREADY_EXISTS: LoadAdapter with the name of an adapter already loaded
+    (unload it first) (metadata "adapter").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ADAPTER_LIMIT_REACHED: _ErrorReason.ValueType  # 123
+    """RESOURCE_EXHAUSTED: LoadAdapter while max_loras adapters are loaded
+    (metadata "limit"); unload one first.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ADAPTER_IN_USE: _ErrorReason.ValueType  # 124
+    """FAILED_PRECONDITION: UnloadAdapter while generations with the adapter
+    are running (metadata "adapter", "running").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    LORA_DISABLED: _ErrorReason.ValueType  # 125
+    """FAILED_PRECONDITION: a LoRA request (an adapter in GenerationRequest,
+    LoadAdapter, UnloadAdapter) to a server started without enable_lora.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+    ADMIN_KEY_REQUIRED: _ErrorReason.ValueType  # 126
+    """PERMISSION_DENIED: an admin call (LoadAdapter, UnloadAdapter) with an API
+    key that is valid but not one of the server's admin_api_keys; with API
+    keys on and no admin key configured, admin calls are refused to all.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons the service puts in `google.rpc.ErrorInfo.reason` (domain
@@ -390,6 +429,45 @@ buf:lint:ignore ENUM_VALUE_PREFIX
 REASONING_INVALID: ErrorReason.ValueType  # 131
 """INVALID_ARGUMENT: reasoning_max_chars is 0 or above the server's cap.
 ErrorInfo metadata: "field".
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ADAPTER_NOT_FOUND: ErrorReason.ValueType  # 120
+"""NOT_FOUND: GenerationRequest.adapter or UnloadAdapterRequest.name names
+no loaded LoRA adapter (metadata "adapter"; see ListAdapters).
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ADAPTER_INVALID: ErrorReason.ValueType  # 121
+"""INVALID_ARGUMENT: a LoadAdapter request is not a loadable LoRA adapter:
+a bad name, a path that is not an absolute local folder, no
+adapter_config.json or no adapter_model.safetensors/.bin in it, a config
+that is not a LoRA one, or a rank above the server's max_lora_rank
+(metadata "field", and "rank"/"limit" for the rank).
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ADAPTER_EXISTS: ErrorReason.ValueType  # 122
+"""ALREADY_EXISTS: LoadAdapter with the name of an adapter already loaded
+(unload it first) (metadata "adapter").
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ADAPTER_LIMIT_REACHED: ErrorReason.ValueType  # 123
+"""RESOURCE_EXHAUSTED: LoadAdapter while max_loras adapters are loaded
+(metadata "limit"); unload one first.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ADAPTER_IN_USE: ErrorReason.ValueType  # 124
+"""FAILED_PRECONDITION: UnloadAdapter while generations with the adapter
+are running (metadata "adapter", "running").
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+LORA_DISABLED: ErrorReason.ValueType  # 125
+"""FAILED_PRECONDITION: a LoRA request (an adapter in GenerationRequest,
+LoadAdapter, UnloadAdapter) to a server started without enable_lora.
+buf:lint:ignore ENUM_VALUE_PREFIX
+"""
+ADMIN_KEY_REQUIRED: ErrorReason.ValueType  # 126
+"""PERMISSION_DENIED: an admin call (LoadAdapter, UnloadAdapter) with an API
+key that is valid but not one of the server's admin_api_keys; with API
+keys on and no admin key configured, admin calls are refused to all.
 buf:lint:ignore ENUM_VALUE_PREFIX
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

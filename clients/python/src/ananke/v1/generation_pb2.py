@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ananke.v1 import constraints_pb2 as ananke_dot_v1_dot_constraints__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61nanke/v1/generation.proto\x12\tananke.v1\x1a\x1b\x61nanke/v1/constraints.proto\"\xad\x04\n\x11GenerationRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32\x16.ananke.v1.ChatMessageR\x08messages\x12\x39\n\x0b\x63onstraints\x18\x04 \x03(\x0b\x32\x17.ananke.v1.ConstraintIRR\x0b\x63onstraints\x12\x35\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ananke.v1.SamplingParamsR\x08sampling\x12\x36\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x1c.ananke.v1.GenerationContextR\x07\x63ontext\x12\x46\n\x08metadata\x18\x07 \x03(\x0b\x32*.ananke.v1.GenerationRequest.MetadataEntryR\x08metadata\x12\"\n\treasoning\x18\x82\x01 \x01(\x08H\x00R\treasoning\x88\x01\x01\x12\x34\n\x13reasoning_max_chars\x18\x83\x01 \x01(\rH\x01R\x11reasoningMaxChars\x88\x01\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x0c\n\n_reasoningB\x16\n\x14_reasoning_max_chars\"P\n\x0b\x43hatMessage\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x13.ananke.v1.ChatRoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"\xec\x06\n\x0eSamplingParams\x12\"\n\nmax_tokens\x18\x01 \x01(\rH\x00R\tmaxTokens\x88\x01\x01\x12%\n\x0btemperature\x18\x02 \x01(\x02H\x01R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x03 \x01(\x02H\x02R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x04 \x01(\rH\x03R\x04topK\x88\x01\x01\x12\x17\n\x04seed\x18\x05 \x01(\x04H\x04R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x11\n\x01n\x18\x14 \x01(\rH\x05R\x01n\x88\x01\x01\x12\"\n\nmin_tokens\x18\x15 \x01(\rH\x06R\tminTokens\x88\x01\x01\x12$\n\x0estop_token_ids\x18\x16 \x03(\rR\x0cstopTokenIds\x12\x32\n\x12repetition_penalty\x18\x17 \x01(\x02H\x07R\x11repetitionPenalty\x88\x01\x01\x12.\n\x10presence_penalty\x18\x18 \x01(\x02H\x08R\x0fpresencePenalty\x88\x01\x01\x12\x30\n\x11\x66requency_penalty\x18\x19 \x01(\x02H\tR\x10\x66requencyPenalty\x88\x01\x01\x12G\n\nlogit_bias\x18\x1a \x03(\x0b\x32(.ananke.v1.SamplingParams.LogitBiasEntryR\tlogitBias\x12\"\n\nignore_eos\x18\x1b \x01(\x08H\nR\tignoreEos\x88\x01\x01\x12\x1f\n\x08logprobs\x18\x1c \x01(\rH\x0bR\x08logprobs\x88\x01\x01\x12,\n\x0fprompt_logprobs\x18\x1d \x01(\rH\x0cR\x0epromptLogprobs\x88\x01\x01\x1a<\n\x0eLogitBiasEntry\x12\x10\n\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x02R\x05value:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x04\n\x02_nB\r\n\x0b_min_tokensB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\r\n\x0b_ignore_eosB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x8c\x01\n\x0cTokenLogprob\x12\x19\n\x08token_id\x18\x01 \x01(\rR\x07tokenId\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1f\n\x0btoken_bytes\x18\x03 \x01(\x0cR\ntokenBytes\x12\x18\n\x07logprob\x18\x04 \x01(\x02R\x07logprob\x12\x12\n\x04rank\x18\x05 \x01(\rR\x04rank\"l\n\x10PositionLogprobs\x12-\n\x05token\x18\x01 \x01(\x0b\x32\x17.ananke.v1.TokenLogprobR\x05token\x12)\n\x03top\x18\x02 \x03(\x0b\x32\x17.ananke.v1.TokenLogprobR\x03top\"u\n\x11GenerationContext\x12!\n\x0c\x63urrent_file\x18\x01 \x01(\tR\x0b\x63urrentFile\x12\x1a\n\x08language\x18\x02 \x01(\tR\x08language\x12!\n\x0cproject_root\x18\x03 \x01(\tR\x0bprojectRoot\"\x8b\x01\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\rR\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\rR\x10\x63ompletionTokens\x12\x30\n\x14\x63\x61\x63hed_prompt_tokens\x18\x14 \x01(\rR\x12\x63\x61\x63hedPromptTokens*h\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03*a\n\x0cLogprobsMode\x12\x1d\n\x19LOGPROBS_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17LOGPROBS_MODE_PROCESSED\x10\x01\x12\x15\n\x11LOGPROBS_MODE_RAW\x10\x02*\xb6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x46INISH_REASON_END_OF_SEQUENCE\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x03\x12%\n!FINISH_REASON_CONSTRAINT_COMPLETE\x10\x04\x42\x45\n\rdev.ananke.v1P\x01Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61nanke/v1/generation.proto\x12\tananke.v1\x1a\x1b\x61nanke/v1/constraints.proto\"\xc7\x04\n\x11GenerationRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32\x16.ananke.v1.ChatMessageR\x08messages\x12\x39\n\x0b\x63onstraints\x18\x04 \x03(\x0b\x32\x17.ananke.v1.ConstraintIRR\x0b\x63onstraints\x12\x35\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.ananke.v1.SamplingParamsR\x08sampling\x12\x36\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x1c.ananke.v1.GenerationContextR\x07\x63ontext\x12\x46\n\x08metadata\x18\x07 \x03(\x0b\x32*.ananke.v1.GenerationRequest.MetadataEntryR\x08metadata\x12\x18\n\x07\x61\x64\x61pter\x18x \x01(\tR\x07\x61\x64\x61pter\x12\"\n\treasoning\x18\x82\x01 \x01(\x08H\x00R\treasoning\x88\x01\x01\x12\x34\n\x13reasoning_max_chars\x18\x83\x01 \x01(\rH\x01R\x11reasoningMaxChars\x88\x01\x01\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x0c\n\n_reasoningB\x16\n\x14_reasoning_max_chars\"P\n\x0b\x43hatMessage\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x13.ananke.v1.ChatRoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"\xec\x06\n\x0eSamplingParams\x12\"\n\nmax_tokens\x18\x01 \x01(\rH\x00R\tmaxTokens\x88\x01\x01\x12%\n\x0btemperature\x18\x02 \x01(\x02H\x01R\x0btemperature\x88\x01\x01\x12\x18\n\x05top_p\x18\x03 \x01(\x02H\x02R\x04topP\x88\x01\x01\x12\x18\n\x05top_k\x18\x04 \x01(\rH\x03R\x04topK\x88\x01\x01\x12\x17\n\x04seed\x18\x05 \x01(\x04H\x04R\x04seed\x88\x01\x01\x12\x12\n\x04stop\x18\x06 \x03(\tR\x04stop\x12\x11\n\x01n\x18\x14 \x01(\rH\x05R\x01n\x88\x01\x01\x12\"\n\nmin_tokens\x18\x15 \x01(\rH\x06R\tminTokens\x88\x01\x01\x12$\n\x0estop_token_ids\x18\x16 \x03(\rR\x0cstopTokenIds\x12\x32\n\x12repetition_penalty\x18\x17 \x01(\x02H\x07R\x11repetitionPenalty\x88\x01\x01\x12.\n\x10presence_penalty\x18\x18 \x01(\x02H\x08R\x0fpresencePenalty\x88\x01\x01\x12\x30\n\x11\x66requency_penalty\x18\x19 \x01(\x02H\tR\x10\x66requencyPenalty\x88\x01\x01\x12G\n\nlogit_bias\x18\x1a \x03(\x0b\x32(.ananke.v1.SamplingParams.LogitBiasEntryR\tlogitBias\x12\"\n\nignore_eos\x18\x1b \x01(\x08H\nR\tignoreEos\x88\x01\x01\x12\x1f\n\x08logprobs\x18\x1c \x01(\rH\x0bR\x08logprobs\x88\x01\x01\x12,\n\x0fprompt_logprobs\x18\x1d \x01(\rH\x0cR\x0epromptLogprobs\x88\x01\x01\x1a<\n\x0eLogitBiasEntry\x12\x10\n\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x02R\x05value:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x04\n\x02_nB\r\n\x0b_min_tokensB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\r\n\x0b_ignore_eosB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x8c\x01\n\x0cTokenLogprob\x12\x19\n\x08token_id\x18\x01 \x01(\rR\x07tokenId\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1f\n\x0btoken_bytes\x18\x03 \x01(\x0cR\ntokenBytes\x12\x18\n\x07logprob\x18\x04 \x01(\x02R\x07logprob\x12\x12\n\x04rank\x18\x05 \x01(\rR\x04rank\"l\n\x10PositionLogprobs\x12-\n\x05token\x18\x01 \x01(\x0b\x32\x17.ananke.v1.TokenLogprobR\x05token\x12)\n\x03top\x18\x02 \x03(\x0b\x32\x17.ananke.v1.TokenLogprobR\x03top\"u\n\x11GenerationContext\x12!\n\x0c\x63urrent_file\x18\x01 \x01(\tR\x0b\x63urrentFile\x12\x1a\n\x08language\x18\x02 \x01(\tR\x08language\x12!\n\x0cproject_root\x18\x03 \x01(\tR\x0bprojectRoot\"\x8b\x01\n\x05Usage\x12#\n\rprompt_tokens\x18\x01 \x01(\rR\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x02 \x01(\rR\x10\x63ompletionTokens\x12\x30\n\x14\x63\x61\x63hed_prompt_tokens\x18\x14 \x01(\rR\x12\x63\x61\x63hedPromptTokens*h\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03*a\n\x0cLogprobsMode\x12\x1d\n\x19LOGPROBS_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17LOGPROBS_MODE_PROCESSED\x10\x01\x12\x15\n\x11LOGPROBS_MODE_RAW\x10\x02*\xb6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x46INISH_REASON_END_OF_SEQUENCE\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x03\x12%\n!FINISH_REASON_CONSTRAINT_COMPLETE\x10\x04\x42\x45\n\rdev.ananke.v1P\x01Z2github.com/ananke/ananke/gen/go/ananke/v1;anankev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,28 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_CHATROLE']._serialized_start=2105
-  _globals['_CHATROLE']._serialized_end=2209
-  _globals['_LOGPROBSMODE']._serialized_start=2211
-  _globals['_LOGPROBSMODE']._serialized_end=2308
-  _globals['_FINISHREASON']._serialized_start=2311
-  _globals['_FINISHREASON']._serialized_end=2493
+  _globals['_CHATROLE']._serialized_start=2131
+  _globals['_CHATROLE']._serialized_end=2235
+  _globals['_LOGPROBSMODE']._serialized_start=2237
+  _globals['_LOGPROBSMODE']._serialized_end=2334
+  _globals['_FINISHREASON']._serialized_start=2337
+  _globals['_FINISHREASON']._serialized_end=2519
   _globals['_GENERATIONREQUEST']._serialized_start=71
-  _globals['_GENERATIONREQUEST']._serialized_end=628
-  _globals['_GENERATIONREQUEST_METADATAENTRY']._serialized_start=531
-  _globals['_GENERATIONREQUEST_METADATAENTRY']._serialized_end=590
-  _globals['_CHATMESSAGE']._serialized_start=630
-  _globals['_CHATMESSAGE']._serialized_end=710
-  _globals['_SAMPLINGPARAMS']._serialized_start=713
-  _globals['_SAMPLINGPARAMS']._serialized_end=1589
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1334
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1394
-  _globals['_TOKENLOGPROB']._serialized_start=1592
-  _globals['_TOKENLOGPROB']._serialized_end=1732
-  _globals['_POSITIONLOGPROBS']._serialized_start=1734
-  _globals['_POSITIONLOGPROBS']._serialized_end=1842
-  _globals['_GENERATIONCONTEXT']._serialized_start=1844
-  _globals['_GENERATIONCONTEXT']._serialized_end=1961
-  _globals['_USAGE']._serialized_start=1964
-  _globals['_USAGE']._serialized_end=2103
+  _globals['_GENERATIONREQUEST']._serialized_end=654
+  _globals['_GENERATIONREQUEST_METADATAENTRY']._serialized_start=557
+  _globals['_GENERATIONREQUEST_METADATAENTRY']._serialized_end=616
+  _globals['_CHATMESSAGE']._serialized_start=656
+  _globals['_CHATMESSAGE']._serialized_end=736
+  _globals['_SAMPLINGPARAMS']._serialized_start=739
+  _globals['_SAMPLINGPARAMS']._serialized_end=1615
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1360
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1420
+  _globals['_TOKENLOGPROB']._serialized_start=1618
+  _globals['_TOKENLOGPROB']._serialized_end=1758
+  _globals['_POSITIONLOGPROBS']._serialized_start=1760
+  _globals['_POSITIONLOGPROBS']._serialized_end=1868
+  _globals['_GENERATIONCONTEXT']._serialized_start=1870
+  _globals['_GENERATIONCONTEXT']._serialized_end=1987
+  _globals['_USAGE']._serialized_start=1990
+  _globals['_USAGE']._serialized_end=2129
 # @@protoc_insertion_point(module_scope)

@@ -177,6 +177,7 @@ class GenerationRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
     REASONING_MAX_CHARS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
@@ -188,6 +189,13 @@ class GenerationRequest(_message.Message):
     """The raw prompt, continued as is (no chat template). Exactly one of
     `prompt` and `messages` is set and non-empty. At most the model's context
     length in tokens, minus max_tokens.
+    """
+    adapter: _builtins.str
+    """Optional. The name of a LoRA adapter loaded on this server (see
+    InferenceService.LoadAdapter and ListAdapters) to generate with; empty:
+    the base model. An adapter that is not loaded fails the call with
+    NOT_FOUND ADAPTER_NOT_FOUND; a server without LoRA enabled answers
+    FAILED_PRECONDITION LORA_DISABLED to a non-empty name.
     """
     reasoning: _builtins.bool
     """Optional. Whether the output starts with reasoning (the model thinks
@@ -267,12 +275,13 @@ class GenerationRequest(_message.Message):
         sampling: Global___SamplingParams | None = ...,
         context: Global___GenerationContext | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        adapter: _builtins.str = ...,
         reasoning: _builtins.bool | None = ...,
         reasoning_max_chars: _builtins.int | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_reasoning_max_chars", b"_reasoning_max_chars", "context", b"context", "reasoning", b"reasoning", "reasoning_max_chars", b"reasoning_max_chars", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_reasoning_max_chars", b"_reasoning_max_chars", "constraints", b"constraints", "context", b"context", "messages", b"messages", "metadata", b"metadata", "prompt", b"prompt", "reasoning", b"reasoning", "reasoning_max_chars", b"reasoning_max_chars", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning", "_reasoning_max_chars", b"_reasoning_max_chars", "adapter", b"adapter", "constraints", b"constraints", "context", b"context", "messages", b"messages", "metadata", b"metadata", "prompt", b"prompt", "reasoning", b"reasoning", "reasoning_max_chars", b"reasoning_max_chars", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__reasoning: _TypeAlias = _typing.Literal["reasoning"]  # noqa: Y015
     _WhichOneofArgType__reasoning: _TypeAlias = _typing.Literal["_reasoning", b"_reasoning"]  # noqa: Y015

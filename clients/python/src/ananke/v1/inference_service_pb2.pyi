@@ -23,6 +23,211 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class LoadAdapterRequest(_message.Message):
+    """Request of InferenceService.LoadAdapter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The name requests will use: 1 to 64 characters of letters,
+    digits, '.', '_' and '-', starting with a letter or digit.
+    """
+    path: _builtins.str
+    """Required. Absolute path of a local folder on the server holding a PEFT
+    LoRA adapter (adapter_config.json and adapter_model.safetensors or
+    adapter_model.bin) made for the served model. Hub ids and URLs are
+    refused.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadAdapterRequest: _TypeAlias = LoadAdapterRequest  # noqa: Y015
+
+@_typing.final
+class LoadAdapterResponse(_message.Message):
+    """Response of InferenceService.LoadAdapter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapter(self) -> Global___AdapterInfo:
+        """The adapter as loaded."""
+
+    def __init__(
+        self,
+        *,
+        adapter: Global___AdapterInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadAdapterResponse: _TypeAlias = LoadAdapterResponse  # noqa: Y015
+
+@_typing.final
+class UnloadAdapterRequest(_message.Message):
+    """Request of InferenceService.UnloadAdapter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The name of a loaded adapter."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadAdapterRequest: _TypeAlias = UnloadAdapterRequest  # noqa: Y015
+
+@_typing.final
+class UnloadAdapterResponse(_message.Message):
+    """Response of InferenceService.UnloadAdapter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapter(self) -> Global___AdapterInfo:
+        """The adapter that was unloaded."""
+
+    def __init__(
+        self,
+        *,
+        adapter: Global___AdapterInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadAdapterResponse: _TypeAlias = UnloadAdapterResponse  # noqa: Y015
+
+@_typing.final
+class ListAdaptersRequest(_message.Message):
+    """Request of InferenceService.ListAdapters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAdaptersRequest: _TypeAlias = ListAdaptersRequest  # noqa: Y015
+
+@_typing.final
+class ListAdaptersResponse(_message.Message):
+    """Response of InferenceService.ListAdapters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    LORA_ENABLED_FIELD_NUMBER: _builtins.int
+    MAX_ADAPTERS_FIELD_NUMBER: _builtins.int
+    MAX_RANK_FIELD_NUMBER: _builtins.int
+    lora_enabled: _builtins.bool
+    """Whether the server runs with LoRA enabled (enable_lora)."""
+    max_adapters: _builtins.int
+    """Most adapters loaded at once (max_loras); 0 when LoRA is off."""
+    max_rank: _builtins.int
+    """Largest adapter rank accepted (max_lora_rank); 0 when LoRA is off."""
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdapterInfo]:
+        """The loaded adapters, in load order."""
+
+    def __init__(
+        self,
+        *,
+        adapters: _abc.Iterable[Global___AdapterInfo] | None = ...,
+        lora_enabled: _builtins.bool = ...,
+        max_adapters: _builtins.int = ...,
+        max_rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "lora_enabled", b"lora_enabled", "max_adapters", b"max_adapters", "max_rank", b"max_rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAdaptersResponse: _TypeAlias = ListAdaptersResponse  # noqa: Y015
+
+@_typing.final
+class AdapterInfo(_message.Message):
+    """A loaded LoRA adapter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    TARGET_MODULES_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name GenerationRequest.adapter selects it by."""
+    path: _builtins.str
+    """The folder it was loaded from."""
+    rank: _builtins.int
+    """Its rank (adapter_config.json "r")."""
+    alpha: _builtins.float
+    """Its LoRA alpha (adapter_config.json "lora_alpha")."""
+    base_model: _builtins.str
+    """The base model it declares (adapter_config.json
+    "base_model_name_or_path"); informational, not checked.
+    """
+    revision: _builtins.str
+    """Its revision, as Provenance.adapter_revision reports it."""
+    @_builtins.property
+    def target_modules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The modules it adapts (adapter_config.json "target_modules")."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        rank: _builtins.int = ...,
+        alpha: _builtins.float = ...,
+        target_modules: _abc.Iterable[_builtins.str] | None = ...,
+        base_model: _builtins.str = ...,
+        revision: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "base_model", b"base_model", "name", b"name", "path", b"path", "rank", b"rank", "revision", b"revision", "target_modules", b"target_modules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdapterInfo: _TypeAlias = AdapterInfo  # noqa: Y015
+
+@_typing.final
 class GenerateStreamRequest(_message.Message):
     """Request of InferenceService.GenerateStream."""
 
@@ -733,6 +938,8 @@ class GetModelInfoResponse(_message.Message):
     MAX_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOGPROBS_MODE_FIELD_NUMBER: _builtins.int
     ENGINE_SETTINGS_FIELD_NUMBER: _builtins.int
+    LORA_ENABLED_FIELD_NUMBER: _builtins.int
+    ADAPTERS_FIELD_NUMBER: _builtins.int
     REASONING_START_TAG_FIELD_NUMBER: _builtins.int
     REASONING_END_TAG_FIELD_NUMBER: _builtins.int
     REASONING_DEFAULT_FIELD_NUMBER: _builtins.int
@@ -763,6 +970,8 @@ class GetModelInfoResponse(_message.Message):
     """The server's cap on SamplingParams.logprobs and prompt_logprobs."""
     logprobs_mode: _generation_pb2.LogprobsMode.ValueType
     """Which distribution log probabilities come from."""
+    lora_enabled: _builtins.bool
+    """Whether requests may name a LoRA adapter (the enable_lora setting)."""
     reasoning_start_tag: _builtins.str
     """The tag that opens reasoning (for example "<think>"); empty when the
     server has no reasoning format (GenerationRequest.reasoning unavailable).
@@ -788,6 +997,10 @@ class GetModelInfoResponse(_message.Message):
         method is named).
         """
 
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdapterInfo]:
+        """The LoRA adapters loaded now (see ListAdapters)."""
+
     def __init__(
         self,
         *,
@@ -807,6 +1020,8 @@ class GetModelInfoResponse(_message.Message):
         max_logprobs: _builtins.int = ...,
         logprobs_mode: _generation_pb2.LogprobsMode.ValueType = ...,
         engine_settings: Global___EngineSettings | None = ...,
+        lora_enabled: _builtins.bool = ...,
+        adapters: _abc.Iterable[Global___AdapterInfo] | None = ...,
         reasoning_start_tag: _builtins.str = ...,
         reasoning_end_tag: _builtins.str = ...,
         reasoning_default: _builtins.bool = ...,
@@ -814,7 +1029,7 @@ class GetModelInfoResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine_settings", b"engine_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "logprobs_mode", b"logprobs_mode", "max_candidates", b"max_candidates", "max_constraint_bytes", b"max_constraint_bytes", "max_logprobs", b"max_logprobs", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "reasoning_default", b"reasoning_default", "reasoning_end_tag", b"reasoning_end_tag", "reasoning_max_chars", b"reasoning_max_chars", "reasoning_start_tag", b"reasoning_start_tag", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "context_length", b"context_length", "engine_name", b"engine_name", "engine_settings", b"engine_settings", "engine_version", b"engine_version", "eos_token_ids", b"eos_token_ids", "llguidance_version", b"llguidance_version", "logprobs_mode", b"logprobs_mode", "lora_enabled", b"lora_enabled", "max_candidates", b"max_candidates", "max_constraint_bytes", b"max_constraint_bytes", "max_logprobs", b"max_logprobs", "max_tokens_limit", b"max_tokens_limit", "model_id", b"model_id", "model_revision", b"model_revision", "reasoning_default", b"reasoning_default", "reasoning_end_tag", b"reasoning_end_tag", "reasoning_max_chars", b"reasoning_max_chars", "reasoning_start_tag", b"reasoning_start_tag", "service_version", b"service_version", "supported_constraint_kinds", b"supported_constraint_kinds", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,6 +75,21 @@ class InferenceServiceStub:
                 request_serializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.unary_unary(
+                '/ananke.v1.InferenceService/LoadAdapter',
+                request_serializer=ananke_dot_v1_dot_inference__service__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=ananke_dot_v1_dot_inference__service__pb2.LoadAdapterResponse.FromString,
+                _registered_method=True)
+        self.UnloadAdapter = channel.unary_unary(
+                '/ananke.v1.InferenceService/UnloadAdapter',
+                request_serializer=ananke_dot_v1_dot_inference__service__pb2.UnloadAdapterRequest.SerializeToString,
+                response_deserializer=ananke_dot_v1_dot_inference__service__pb2.UnloadAdapterResponse.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/ananke.v1.InferenceService/ListAdapters',
+                request_serializer=ananke_dot_v1_dot_inference__service__pb2.ListAdaptersRequest.SerializeToString,
+                response_deserializer=ananke_dot_v1_dot_inference__service__pb2.ListAdaptersResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -147,6 +162,32 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request, context):
+        """Loads a LoRA adapter (a PEFT folder on the server's disk) under a name
+        that GenerationRequest.adapter then selects. Admin only when API keys
+        are on (see ADMIN_KEY_REQUIRED); needs a server started with enable_lora.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadAdapter(self, request, context):
+        """Unloads a LoRA adapter; later generations naming it fail with
+        ADAPTER_NOT_FOUND. Refused while generations with it run
+        (ADAPTER_IN_USE). Admin only when API keys are on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """Lists the loaded LoRA adapters (any valid API key may call it); empty
+        when LoRA is not enabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +225,21 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeRequest.FromString,
                     response_serializer=ananke_dot_v1_dot_inference__service__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=ananke_dot_v1_dot_inference__service__pb2.LoadAdapterRequest.FromString,
+                    response_serializer=ananke_dot_v1_dot_inference__service__pb2.LoadAdapterResponse.SerializeToString,
+            ),
+            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadAdapter,
+                    request_deserializer=ananke_dot_v1_dot_inference__service__pb2.UnloadAdapterRequest.FromString,
+                    response_serializer=ananke_dot_v1_dot_inference__service__pb2.UnloadAdapterResponse.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=ananke_dot_v1_dot_inference__service__pb2.ListAdaptersRequest.FromString,
+                    response_serializer=ananke_dot_v1_dot_inference__service__pb2.ListAdaptersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,6 +437,87 @@ class InferenceService:
             '/ananke.v1.InferenceService/Detokenize',
             ananke_dot_v1_dot_inference__service__pb2.DetokenizeRequest.SerializeToString,
             ananke_dot_v1_dot_inference__service__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ananke.v1.InferenceService/LoadAdapter',
+            ananke_dot_v1_dot_inference__service__pb2.LoadAdapterRequest.SerializeToString,
+            ananke_dot_v1_dot_inference__service__pb2.LoadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ananke.v1.InferenceService/UnloadAdapter',
+            ananke_dot_v1_dot_inference__service__pb2.UnloadAdapterRequest.SerializeToString,
+            ananke_dot_v1_dot_inference__service__pb2.UnloadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ananke.v1.InferenceService/ListAdapters',
+            ananke_dot_v1_dot_inference__service__pb2.ListAdaptersRequest.SerializeToString,
+            ananke_dot_v1_dot_inference__service__pb2.ListAdaptersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,20 @@ class InferenceServiceStub:
     """
     Detokenize: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.DetokenizeRequest, _inference_service_pb2.DetokenizeResponse]
     """Turns token ids back into text."""
+    LoadAdapter: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.LoadAdapterRequest, _inference_service_pb2.LoadAdapterResponse]
+    """Loads a LoRA adapter (a PEFT folder on the server's disk) under a name
+    that GenerationRequest.adapter then selects. Admin only when API keys
+    are on (see ADMIN_KEY_REQUIRED); needs a server started with enable_lora.
+    """
+    UnloadAdapter: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.UnloadAdapterRequest, _inference_service_pb2.UnloadAdapterResponse]
+    """Unloads a LoRA adapter; later generations naming it fail with
+    ADAPTER_NOT_FOUND. Refused while generations with it run
+    (ADAPTER_IN_USE). Admin only when API keys are on.
+    """
+    ListAdapters: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.ListAdaptersRequest, _inference_service_pb2.ListAdaptersResponse]
+    """Lists the loaded LoRA adapters (any valid API key may call it); empty
+    when LoRA is not enabled.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -113,6 +127,20 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """
     Detokenize: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.DetokenizeRequest, _inference_service_pb2.DetokenizeResponse]  # type: ignore[assignment]
     """Turns token ids back into text."""
+    LoadAdapter: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.LoadAdapterRequest, _inference_service_pb2.LoadAdapterResponse]  # type: ignore[assignment]
+    """Loads a LoRA adapter (a PEFT folder on the server's disk) under a name
+    that GenerationRequest.adapter then selects. Admin only when API keys
+    are on (see ADMIN_KEY_REQUIRED); needs a server started with enable_lora.
+    """
+    UnloadAdapter: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.UnloadAdapterRequest, _inference_service_pb2.UnloadAdapterResponse]  # type: ignore[assignment]
+    """Unloads a LoRA adapter; later generations naming it fail with
+    ADAPTER_NOT_FOUND. Refused while generations with it run
+    (ADAPTER_IN_USE). Admin only when API keys are on.
+    """
+    ListAdapters: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ListAdaptersRequest, _inference_service_pb2.ListAdaptersResponse]  # type: ignore[assignment]
+    """Lists the loaded LoRA adapters (any valid API key may call it); empty
+    when LoRA is not enabled.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Constrained generation: every generated token obeys the request's
@@ -195,5 +223,37 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.DetokenizeResponse, _abc.Awaitable[_inference_service_pb2.DetokenizeResponse]]:
         """Turns token ids back into text."""
+
+    @_abc_1.abstractmethod
+    def LoadAdapter(
+        self,
+        request: _inference_service_pb2.LoadAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.LoadAdapterResponse, _abc.Awaitable[_inference_service_pb2.LoadAdapterResponse]]:
+        """Loads a LoRA adapter (a PEFT folder on the server's disk) under a name
+        that GenerationRequest.adapter then selects. Admin only when API keys
+        are on (see ADMIN_KEY_REQUIRED); needs a server started with enable_lora.
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadAdapter(
+        self,
+        request: _inference_service_pb2.UnloadAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.UnloadAdapterResponse, _abc.Awaitable[_inference_service_pb2.UnloadAdapterResponse]]:
+        """Unloads a LoRA adapter; later generations naming it fail with
+        ADAPTER_NOT_FOUND. Refused while generations with it run
+        (ADAPTER_IN_USE). Admin only when API keys are on.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAdapters(
+        self,
+        request: _inference_service_pb2.ListAdaptersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.ListAdaptersResponse, _abc.Awaitable[_inference_service_pb2.ListAdaptersResponse]]:
+        """Lists the loaded LoRA adapters (any valid API key may call it); empty
+        when LoRA is not enabled.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

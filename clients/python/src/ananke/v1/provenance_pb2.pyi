@@ -287,6 +287,8 @@ class Provenance(_message.Message):
     FORCED_TOKENS_FIELD_NUMBER: _builtins.int
     FAST_FORWARD_FIELD_NUMBER: _builtins.int
     STEERING_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    ADAPTER_REVISION_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request id (the caller's or the one the server chose)."""
@@ -329,6 +331,15 @@ class Provenance(_message.Message):
     """
     fast_forward: Global___FastForward.ValueType
     """Whether forced tokens were fast-forwarded for this generation."""
+    adapter: _builtins.str
+    """The LoRA adapter that generated (GenerationRequest.adapter); empty: the
+    base model.
+    """
+    adapter_revision: _builtins.str
+    """The adapter's revision: "sha256:" and the first 16 hex digits of a
+    sha256 over its folder's files (as model_revision hashes a local model
+    folder); empty with the base model.
+    """
     @_builtins.property
     def constraints(self) -> Global___ConstraintProvenance:
         """The constraints as compiled."""
@@ -400,11 +411,13 @@ class Provenance(_message.Message):
         forced_tokens: _builtins.int = ...,
         fast_forward: Global___FastForward.ValueType = ...,
         steering: Global___BudgetSteering | None = ...,
+        adapter: _builtins.str = ...,
+        adapter_revision: _builtins.str = ...,
         reasoning: Global___ReasoningProvenance | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "constraints", b"constraints", "context", b"context", "placement", b"placement", "reasoning", b"reasoning", "sampling", b"sampling", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "candidate_index", b"candidate_index", "check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "reasoning", b"reasoning", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "adapter_revision", b"adapter_revision", "cached_prompt_tokens", b"cached_prompt_tokens", "candidate_index", b"candidate_index", "check", b"check", "client_metadata", b"client_metadata", "completion_tokens", b"completion_tokens", "constraints", b"constraints", "context", b"context", "engine_name", b"engine_name", "engine_version", b"engine_version", "fast_forward", b"fast_forward", "finish_reason", b"finish_reason", "forced_tokens", b"forced_tokens", "llguidance_version", b"llguidance_version", "model_id", b"model_id", "model_revision", b"model_revision", "placement", b"placement", "prompt_tokens", b"prompt_tokens", "reasoning", b"reasoning", "request_id", b"request_id", "sampling", b"sampling", "service_version", b"service_version", "steering", b"steering", "timestamps", b"timestamps", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

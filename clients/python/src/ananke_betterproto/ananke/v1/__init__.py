@@ -4,6 +4,7 @@
 # This file has been @generated
 
 __all__ = (
+    "AdapterInfo",
     "AppliedSampling",
     "BudgetSteering",
     "CacheOutcome",
@@ -51,6 +52,10 @@ __all__ = (
     "JsonSchemaConstraint",
     "JsonSchemaOptions",
     "KeywordEnforcement",
+    "ListAdaptersRequest",
+    "ListAdaptersResponse",
+    "LoadAdapterRequest",
+    "LoadAdapterResponse",
     "LogprobsMode",
     "Placement",
     "PositionLogprobs",
@@ -67,6 +72,8 @@ __all__ = (
     "TokenMaskConstraint",
     "TokenizeRequest",
     "TokenizeResponse",
+    "UnloadAdapterRequest",
+    "UnloadAdapterResponse",
     "Usage",
     "ValidateConstraintsRequest",
     "ValidateConstraintsResponse",
@@ -674,6 +681,59 @@ class ErrorReason(betterproto2.Enum):
     buf:lint:ignore ENUM_VALUE_PREFIX
     """
 
+    ADAPTER_NOT_FOUND = 120
+    """
+    NOT_FOUND: GenerationRequest.adapter or UnloadAdapterRequest.name names
+    no loaded LoRA adapter (metadata "adapter"; see ListAdapters).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ADAPTER_INVALID = 121
+    """
+    INVALID_ARGUMENT: a LoadAdapter request is not a loadable LoRA adapter:
+    a bad name, a path that is not an absolute local folder, no
+    adapter_config.json or no adapter_model.safetensors/.bin in it, a config
+    that is not a LoRA one, or a rank above the server's max_lora_rank
+    (metadata "field", and "rank"/"limit" for the rank).
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ADAPTER_EXISTS = 122
+    """
+    ALREADY_EXISTS: LoadAdapter with the name of an adapter already loaded
+    (unload it first) (metadata "adapter").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ADAPTER_LIMIT_REACHED = 123
+    """
+    RESOURCE_EXHAUSTED: LoadAdapter while max_loras adapters are loaded
+    (metadata "limit"); unload one first.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ADAPTER_IN_USE = 124
+    """
+    FAILED_PRECONDITION: UnloadAdapter while generations with the adapter
+    are running (metadata "adapter", "running").
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    LORA_DISABLED = 125
+    """
+    FAILED_PRECONDITION: a LoRA request (an adapter in GenerationRequest,
+    LoadAdapter, UnloadAdapter) to a server started without enable_lora.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
+    ADMIN_KEY_REQUIRED = 126
+    """
+    PERMISSION_DENIED: an admin call (LoadAdapter, UnloadAdapter) with an API
+    key that is valid but not one of the server's admin_api_keys; with API
+    keys on and no admin key configured, admin calls are refused to all.
+    buf:lint:ignore ENUM_VALUE_PREFIX
+    """
+
 
 class FastForward(betterproto2.Enum):
     """
@@ -954,6 +1014,52 @@ class SchemaVerdict(betterproto2.Enum):
             "SCHEMA_VERDICT_INVALID": 2,
             "SCHEMA_VERDICT_NOT_CHECKED": 3,
         }
+
+
+@dataclass(eq=False, repr=False)
+class AdapterInfo(betterproto2.Message):
+    """
+    A loaded LoRA adapter.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The name GenerationRequest.adapter selects it by.
+    """
+
+    path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The folder it was loaded from.
+    """
+
+    rank: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Its rank (adapter_config.json "r").
+    """
+
+    alpha: "float" = betterproto2.field(4, betterproto2.TYPE_FLOAT)
+    """
+    Its LoRA alpha (adapter_config.json "lora_alpha").
+    """
+
+    target_modules: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The modules it adapts (adapter_config.json "target_modules").
+    """
+
+    base_model: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    The base model it declares (adapter_config.json
+    "base_model_name_or_path"); informational, not checked.
+    """
+
+    revision: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    Its revision, as Provenance.adapter_revision reports it.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "AdapterInfo", AdapterInfo)
 
 
 @dataclass(eq=False, repr=False)
@@ -2058,6 +2164,15 @@ class GenerationRequest(betterproto2.Message):
     entries; keys at most 128 bytes, values at most 1,024 bytes.
     """
 
+    adapter: "str" = betterproto2.field(120, betterproto2.TYPE_STRING)
+    """
+    Optional. The name of a LoRA adapter loaded on this server (see
+    InferenceService.LoadAdapter and ListAdapters) to generate with; empty:
+    the base model. An adapter that is not loaded fails the call with
+    NOT_FOUND ADAPTER_NOT_FOUND; a server without LoRA enabled answers
+    FAILED_PRECONDITION LORA_DISABLED to a non-empty name.
+    """
+
     reasoning: "bool | None" = betterproto2.field(130, betterproto2.TYPE_BOOL, optional=True)
     """
     Optional. Whether the output starts with reasoning (the model thinks
@@ -2306,6 +2421,18 @@ class GetModelInfoResponse(betterproto2.Message):
     method is named).
     """
 
+    lora_enabled: "bool" = betterproto2.field(120, betterproto2.TYPE_BOOL)
+    """
+    Whether requests may name a LoRA adapter (the enable_lora setting).
+    """
+
+    adapters: "list[AdapterInfo]" = betterproto2.field(
+        121, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    The LoRA adapters loaded now (see ListAdapters).
+    """
+
     reasoning_start_tag: "str" = betterproto2.field(130, betterproto2.TYPE_STRING)
     """
     The tag that opens reasoning (for example "<think>"); empty when the
@@ -2508,6 +2635,87 @@ class JsonSchemaOptions(betterproto2.Message):
 
 
 default_message_pool.register_message("ananke.v1", "JsonSchemaOptions", JsonSchemaOptions)
+
+
+@dataclass(eq=False, repr=False)
+class ListAdaptersRequest(betterproto2.Message):
+    """
+    Request of InferenceService.ListAdapters.
+    """
+
+    pass
+
+
+default_message_pool.register_message("ananke.v1", "ListAdaptersRequest", ListAdaptersRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListAdaptersResponse(betterproto2.Message):
+    """
+    Response of InferenceService.ListAdapters.
+    """
+
+    adapters: "list[AdapterInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The loaded adapters, in load order.
+    """
+
+    lora_enabled: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Whether the server runs with LoRA enabled (enable_lora).
+    """
+
+    max_adapters: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    Most adapters loaded at once (max_loras); 0 when LoRA is off.
+    """
+
+    max_rank: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Largest adapter rank accepted (max_lora_rank); 0 when LoRA is off.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "ListAdaptersResponse", ListAdaptersResponse)
+
+
+@dataclass(eq=False, repr=False)
+class LoadAdapterRequest(betterproto2.Message):
+    """
+    Request of InferenceService.LoadAdapter.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required. The name requests will use: 1 to 64 characters of letters,
+    digits, '.', '_' and '-', starting with a letter or digit.
+    """
+
+    path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Required. Absolute path of a local folder on the server holding a PEFT
+    LoRA adapter (adapter_config.json and adapter_model.safetensors or
+    adapter_model.bin) made for the served model. Hub ids and URLs are
+    refused.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "LoadAdapterRequest", LoadAdapterRequest)
+
+
+@dataclass(eq=False, repr=False)
+class LoadAdapterResponse(betterproto2.Message):
+    """
+    Response of InferenceService.LoadAdapter.
+    """
+
+    adapter: "AdapterInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The adapter as loaded.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "LoadAdapterResponse", LoadAdapterResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2719,6 +2927,19 @@ class Provenance(betterproto2.Message):
     Budget-aware completion: set when the server steered the output to a
     completion because the tokens left under max_tokens came close to what the
     constraints still needed; unset when it did not steer.
+    """
+
+    adapter: "str" = betterproto2.field(120, betterproto2.TYPE_STRING)
+    """
+    The LoRA adapter that generated (GenerationRequest.adapter); empty: the
+    base model.
+    """
+
+    adapter_revision: "str" = betterproto2.field(121, betterproto2.TYPE_STRING)
+    """
+    The adapter's revision: "sha256:" and the first 16 hex digits of a
+    sha256 over its folder's files (as model_revision hashes a local model
+    folder); empty with the base model.
     """
 
     reasoning: "ReasoningProvenance | None" = betterproto2.field(
@@ -3217,6 +3438,36 @@ default_message_pool.register_message("ananke.v1", "TokenMaskConstraint", TokenM
 
 
 @dataclass(eq=False, repr=False)
+class UnloadAdapterRequest(betterproto2.Message):
+    """
+    Request of InferenceService.UnloadAdapter.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Required. The name of a loaded adapter.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "UnloadAdapterRequest", UnloadAdapterRequest)
+
+
+@dataclass(eq=False, repr=False)
+class UnloadAdapterResponse(betterproto2.Message):
+    """
+    Response of InferenceService.UnloadAdapter.
+    """
+
+    adapter: "AdapterInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    The adapter that was unloaded.
+    """
+
+
+default_message_pool.register_message("ananke.v1", "UnloadAdapterResponse", UnloadAdapterResponse)
+
+
+@dataclass(eq=False, repr=False)
 class Usage(betterproto2.Message):
     """
     Token counts of one generation.
@@ -3420,6 +3671,47 @@ class InferenceServiceStub:
             "/ananke.v1.InferenceService/Detokenize",
             DetokenizeRequest.SerializeToString,
             DetokenizeResponse.FromString,
+        )(message)
+
+    def load_adapter(self, message: "LoadAdapterRequest") -> "LoadAdapterResponse":
+        """
+        Loads a LoRA adapter (a PEFT folder on the server's disk) under a name
+        that GenerationRequest.adapter then selects. Admin only when API keys
+        are on (see ADMIN_KEY_REQUIRED); needs a server started with enable_lora.
+        """
+
+        return self._channel.unary_unary(
+            "/ananke.v1.InferenceService/LoadAdapter",
+            LoadAdapterRequest.SerializeToString,
+            LoadAdapterResponse.FromString,
+        )(message)
+
+    def unload_adapter(self, message: "UnloadAdapterRequest") -> "UnloadAdapterResponse":
+        """
+        Unloads a LoRA adapter; later generations naming it fail with
+        ADAPTER_NOT_FOUND. Refused while generations with it run
+        (ADAPTER_IN_USE). Admin only when API keys are on.
+        """
+
+        return self._channel.unary_unary(
+            "/ananke.v1.InferenceService/UnloadAdapter",
+            UnloadAdapterRequest.SerializeToString,
+            UnloadAdapterResponse.FromString,
+        )(message)
+
+    def list_adapters(self, message: "ListAdaptersRequest | None" = None) -> "ListAdaptersResponse":
+        """
+        Lists the loaded LoRA adapters (any valid API key may call it); empty
+        when LoRA is not enabled.
+        """
+
+        if message is None:
+            message = ListAdaptersRequest()
+
+        return self._channel.unary_unary(
+            "/ananke.v1.InferenceService/ListAdapters",
+            ListAdaptersRequest.SerializeToString,
+            ListAdaptersResponse.FromString,
         )(message)
 
 

@@ -151,6 +151,25 @@ def _min_tokens(server: LiveServer, constraints: list[c.ConstraintIR]) -> int:
     return int(info.metadata["min_tokens"])
 
 
+def _complete(result: inference_service_pb2.GenerateResponse | grpc.RpcError) -> bool:
+    return (
+        isinstance(result, inference_service_pb2.GenerateResponse)
+        and result.finish_reason == COMPLETE
+        and result.provenance.check.verdict == SATISFIED
+    )
+
+
+def _outcome(result: inference_service_pb2.GenerateResponse | grpc.RpcError) -> str:
+    """What a failed sample was, in one line."""
+    if isinstance(result, grpc.RpcError):
+        return f"{result.code().name}: {result.details()}"  # type: ignore[attr-defined]
+    return (
+        f"{generation_pb2.FinishReason.Name(result.finish_reason)} "
+        f"{provenance_pb2.CheckVerdict.Name(result.provenance.check.verdict)} "
+        f"{result.provenance.check.detail!r} text={result.text!r}"
+    )
+
+
 def _rate(
     server: LiveServer, constraints: list[c.ConstraintIR], prompt: str, max_tokens: int
 ) -> tuple[float, list[inference_service_pb2.GenerateResponse | grpc.RpcError]]:
@@ -165,14 +184,7 @@ def _rate(
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(SAMPLES)))
-    ok = [
-        r
-        for r in results
-        if isinstance(r, inference_service_pb2.GenerateResponse)
-        and r.finish_reason == COMPLETE
-        and r.provenance.check.verdict == SATISFIED
-    ]
-    return len(ok) / len(results), results
+    return sum(map(_complete, results)) / len(results), results
 
 
 def test_budget_table(live_server: LiveServer, plain_server: LiveServer) -> None:
@@ -186,7 +198,7 @@ def test_budget_table(live_server: LiveServer, plain_server: LiveServer) -> None
         today, _ = _rate(plain_server, constraints, prompt, max_tokens)
         rows.append((name, shortest, max_tokens, steered, today))
         if steered < 0.99:
-            failures.append((name, [str(r)[:300] for r in results]))
+            failures.append((name, [_outcome(r) for r in results if not _complete(r)]))
         for result in results:
             if isinstance(result, inference_service_pb2.GenerateResponse):
                 steering = result.provenance.steering

@@ -104,7 +104,7 @@ class Settings:
     port_file: str = ""  # write the bound port here once listening
     event_loop: str = "uvloop"  # or "asyncio"
     steer_budget: bool = True  # budget-aware completion (steering.guide)
-    steer_margin_tokens: int = 2
+    steer_margin_tokens: int = 4
     steer_check_every_tokens: int = 16
     steer_search_nodes: int = 400
     reasoning_tags: str = ""  # "": off; "think"; or "START END"

@@ -27,7 +27,9 @@ class SteerConfig:
     """Knobs of budget steering and dead-end search (settings.py sets them)."""
 
     budget: bool = True  # steer to a completion near max_tokens
-    margin: int = 2  # tokens kept in hand beyond the known completion and EOS
+    # Tokens kept in hand beyond the known completion and EOS: one sampled token
+    # can lengthen it by several (a `,` opening a new JSON member needs `"":0}`).
+    margin: int = 4
     check_every: int = 16  # most tokens between two budget checks
     max_nodes: int = 400  # states one search may expand
     retries: int = 8  # candidate tokens checked per step before the plan's is taken

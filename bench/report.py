@@ -146,6 +146,22 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *report_serving.serving_section(serving)]
     elif serving:
         lines += ["", "(Serving results in an older format: re-run the benchmark.)"]
+    steering_result = results.get("steering")
+    if steering_result:
+        import steering
+
+        st = steering_result["settings"]
+        lines += [
+            "",
+            "## Budget-aware completion: outputs cut by max_tokens",
+            "",
+            "The JSON workload's prompts and schemas, sampled (temperature 0.8, fixed seeds), "
+            f"{st['rounds']} passes, {st['streams']} concurrent requests, against a server with "
+            "budget-aware completion (the default) and one with `--steer-budget false`. "
+            "INCOMPLETE: the independent re-check found a valid prefix that max_tokens cut.",
+            "",
+            *steering.steering_table(steering_result),
+        ]
     if limit:
         lines += [
             "",

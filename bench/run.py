@@ -1,7 +1,7 @@
 """Runs the benchmark suite and writes bench/results/<timestamp>/ (results.md,
 results.json, PNG plots), then copies the report and plots to bench/figures/.
 
-    .venv/bin/python bench/run.py            # full suite (~25 min on 2 cores)
+    .venv/bin/python bench/run.py            # full suite (~30 min on 2 cores)
     .venv/bin/python bench/run.py --quick    # short run (~5 min)
     .venv/bin/python bench/run.py --sections masking,compile
     .venv/bin/python bench/run.py --quick --sections serving --workloads json
@@ -24,7 +24,7 @@ from typing import Any
 
 from common import FIGURES, RESULTS, load_average, log, machine_info
 
-SECTIONS = ("serving", "limit", "masking", "compile", "startup")
+SECTIONS = ("serving", "steering", "limit", "masking", "compile", "startup")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Plan:
     cold_runs: int
     warm_runs: int
     peer_runs: int
+    steering_cells: tuple[tuple[str, int], ...]
+    steering_rounds: int
     budget_s: float
 
 
@@ -57,6 +59,8 @@ FULL = Plan(
     cold_runs=1,
     warm_runs=1,
     peer_runs=1,
+    steering_cells=(("json", 48), ("json", 96), ("json_long", 160)),
+    steering_rounds=1,
     budget_s=25 * 60,
 )
 QUICK = Plan(
@@ -71,6 +75,8 @@ QUICK = Plan(
     cold_runs=0,
     warm_runs=0,
     peer_runs=0,
+    steering_cells=(("json", 48),),
+    steering_rounds=1,
     budget_s=5 * 60,
 )
 
@@ -112,6 +118,10 @@ def _section(
     """Runs one section and returns its raw results."""
     if name == "serving":
         return _serving(plan, options, out_dir)
+    if name == "steering":
+        import steering
+
+        return steering.run_steering(plan.steering_cells, plan.steering_rounds, streams=8)
     if name == "limit":
         import limit
 

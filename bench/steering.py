@@ -1,13 +1,14 @@
 """Share of constrained outputs that end INCOMPLETE (cut by max_tokens), with
-and without budget-aware completion, on the bench's JSON workloads (the 16
-chat prompts and 4 schemas of workload.py), at a few max_tokens budgets.
+and without budget-aware completion, on the bench's JSON workloads (workload.py:
+`json` and `json_long`, their 16 chat prompts and schemas), at a few max_tokens
+budgets.
 
 Two servers (steering on, and --steer-budget false), the
 same requests (sampled, fixed seeds) to both. Prints a markdown table and
 writes JSON. Run under the engine lock:
 
     flock /tmp/ananke-engine.lock .venv/bin/python bench/steering.py \\
-        --max-tokens 48,96 --rounds 2 --json /tmp/steering.json
+        --cells json:48,json:96,json_long:160 --rounds 1 --json /tmp/steering.json
 """
 
 from __future__ import annotations
@@ -33,18 +34,20 @@ from ananke.v1 import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import log
 from servers import launch_grpc, stop, wait_grpc_serving
-from workload import TASKS, messages_for, schema_for
+from workload import BY_NAME, TASKS, Workload
 
 INCOMPLETE = "CHECK_VERDICT_INCOMPLETE"
 
 
-def _request(index: int, max_tokens: int, seed: int) -> inference_service_pb2.GenerateRequest:
-    schema = json.dumps(schema_for(index))
+def _request(
+    workload: Workload, index: int, max_tokens: int, seed: int
+) -> inference_service_pb2.GenerateRequest:
+    schema = json.dumps(workload.schema(index))
     request = generation_pb2.GenerationRequest(
         constraints=[c.ConstraintIR(json_schema=c.JsonSchemaConstraint(schema=schema))],
         sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=seed),
     )
-    for role, content in messages_for(index, constrained=True):
+    for role, content in workload.messages(index):
         request.messages.append(
             generation_pb2.ChatMessage(
                 role=generation_pb2.ChatRole.Value("CHAT_ROLE_" + role.upper()), content=content
@@ -53,7 +56,9 @@ def _request(index: int, max_tokens: int, seed: int) -> inference_service_pb2.Ge
     return inference_service_pb2.GenerateRequest(request=request)
 
 
-def _run(address: str, max_tokens: int, rounds: int, streams: int) -> dict[str, Any]:
+def _run(
+    address: str, workload: Workload, max_tokens: int, rounds: int, streams: int
+) -> dict[str, Any]:
     """Outcome counts of len(TASKS) * rounds requests at one budget."""
     counts: dict[str, int] = {}
     tokens = 0
@@ -64,7 +69,7 @@ def _run(address: str, max_tokens: int, rounds: int, streams: int) -> dict[str, 
             nonlocal tokens
             index, seed = job
             try:
-                response = stub.Generate(_request(index, max_tokens, seed), timeout=600)
+                response = stub.Generate(_request(workload, index, max_tokens, seed), timeout=600)
             except grpc.RpcError as error:
                 return f"error {error.code().name}"  # type: ignore[attr-defined]
             tokens += len(response.token_ids)
@@ -78,6 +83,7 @@ def _run(address: str, max_tokens: int, rounds: int, streams: int) -> dict[str, 
         seconds = time.perf_counter() - started
     total = sum(counts.values())
     return {
+        "workload": workload.name,
         "max_tokens": max_tokens,
         "requests": total,
         "counts": counts,
@@ -87,40 +93,66 @@ def _run(address: str, max_tokens: int, rounds: int, streams: int) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-tokens", default="48,96", help="comma-separated budgets")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over the 16 prompts")
-    parser.add_argument("--streams", type=int, default=8, help="concurrent requests")
-    parser.add_argument("--json", type=Path, default=None, help="write results here")
-    args = parser.parse_args(argv)
-    budgets = [int(b) for b in args.max_tokens.split(",") if b]
+def run_steering(cells: tuple[tuple[str, int], ...], rounds: int, streams: int) -> dict[str, Any]:
+    """Both servers, one after the other, the same requests in every (workload, max_tokens)."""
     sides = {
         "steering": [],
         "off": ["--steer-budget", "false"],
     }
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, Any] = {
+        "settings": {"cells": [list(c) for c in cells], "rounds": rounds, "streams": streams}
+    }
     for side, extra in sides.items():
-        log(f"starting the {side} server")
+        log(f"steering: starting the {side} server")
         handle = wait_grpc_serving(
             launch_grpc(Path(tempfile.mkdtemp(prefix=f"ananke-steer-{side}-")), extra)
         )
         try:
             results[side] = [
-                _run(handle.address, budget, args.rounds, args.streams) for budget in budgets
+                _run(handle.address, BY_NAME[name], budget, rounds, streams)
+                for name, budget in cells
             ]
         finally:
             stop(handle)
-    print("\n| max_tokens | requests | INCOMPLETE, steering on | INCOMPLETE, off |")
-    print("|---|---|---|---|")
+    return results
+
+
+def steering_table(results: dict[str, Any]) -> list[str]:
+    """Markdown rows: the INCOMPLETE share at each budget, steering on and off."""
+    lines = [
+        "| workload | max_tokens | requests | INCOMPLETE, steering on | INCOMPLETE, off "
+        "| outcomes on | outcomes off |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for on, off in zip(results["steering"], results["off"], strict=True):
-        print(
-            f"| {on['max_tokens']} | {on['requests']} | {on['incomplete_share']:.1%} "
-            f"| {off['incomplete_share']:.1%} |"
+        lines.append(
+            f"| {on['workload']} | {on['max_tokens']} | {on['requests']} "
+            f"| {on['incomplete_share']:.1%} "
+            f"| {off['incomplete_share']:.1%} | {_counts(on)} | {_counts(off)} |"
         )
-    for side, rows in results.items():
-        for row in rows:
-            print(f"{side} max_tokens={row['max_tokens']}: {row['counts']}")
+    return lines
+
+
+def _counts(row: dict[str, Any]) -> str:
+    names = {k.removeprefix("CHECK_VERDICT_"): v for k, v in sorted(row["counts"].items())}
+    return ", ".join(f"{k} {v}" for k, v in names.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--cells", default="json:48,json:96,json_long:160", help="workload:max_tokens, ..."
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="passes over the 16 prompts")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent requests")
+    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    args = parser.parse_args(argv)
+    cells = tuple(
+        (name, int(budget)) for name, budget in (c.split(":") for c in args.cells.split(",") if c)
+    )
+    results = run_steering(cells, args.rounds, args.streams)
+    print()
+    print("\n".join(steering_table(results)))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

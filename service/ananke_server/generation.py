@@ -446,14 +446,15 @@ class Generations:
 
 
 def steer_config(settings: Settings) -> SteerConfig | None:
-    """Budget-aware completion as configured; None when it is off."""
-    if not settings.steer_budget:
+    """Budget-aware completion and dead-end search as configured; None when both are off."""
+    if not settings.steer_budget and settings.steer_dead_end_retries <= 0:
         return None
     return SteerConfig(
         budget=settings.steer_budget,
         margin=settings.steer_margin_tokens,
         check_every=settings.steer_check_every_tokens,
         max_nodes=settings.steer_search_nodes,
+        retries=settings.steer_dead_end_retries,
     )
 
 

@@ -107,6 +107,7 @@ class Settings:
     steer_margin_tokens: int = 4
     steer_check_every_tokens: int = 16
     steer_search_nodes: int = 400
+    steer_dead_end_retries: int = 8  # candidates checked per token at a possible dead end
     reasoning_tags: str = ""  # "": off; "think"; or "START END"
     reasoning_default: bool = True
     reasoning_max_chars: int = 2000
@@ -189,6 +190,8 @@ _HELP: dict[str, str] = {
     "steer_margin_tokens": "tokens kept in hand beyond the known completion before steering",
     "steer_check_every_tokens": "most tokens between two checks of the remaining completion",
     "steer_search_nodes": "states one completion search may expand",
+    "steer_dead_end_retries": "candidate tokens checked for a common completion per sampled "
+    "token of an intersection (0: off, masking alone)",
     "reasoning_tags": "reasoning format: 'think' (<think> </think>) or 'START END'; constraints "
     "then apply to the answer after the end tag ('': off)",
     "reasoning_default": "with reasoning_tags, whether requests reason unless they say otherwise",
@@ -355,6 +358,7 @@ def validate_settings(settings: Settings) -> None:
         (settings.steer_margin_tokens >= 0, "steer_margin_tokens must be >= 0"),
         (settings.steer_check_every_tokens >= 1, "steer_check_every_tokens must be >= 1"),
         (settings.steer_search_nodes >= 1, "steer_search_nodes must be >= 1"),
+        (settings.steer_dead_end_retries >= 0, "steer_dead_end_retries must be >= 0"),
         (
             settings.reasoning_tags in ("", "think") or len(settings.reasoning_tags.split()) == 2,
             "reasoning_tags must be '', 'think' or two tags separated by a space",

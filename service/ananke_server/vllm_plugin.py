@@ -30,7 +30,11 @@ only for the one token each request samples per step, which vLLM's ordinary
 sampler draws with its logits processors. So with our proposer the plugin
 lets logit_bias through `SamplingParams._validate_spec_decode` (min_p stays
 refused) and builds the model runner's logits processors with the logit-bias
-processor beside min-tokens (`build_logitsprocs` in the GPU/CPU model runner)."""
+processor beside min-tokens (`build_logitsprocs` in the GPU/CPU model runner).
+
+Dead-end search: the same `build_logitsprocs` adds, last, a processor that runs
+each guarded request's `dead_end_guard.DeadEndGuard` (intersections and
+grammars with token masks: the token drawn keeps a common completion)."""
 
 from __future__ import annotations
 
@@ -106,7 +110,7 @@ def register() -> None:
     StructuredOutputManager.validate_tokens = validate_tokens
     setattr(StructuredOutputManager, _PATCHED, True)
     _patch_cpu_expand()
-    _patch_logit_bias()
+    _patch_logits_processors()
     log.debug("ananke vLLM plugin: structured-output manager patched")
 
 
@@ -137,7 +141,7 @@ def _patch_cpu_expand() -> None:
         rejection_sampler.expand_batch_to_tokens = expand_batch_to_tokens
 
 
-def _patch_logit_bias() -> None:
+def _patch_logits_processors() -> None:
     from vllm import sampling_params
     from vllm.v1.sample.logits_processor import LogitsProcessors, builtin
     from vllm.v1.worker import gpu_model_runner
@@ -160,11 +164,15 @@ def _patch_logit_bias() -> None:
         built = original_build(
             vllm_config, device, is_pin_memory, is_pooling_model, custom_logitsprocs
         )
-        if is_pooling_model or custom_logitsprocs or not _ours(vllm_config):
+        if is_pooling_model or custom_logitsprocs:
             return built
         kept = [*built.argmax_invariant, *built.non_argmax_invariant]
-        if not any(isinstance(p, builtin.LogitBiasLogitsProcessor) for p in kept):
+        if _ours(vllm_config) and not any(
+            isinstance(p, builtin.LogitBiasLogitsProcessor) for p in kept
+        ):
             kept.append(builtin.LogitBiasLogitsProcessor(vllm_config, device, is_pin_memory))
+        # Last: it picks among the logits every other processor has shaped.
+        kept.append(_guard_class()(vllm_config, device, is_pin_memory))
         return LogitsProcessors(kept)
 
     sampling_params.SamplingParams._validate_spec_decode = _validate_spec_decode
@@ -229,6 +237,85 @@ def _adapter_class() -> type:
     AnankeGrammar.__module__ = __name__
     _ADAPTER.append(AnankeGrammar)
     return AnankeGrammar
+
+
+_GUARD: list[type] = []
+
+
+def _guard_class() -> type:
+    """vLLM's logits processor over the requests' DeadEndGuards (defined on first use)."""
+    if _GUARD:
+        return _GUARD[0]
+    from vllm.v1.sample.logits_processor import LogitsProcessor
+    from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+    from .dead_end_guard import DeadEndGuard, Sampling, guarded_rows, spec_of
+
+    class DeadEndGuardProcessor(LogitsProcessor):  # type: ignore[misc]
+        """Runs in the worker: one DeadEndGuard per request that needs one.
+        Never raises into the engine: a guard that fails is dropped, and its
+        request goes on with the scheduler's mask alone."""
+
+        def __init__(self, vllm_config: Any, device: Any, is_pin_memory: bool) -> None:
+            self.vllm_config = vllm_config
+            spec: Any = getattr(vllm_config, "speculative_config", None)
+            self.drafts = int(spec.num_speculative_tokens) if _ours(vllm_config) else 0
+            self.guards: dict[int, DeadEndGuard] = {}
+            self._tokenizer: Any = None
+
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def _ll_tokenizer(self) -> Any:
+            if self._tokenizer is None:
+                from vllm.tokenizers import cached_tokenizer_from_config
+                from vllm.v1.structured_output.backend_guidance import GuidanceBackend
+
+                model_config = self.vllm_config.model_config
+                self._tokenizer = GuidanceBackend._build_ll_tokenizer(
+                    cached_tokenizer_from_config(model_config=model_config),
+                    model_config.get_vocab_size(),
+                )
+            return self._tokenizer
+
+        def _new(self, params: Any, _prompt: Any, output: list[int]) -> DeadEndGuard | None:
+            spec = spec_of(params.extra_args, GRAMMAR_ARG)
+            if spec is None:
+                return None
+            try:
+                return DeadEndGuard(
+                    spec,
+                    self._ll_tokenizer(),
+                    max_tokens=params.max_tokens,
+                    output=output,
+                    drafts=self.drafts,
+                    sampling=Sampling(
+                        temperature=float(params.temperature),
+                        top_k=int(params.top_k or 0),
+                        top_p=float(params.top_p),
+                        seed=params.seed,
+                    ),
+                )
+            except Exception:  # a guard is an optimisation of the outcome, never a failure
+                log.exception("ananke dead-end guard: could not build a request's replica")
+                return None
+
+        def update_state(self, batch_update: Any) -> None:
+            process_dict_updates(self.guards, batch_update, self._new)
+
+        def apply(self, logits: Any) -> Any:
+            if not self.guards:
+                return logits
+            try:
+                return guarded_rows(self.guards, logits)
+            except Exception:
+                log.exception("ananke dead-end guard failed; guards dropped")
+                self.guards.clear()
+                return logits
+
+    DeadEndGuardProcessor.__module__ = __name__
+    _GUARD.append(DeadEndGuardProcessor)
+    return DeadEndGuardProcessor
 
 
 class ForcedTokenProposer:

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -24,15 +23,26 @@ from .adapters import Adapters
 from .admission import Admission
 from .candidates import logprobs_to_proto
 from .constraints import CompiledConstraints, ConstraintCompiler, unsatisfiable_during_generation
-from .engine_api import Engine, EngineParams, PromptTokens
-from .errors import ServiceError, invalid
+from .engine_api import Engine, PromptTokens
+from .errors import ServiceError
+from .generation_rules import (
+    check_budget,
+    deadline,
+    engine_params,
+    finish_reason,
+    may_be_dead_end,
+    result_label,
+    steer_config,
+    tokens_within_text,
+    verdict_after_stop,
+)
 from .logging_setup import bind_request_id, prompt_fields
 from .metrics import Metrics
 from .provenance import Clock, build_provenance
 from .reasoning import ReasoningPlan, StreamSplitter, plan_for, split_text, split_tokens, wrap_all
 from .schema_outcome import SchemaOutcome, not_satisfied, retry_sampling, validate_output
 from .settings import Settings
-from .steering import SteerConfig, replay_steering
+from .steering import replay_steering
 from .validation import (
     ValidatedRequest,
     check_prompt_length,
@@ -157,7 +167,7 @@ class Generations:
             hold = single and compiled.retried and self._settings.schema_max_attempts > 1
             first_sampling = validated.sampling
             attempt, limit = 1, self._settings.schema_max_attempts
-            async with _deadline(deadline_s):
+            async with deadline(deadline_s):
                 while True:
                     outputs = {i: _Output(index=i) for i in range(validated.sampling.n)}
                     held: list[StreamEvent] = []
@@ -189,7 +199,9 @@ class Generations:
                     finished, outcome = last
                     rejected = outcome.rejected if outcome is not None else None
                     if outcome is not None and outcome.complete:
-                        self._metrics.record_schema_validation(_result(outcome, attempt, limit))
+                        self._metrics.record_schema_validation(
+                            result_label(outcome, attempt, limit)
+                        )
                     if rejected is None:
                         for chunk in held:
                             yield chunk
@@ -445,133 +457,10 @@ class Generations:
         return self._engine.encode_chat(validated.messages, suffix=suffix)
 
 
-def steer_config(settings: Settings) -> SteerConfig | None:
-    """Budget-aware completion and dead-end search as configured; None when both are off."""
-    if not settings.steer_budget and settings.steer_dead_end_retries <= 0:
-        return None
-    return SteerConfig(
-        budget=settings.steer_budget,
-        margin=settings.steer_margin_tokens,
-        check_every=settings.steer_check_every_tokens,
-        max_nodes=settings.steer_search_nodes,
-        retries=settings.steer_dead_end_retries,
-    )
-
-
-def check_budget(compiled: CompiledConstraints, max_tokens: int) -> None:
-    """INVALID_ARGUMENT when even the shortest complete output found needs more
-    than max_tokens (known from compiling, before anything is generated)."""
-    if compiled.min_tokens is not None and compiled.min_tokens > max_tokens:
-        raise invalid(
-            "MAX_TOKENS_BELOW_CONSTRAINT_MINIMUM",
-            f"max_tokens is {max_tokens}, but the shortest output that satisfies the "
-            f"constraints needs {compiled.min_tokens} tokens (end of sequence included)",
-            "request.sampling.max_tokens",
-            max_tokens=str(max_tokens),
-            min_tokens=str(compiled.min_tokens),
-        )
-
-
-def engine_params(
-    validated: ValidatedRequest,
-    compiled: CompiledConstraints,
-    steer: SteerConfig | None = None,
-    plan: ReasoningPlan | None = None,
-) -> EngineParams:
-    """What the engine needs of a validated request and its compiled constraints
-    (with a reasoning plan, every grammar after the reasoning region)."""
-    sampling = validated.sampling
-    return EngineParams(
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        seed=sampling.seed,
-        stop=sampling.stop,
-        grammar=wrap_all((compiled.grammar,), plan)[0] if compiled.grammar else None,
-        intersection=wrap_all(compiled.intersection, plan),
-        allowed_token_ids=compiled.allowed_token_ids,
-        forbidden_token_ids=compiled.forbidden_token_ids,
-        steer=steer if compiled.has_grammar else None,
-        n=sampling.n,
-        min_tokens=sampling.min_tokens,
-        stop_token_ids=sampling.stop_token_ids,
-        repetition_penalty=sampling.repetition_penalty,
-        presence_penalty=sampling.presence_penalty,
-        frequency_penalty=sampling.frequency_penalty,
-        logit_bias=tuple(sorted(sampling.logit_bias.items())),
-        ignore_eos=sampling.ignore_eos,
-        logprobs=sampling.logprobs,
-        prompt_logprobs=sampling.prompt_logprobs,
-        adapter=validated.adapter.engine if validated.adapter is not None else None,
-    )
-
-
-def _result(outcome: SchemaOutcome, attempt: int, limit: int) -> str:
-    """The metrics label of one validated output."""
-    if outcome.rejected is not None:
-        return "retried" if attempt < limit else "failed"
-    if any(violation is not None for _, violation in outcome.verdicts):
-        return "flagged"
-    return "valid"
-
-
-def finish_reason(engine_reason: str, stopped: bool, has_grammar: bool, verdict: Verdict) -> Reason:
-    """Why a generation ended, as the contract names it: the token budget, a stop
-    sequence (or stop token), a grammar reaching its end, or the model's own
-    end of sequence."""
-    if engine_reason == "length":
-        return generation_pb2.FINISH_REASON_MAX_TOKENS
-    if stopped:
-        return generation_pb2.FINISH_REASON_STOP_SEQUENCE
-    if has_grammar and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
-        return generation_pb2.FINISH_REASON_CONSTRAINT_COMPLETE
-    return generation_pb2.FINISH_REASON_END_OF_SEQUENCE
-
-
-def verdict_after_stop(
-    verdict: Verdict, detail: str, *, cut_inside_token: bool
-) -> tuple[Verdict, str]:
-    """A stop sequence that cut the text inside a token leaves an output whose
-    last token is only partly returned: not a complete match."""
-    if cut_inside_token and verdict == provenance_pb2.CHECK_VERDICT_SATISFIED:
-        return (
-            provenance_pb2.CHECK_VERDICT_INCOMPLETE,
-            "a stop sequence cut the output inside a token",
-        )
-    return verdict, detail
-
-
-def may_be_dead_end(
-    compiled: CompiledConstraints, verdict: Verdict, engine_reason: str, stop_string: bool
-) -> bool:
-    """Whether an intersection's incomplete output ended by EOS, which the
-    engine forces only at a dead end (to be proved before it is reported)."""
-    return (
-        bool(compiled.intersection)
-        and verdict == provenance_pb2.CHECK_VERDICT_INCOMPLETE
-        and engine_reason == "stop"
-        and not stop_string
-    )
-
-
-def tokens_within_text(token_ids: list[int], text: str, tokenizer: Any) -> tuple[list[int], bool]:
-    """The longest prefix of `token_ids` whose bytes lie within `text`, and
-    whether the text ends inside the next token (not on a token boundary)."""
-    target = text.encode()
-    count = len(token_ids)
-    while count and len(tokenizer.decode_bytes(token_ids[:count])) > len(target):
-        count -= 1
-    prefix = token_ids[:count]
-    return prefix, tokenizer.decode_bytes(prefix) != target
-
-
-def _deadline(deadline_s: float | None) -> AbstractAsyncContextManager[object]:
-    """Carries the call's deadline into generation: when it passes, the engine
-    request is aborted (the timeout cancels the loop, closing the generator)."""
-    if deadline_s is None:
-        return nullcontext()
-    return asyncio.timeout(max(deadline_s, 0.0))
-
-
-__all__ = ["Generations", "engine_params", "finish_reason", "now", "tokens_within_text"]
+__all__ = [
+    "Generations",
+    "engine_params",
+    "finish_reason",
+    "now",
+    "tokens_within_text",
+]

@@ -9,13 +9,14 @@ An intersection folds into one grammar where the kinds allow it (regexes into
 one `&` terminal, JSON schemas into one `allOf`; a lone grammar is itself);
 then a single grammar without token masks goes to the engine's built-in
 structured outputs. Anything else (two or more grammars that do not fold, or a
-grammar together with a token mask) is enforced by the engine's intersection
-logits processor, which runs one llguidance matcher per grammar and allows a
-token only when every matcher and every token mask allows it. A dead end (no
+grammar together with a token mask) is enforced by the engine's product
+grammar (request_grammar.py), which runs one llguidance matcher per grammar and
+allows a token only when every matcher and every token mask allows it (the
+dead-end guard then keeps a common completion reachable). A dead end (no
 token allowed) is CONSTRAINT_UNSATISFIABLE: at compile time when the empty
 output already has one, otherwise when generation reaches one. Sequence and
-any_of always become one grammar; an intersection that needs the processor
-can only apply to the whole output, not inside a sequence or any_of.
+any_of always become one grammar; an intersection that needs the product can
+only apply to the whole output, not inside a sequence or any_of.
 
 Modules, one job each (imports one way, top to bottom):
 - core: data types, limits, kind and digest helpers (a leaf);

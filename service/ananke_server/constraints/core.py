@@ -50,7 +50,7 @@ class CompiledConstraints:
     allowed_token_ids: frozenset[int] | None
     forbidden_token_ids: frozenset[int]
     warnings: tuple[str, ...]
-    # Grammars intersected by the engine's logits processor (which then also
+    # Grammars intersected by the engine's product grammar (which then also
     # applies the token masks); empty when `grammar` or plain masks suffice.
     intersection: tuple[str, ...] = ()
     # Tokens (end of sequence included) of the shortest complete output the
@@ -158,7 +158,7 @@ class Piece:
 
     @property
     def needs_processor(self) -> bool:
-        """Whether enforcing this piece needs the intersection logits processor."""
+        """Whether enforcing this piece needs the engine's product grammar."""
         return bool(self.conjuncts) or (self.lark_body is not None and self.has_mask)
 
 

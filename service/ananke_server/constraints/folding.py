@@ -147,7 +147,7 @@ def grammar_of(piece: Piece, path: str, validate: GrammarValidator) -> str:
 
 
 def intersection_grammars(piece: Piece, path: str, validate: GrammarValidator) -> tuple[str, ...]:
-    """The grammars the logits processor intersects for `piece`."""
+    """The grammars the engine's product grammar intersects for `piece`."""
     if piece.conjuncts:
         return tuple(grammar_of(part, path, validate) for part in piece.conjuncts)
     return (grammar_of(piece, path, validate),)

@@ -135,7 +135,7 @@ def forced_table(serving: dict[str, Any]) -> list[str]:
     ]
     for name, f in serving.get("forced", {}).items():
         if not isinstance(f, dict):
-            lines.append(f"| {name} | failed: {f} |||||||||")
+            lines.append(f"| {_label(serving, name)} | {f} |||||||||")
             continue
         walked = f["forced"] + f["sampled"]
         reported = (

@@ -229,6 +229,87 @@ def write(results: dict[str, Any], update_figures: bool) -> Path:
     return out_dir / "results.md"
 
 
+def from_journal(journal: Path, plan: Plan) -> dict[str, Any]:
+    """The results of a serving section stopped before its end, from the runs
+    its journal recorded (only rounds every cell finished; no forced-token walk:
+    the journal keeps no token ids, so the forced share is the server's own)."""
+    import servers
+    import summary
+    from workload import BY_NAME, TASKS
+
+    runs = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    per_round: dict[int, int] = {}
+    for run_ in runs:
+        per_round[run_["round"]] = per_round.get(run_["round"], 0) + 1
+    full = max(per_round.values())
+    kept = sorted(r for r, n in per_round.items() if n == full)
+    runs = [r for r in runs if r["round"] in kept]
+    names = sorted({r["system"] for r in runs}, key=["grpc", "grpc_noff", "peer"].index)
+    workloads = [w for w in plan.workloads if any(r["workload"] == w for r in runs)]
+    forced: dict[str, Any] = {}
+    for name in workloads:
+        if not BY_NAME[name].constrained:
+            continue
+        shares = []
+        for system in names:
+            samples = [
+                s
+                for r in runs
+                if r["workload"] == name and r["constrained"] and r["system"] == system
+                for s in r["samples"]
+                if s.get("forced_reported") is not None
+            ]
+            if samples:
+                got = sum(s["forced_reported"] for s in samples)
+                total = sum(s["tokens"] for s in samples)
+                shares.append(f"{system}: {100 * got / max(1, total):.1f}% of {total}")
+        forced[name] = "not walked (journal); reported by the server: " + ", ".join(shares)
+    serving = {
+        "settings": {
+            "rounds": len(kept),
+            "concurrencies": sorted({r["concurrency"] for r in runs}),
+            "workloads": {
+                name: {
+                    "label": BY_NAME[name].label,
+                    "max_tokens": BY_NAME[name].max_tokens,
+                    "schemas": len(BY_NAME[name].schemas),
+                }
+                for name in workloads
+            },
+            "systems": names,
+            "fast_forward": {"server_has_setting": True, "two_arms": "grpc_noff" in names},
+            "prompts": len(TASKS),
+            "max_num_seqs": servers.MAX_NUM_SEQS,
+            "max_num_batched_tokens": servers.DEFAULT_BATCHED_TOKENS,
+            "max_model_len": servers.MAX_MODEL_LEN,
+            "kv_cache_bytes": servers.KV_CACHE_BYTES,
+            "from_journal": str(journal),
+        },
+        "startup_while_loading_others_s": {},
+        "idle_cpu_cores": {},
+        "load_start": runs[0]["load1"] if runs else 0.0,
+        "load_end": load_average(),
+        "runs": runs,
+        "forced": forced,
+        "summary": summary.summarize(runs),
+        "consistency": summary.consistency(runs, names),
+    }
+    first = min((s["started_at"] for r in runs for s in r["samples"]), default=0.0)
+    last = max((s["started_at"] + s["duration_s"] for r in runs for s in r["samples"]), default=0.0)
+    return {
+        "mode": "full" if plan is FULL else "quick",
+        "started": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(journal.stat().st_ctime)),
+        "command": f"make bench, serving only, {len(kept)} of {plan.serving_rounds} rounds "
+        "(the rest stopped)",
+        "machine": machine_info(),
+        "load_start": (serving["load_start"],),
+        "load_end": load_average(),
+        "out_dir": str(journal.parent),
+        "serving": serving,
+        "elapsed_s": last - first,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -273,7 +354,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RESULTS_JSON",
         help="re-render results.md and the plots from a results.json, then update the figures",
     )
+    parser.add_argument(
+        "--from-journal",
+        type=Path,
+        metavar="SERVING_RUNS_JSONL",
+        help="report the serving runs of a stopped run from its journal (rounds that finished)",
+    )
     args = parser.parse_args(argv)
+    if args.from_journal:
+        results = from_journal(args.from_journal, QUICK if args.quick else FULL)
+        path = write(results, not args.no_figures)
+        print(path.read_text())
+        return 0
     if args.report_only:
         results = json.loads(args.report_only.read_text())
         results["out_dir"] = str(args.report_only.parent)

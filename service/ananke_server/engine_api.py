@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -159,7 +159,7 @@ class Engine(Protocol):
 
     def generate(
         self, request_id: str, prompt: PromptTokens, params: EngineParams
-    ) -> AsyncIterator[EngineDelta]:
+    ) -> AsyncGenerator[EngineDelta, None]:
         """Streams the generation; closing the iterator or cancelling aborts it."""
 
     def unfinished_requests(self) -> int:

@@ -11,8 +11,9 @@ import contextvars
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -42,7 +43,7 @@ from .provenance import Clock, build_provenance
 from .reasoning import ReasoningPlan, StreamSplitter, plan_for, split_text, split_tokens, wrap_all
 from .schema_outcome import SchemaOutcome, not_satisfied, retry_sampling, validate_output
 from .settings import Settings
-from .steering import replay_steering
+from .steering import may_have_steered, replay_steering
 from .validation import (
     ValidatedRequest,
     check_prompt_length,
@@ -173,27 +174,30 @@ class Generations:
                     held: list[StreamEvent] = []
                     last: tuple[Any, SchemaOutcome | None] | None = None
                     run = self._run(validated, compiled, prompt, clock, outputs, plan)
-                    async for item in run:
-                        if isinstance(item, int):  # candidate `item` finished
-                            last = await self._finish(
-                                validated,
-                                compiled,
-                                cache_hit,
-                                clock,
-                                prompt,
-                                outputs[item],
-                                attempt,
-                                plan,
-                            )
-                            if not hold:
-                                rejected = last[1].rejected if last[1] is not None else None
-                                if single and rejected is not None:
-                                    raise not_satisfied(*rejected, attempt)
-                                yield StreamEvent(finished=last[0])
-                        elif hold:
-                            held.append(item)
-                        else:
-                            yield item
+                    # Closed at once on every exit (a failed check raises here while
+                    # other candidates run): the engine request ends with it.
+                    async with aclosing(run):
+                        async for item in run:
+                            if isinstance(item, int):  # candidate `item` finished
+                                last = await self._finish(
+                                    validated,
+                                    compiled,
+                                    cache_hit,
+                                    clock,
+                                    prompt,
+                                    outputs[item],
+                                    attempt,
+                                    plan,
+                                )
+                                if not hold:
+                                    rejected = last[1].rejected if last[1] is not None else None
+                                    if single and rejected is not None:
+                                        raise not_satisfied(*rejected, attempt)
+                                    yield StreamEvent(finished=last[0])
+                            elif hold:
+                                held.append(item)
+                            else:
+                                yield item
                     if not hold or last is None:
                         return
                     finished, outcome = last
@@ -233,7 +237,7 @@ class Generations:
         clock: Clock,
         outputs: dict[int, _Output],
         plan: ReasoningPlan | None = None,
-    ) -> AsyncIterator[StreamEvent | int]:
+    ) -> AsyncGenerator[StreamEvent | int, None]:
         """One engine run: its chunks, recorded into `outputs` (by candidate)
         as they come, and each candidate's index once it finished. The tokens
         are counted into the metrics once, when the run ends."""
@@ -242,55 +246,59 @@ class Generations:
         produced = 0
         splitters: dict[int, StreamSplitter] = {}
         try:
-            async for delta in self._engine.generate(
+            stream = self._engine.generate(
                 f"{validated.request_id}-{time.monotonic_ns():x}",
                 prompt,
                 engine_params(validated, compiled, self._steer, plan),
-            ):
-                output = outputs[delta.index]
-                new = delta.token_ids
-                if new:
-                    if clock.first_token is None:
-                        clock.first_token = now()
-                    produced += len(new)
-                    output.token_ids.extend(new)
-                output.cached_tokens = max(output.cached_tokens, delta.cached_tokens)
-                if delta.prompt_logprobs:
-                    output.prompt_logprobs = logprobs_to_proto(delta.prompt_logprobs, tokenizer)
-                shown = new if hidden.isdisjoint(new) else [t for t in new if t not in hidden]
-                thought, answer = "", delta.text
-                if plan is not None:
-                    splitter = splitters.setdefault(delta.index, StreamSplitter(plan))
-                    thought, answer = splitter.feed(delta.text)
-                    thought += splitter.flush() if delta.finished else ""
-                if shown or delta.text or thought:
-                    output.text.append(delta.text)
-                    positions = [p for p in delta.logprobs if p.token.token_id not in hidden]
-                    yield StreamEvent(
-                        chunk=TokenChunk(
-                            text=answer,
-                            reasoning_text=thought,
-                            token_ids=shown,
-                            candidate_index=delta.index,
-                            logprobs=logprobs_to_proto(positions, tokenizer) if positions else (),
+            )
+            async with aclosing(stream):
+                async for delta in stream:
+                    output = outputs[delta.index]
+                    new = delta.token_ids
+                    if new:
+                        if clock.first_token is None:
+                            clock.first_token = now()
+                        produced += len(new)
+                        output.token_ids.extend(new)
+                    output.cached_tokens = max(output.cached_tokens, delta.cached_tokens)
+                    if delta.prompt_logprobs:
+                        output.prompt_logprobs = logprobs_to_proto(delta.prompt_logprobs, tokenizer)
+                    shown = new if hidden.isdisjoint(new) else [t for t in new if t not in hidden]
+                    thought, answer = "", delta.text
+                    if plan is not None:
+                        splitter = splitters.setdefault(delta.index, StreamSplitter(plan))
+                        thought, answer = splitter.feed(delta.text)
+                        thought += splitter.flush() if delta.finished else ""
+                    if shown or delta.text or thought:
+                        output.text.append(delta.text)
+                        positions = [p for p in delta.logprobs if p.token.token_id not in hidden]
+                        yield StreamEvent(
+                            chunk=TokenChunk(
+                                text=answer,
+                                reasoning_text=thought,
+                                token_ids=shown,
+                                candidate_index=delta.index,
+                                logprobs=logprobs_to_proto(positions, tokenizer)
+                                if positions
+                                else (),
+                            )
                         )
-                    )
-                if delta.finished:
-                    if delta.finish_reason in ("abort", "error"):
-                        raise ServiceError(
-                            "ENGINE_UNAVAILABLE",
-                            f"the engine ended the generation ({delta.finish_reason})",
-                            retry_after_s=1.0,
+                    if delta.finished:
+                        if delta.finish_reason in ("abort", "error"):
+                            raise ServiceError(
+                                "ENGINE_UNAVAILABLE",
+                                f"the engine ended the generation ({delta.finish_reason})",
+                                retry_after_s=1.0,
+                            )
+                        output.engine_reason = delta.finish_reason or "stop"
+                        output.stop_string = isinstance(delta.stop_reason, str)
+                        output.forced_tokens = delta.forced_tokens
+                        self._metrics.record_forced(delta.forced_tokens)
+                        output.stop_token = (
+                            isinstance(delta.stop_reason, int)
+                            and delta.stop_reason in validated.sampling.stop_token_ids
                         )
-                    output.engine_reason = delta.finish_reason or "stop"
-                    output.stop_string = isinstance(delta.stop_reason, str)
-                    output.forced_tokens = delta.forced_tokens
-                    self._metrics.record_forced(delta.forced_tokens)
-                    output.stop_token = (
-                        isinstance(delta.stop_reason, int)
-                        and delta.stop_reason in validated.sampling.stop_token_ids
-                    )
-                    yield delta.index
+                        yield delta.index
         finally:
             self._metrics.record_tokens(produced)
 
@@ -420,10 +428,16 @@ class Generations:
         )
         if self._steer is None or not self._steer.budget or not grammars:
             return None
+        tokens = [t for t in output.token_ids if t not in self._eos]
+        wrapped = wrap_all(grammars, plan)
+        max_tokens = validated.sampling.max_tokens
+        produced = len(tokens) + 1  # EOS included
+        if not may_have_steered(wrapped, produced, max_tokens=max_tokens, config=self._steer):
+            return None
         return replay_steering(
             self._engine.llg_tokenizer(),
-            wrap_all(grammars, plan),
-            [t for t in output.token_ids if t not in self._eos],
+            wrapped,
+            tokens,
             max_tokens=validated.sampling.max_tokens,
             config=self._steer,
             allowed=compiled.allowed_token_ids,

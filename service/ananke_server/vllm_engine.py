@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from vllm import SamplingParams
@@ -223,7 +223,7 @@ class VllmEngine:
 
     async def generate(
         self, request_id: str, prompt: PromptTokens, params: EngineParams
-    ) -> AsyncIterator[EngineDelta]:
+    ) -> AsyncGenerator[EngineDelta, None]:
         """Streams deltas from vLLM. Cancellation or closing aborts the request
         (vLLM's generator aborts on CancelledError/GeneratorExit)."""
         structured, allowed, bias, extra_args = self._constraint_params(params)

@@ -133,8 +133,10 @@ async def profile(args: argparse.Namespace, out_dir: Path) -> None:
             running["peer"] = systems.PeerSystem(handles["peer"])
         workload = BY_NAME[args.workload]
         for system in running.values():
-            # Warm: every prompt once (grammars compiled, caches filled).
-            await serving.run_cell(system, workload, workload.constrained, 16, 8, -1)
+            # Warm: every prompt once (grammars compiled, caches filled), long
+            # enough for a schema's shortest document (shorter is refused).
+            warm_tokens = workload.quick_max_tokens if workload.constrained else 8
+            await serving.run_cell(system, workload, workload.constrained, 16, warm_tokens, -1)
         plan = [int(s) for s in args.streams.split(",")] * args.rounds
         for streams in plan:
             for name, system in running.items():

@@ -21,6 +21,7 @@ from ananke_server.steering import (
     SteerConfig,
     byte_tokens,
     has_token,
+    may_have_steered,
     shortest_completion,
 )
 from ananke_server.steering.product import ByteTokens, regex_of_grammar
@@ -266,6 +267,18 @@ def test_budget_steering_completes_within_max_tokens(
     assert guide is not None
     assert guide.steered_from is not None
     assert 0 <= guide.steered_from < len(tokens)
+    # The main process replays steering only for outputs where it can have begun.
+    assert may_have_steered(grammars, len(tokens), max_tokens=max_tokens, config=SteerConfig())
+
+
+def test_replay_is_skipped_only_where_steering_cannot_have_begun() -> None:
+    json_only = [js(NAME_N)]
+    config = SteerConfig()
+    assert not may_have_steered(json_only, 20, max_tokens=60, config=config)
+    assert may_have_steered(json_only, 60 - config.margin - 1, max_tokens=60, config=config)
+    # A length-bounded regex part can start steering anywhere (its room runs out).
+    assert may_have_steered([*json_only, rx("(?s:.{0,40})")], 20, max_tokens=200, config=config)
+    assert not may_have_steered(json_only, 59, max_tokens=60, config=SteerConfig(budget=False))
 
 
 def test_steering_off_behaves_as_plain_masking(tok: LLTokenizer, table: ByteTokens) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .product import ByteTokens, Mask, Product, byte_tokens, has_token
+from .product import ByteTokens, Mask, Product, byte_tokens, has_token, regex_of_grammar
 from .search import Outcome, Search, shortest_completion
 
 
@@ -376,6 +376,21 @@ def _bits(ids: Iterable[int], words: int) -> Mask:
         if 0 <= token < words * 32:
             mask[token >> 5] |= np.uint32(1 << (token & 31)).view(np.int32)
     return mask
+
+
+def may_have_steered(
+    grammars: Sequence[str], produced: int, *, max_tokens: int, config: SteerConfig
+) -> bool:
+    """Whether budget steering can have begun in an output of `produced` tokens
+    (EOS included): it starts only when the known completion plus the margin
+    no longer fits (so the output ends within `margin` of max_tokens) or when a
+    length-bounded regex part runs out of room (any plain-regex part), which
+    saves the costly replay for every other output."""
+    if not config.budget:
+        return False
+    if produced + config.margin + 1 >= max_tokens:
+        return True
+    return any(regex_of_grammar(grammar) is not None for grammar in grammars)
 
 
 def replay_steering(

@@ -244,7 +244,9 @@ def from_journal(journal: Path, plan: Plan) -> dict[str, Any]:
     full = max(per_round.values())
     kept = sorted(r for r, n in per_round.items() if n == full)
     runs = [r for r in runs if r["round"] in kept]
-    names = sorted({r["system"] for r in runs}, key=["grpc", "grpc_noff", "peer"].index)
+    order = ["grpc", "grpc_noff", "peer", "inproc"]  # serving.py's arms, as it runs them
+    systems = {r["system"] for r in runs}
+    names = [n for n in order if n in systems] + sorted(systems - set(order))
     workloads = [w for w in plan.workloads if any(r["workload"] == w for r in runs)]
     forced: dict[str, Any] = {}
     for name in workloads:

@@ -25,6 +25,7 @@ logits processor."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from .request_grammar import RequestGrammar, RequestSpec
-from .steering import Guide, Product, SteerConfig, byte_tokens
+from .steering import SteerConfig
 
 log = logging.getLogger("ananke.dead_end_guard")
 
@@ -75,15 +76,7 @@ class DeadEndGuard:
         assert spec.steer is not None
         self.config = SteerConfig(**spec.steer)
         self.grammar = RequestGrammar.from_spec(
-            RequestSpec(
-                grammars=spec.grammars,
-                allowed=spec.allowed,
-                forbidden=spec.forbidden,
-                eos=spec.eos,
-                fast_forward=spec.fast_forward,
-            ),
-            tokenizer,
-            max_tokens=max_tokens,
+            dataclasses.replace(spec, steer=None), tokenizer, max_tokens=max_tokens
         )
         self.output = output  # the worker's live list of committed output tokens
         self.drafts = drafts  # most drafts a step may carry (0: no fast-forward)
@@ -97,23 +90,8 @@ class DeadEndGuard:
             self._generator.manual_seed(int(sampling.seed))
         else:
             self._generator.seed()
-        if not self.broken and max_tokens is not None:
-            grammar = self.grammar
-            grammar.guide = Guide(
-                Product(
-                    grammar.matchers,
-                    grammar.words,
-                    grammar.masks.allowed,
-                    grammar.masks.forbidden,
-                    tokenizer=tokenizer,
-                    grammars=spec.grammars,
-                ),
-                byte_tokens(tokenizer),
-                max_tokens=max_tokens,
-                eos_ids=sorted(grammar.eos_tokens),
-                config=self.config,
-                verify=True,
-            )
+        if not self.broken:
+            self.grammar.steer(self.config, tokenizer, spec.grammars, verify=True)
 
     def _sync(self) -> bool:
         """Takes the output tokens committed since the last call."""
@@ -144,7 +122,8 @@ class DeadEndGuard:
                 continue
             try:
                 if self._allowed_count() == count:
-                    token = self._choose(row, finite)
+                    assert self.grammar.guide is not None
+                    token = self.grammar.guide.choose(self.candidates(row, count))
                     if token is not None and bool(finite[token]):
                         kept = row[token].clone()
                         row.fill_(float("-inf"))
@@ -175,16 +154,10 @@ class DeadEndGuard:
             return 0
         return int(np.unpackbits(mask.view(np.uint8)).sum())
 
-    def _choose(self, row: torch.Tensor, finite: torch.Tensor) -> int | None:
-        guide = self.grammar.guide
-        assert guide is not None
-        return guide.choose(self.candidates(row, finite))
-
-    def candidates(self, row: torch.Tensor, finite: torch.Tensor) -> list[int]:
-        """The row's tokens in the order sampling would draw them (at most
-        `retries`, and never one outside top-k / top-p)."""
+    def candidates(self, row: torch.Tensor, count: int) -> list[int]:
+        """The row's tokens (`count` of them finite) in the order sampling would
+        draw them (at most `retries`, and never one outside top-k / top-p)."""
         limit = max(1, self.config.retries)
-        count = int(finite.sum())
         logits = row.to(torch.float32)
         sampling = self.sampling
         if sampling.temperature < _GREEDY:
@@ -207,8 +180,8 @@ def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
         out[out < threshold] = float("-inf")
     if 0.0 < top_p < 1.0:
         ordered, indices = torch.sort(out, descending=True)
-        mass = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-        drop = mass - torch.softmax(ordered, dim=-1) > top_p  # keep the token crossing top_p
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the token crossing top_p
         out[indices[drop]] = float("-inf")
     return out
 

@@ -149,10 +149,13 @@ class RequestGrammar:
             grammar.steer(SteerConfig(**spec.steer), tokenizer, spec.grammars)
         return grammar
 
-    def steer(self, config: SteerConfig, tokenizer: Any, grammars: Sequence[str]) -> None:
+    def steer(
+        self, config: SteerConfig, tokenizer: Any, grammars: Sequence[str], *, verify: bool = False
+    ) -> None:
         """Switches budget-aware completion on: a Guide over these same matchers
-        narrows the mask (`restrict`) when max_tokens comes close."""
-        if self.max_tokens is None or not config.budget or self.error():
+        narrows the mask (`restrict`) when max_tokens comes close. `verify`: the
+        guide also checks candidate tokens (dead_end_guard), budget or not."""
+        if self.max_tokens is None or not (config.budget or verify) or self.error():
             return
         product = Product(
             self.matchers,
@@ -168,6 +171,7 @@ class RequestGrammar:
             max_tokens=self.max_tokens,
             eos_ids=sorted(self.eos_tokens),
             config=config,
+            verify=verify,
         )
 
     def error(self) -> str:

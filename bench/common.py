@@ -118,6 +118,14 @@ def package_version(*names: str) -> str:
     return "not installed"
 
 
+def _model_dtype() -> str:
+    """The dtype the service (and the bench's peer) runs the model in here."""
+    from ananke_server.engine_config import cpu_flags, engine_dtype
+
+    dtype = engine_dtype("auto", on_cpu=True, machine=platform.machine(), flags=cpu_flags())
+    return "bf16, the model's" if dtype == "auto" else f"{dtype}: no native bf16 on this CPU"
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, memory and software versions."""
     cpu_model = platform.processor() or "unknown"
@@ -141,6 +149,7 @@ def machine_info() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model,
         "cpu_flags": flags,
+        "model_dtype": _model_dtype(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -133,7 +133,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Machine: {info['nproc']} CPUs, {info['cpu_model']} ({info['cpu_flags']}), "
         f"{info['ram_gib']} GiB RAM, {info['os']}",
         f"- Python {info['python']}; {versions}; project commit {info['git_commit']}",
-        f"- Model: SmolLM2-135M-Instruct (bf16, enforce_eager), greedy; command: "
+        f"- Model: SmolLM2-135M-Instruct ({info.get('model_dtype', 'bf16')}, enforce_eager), "
+        "greedy; command: "
         f"`{results['command']}`; took {results['elapsed_s'] / 60:.1f} min",
         f"- Load average (1/5/15 min) at start {results['load_start']}, at end "
         f"{results['load_end']}. The machine is shared: other jobs ran meanwhile, so wall "

@@ -195,7 +195,15 @@ def serving_section(serving: dict[str, Any]) -> list[str]:
         "",
         f"Workloads: {workloads}. {st['prompts']} chat prompts, one per stream; a JSON "
         "workload runs constrained on every system, and unconstrained on this service with "
-        "the same prompt (which shows the schema): the baseline of the fast-forward ratio; "
+        "the same prompt (which shows the schema)"
+        + (
+            ", each stream held to exactly as many tokens as that prompt's constrained "
+            "output (min_tokens = max_tokens = the length of one constrained greedy run "
+            "before the rounds), so both sides decode the same number of tokens"
+            if st.get("unconstrained_lengths")
+            else ""
+        )
+        + ": the baseline of the fast-forward ratio; "
         "free generation against vLLM's server is the code workload. Greedy (temperature 0, "
         "seed 0). Engine settings on every side: max_num_seqs "
         f"{st['max_num_seqs']}, max_num_batched_tokens {st['max_num_batched_tokens']}, "

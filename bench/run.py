@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -238,6 +239,7 @@ def from_journal(journal: Path, plan: Plan) -> dict[str, Any]:
     from workload import BY_NAME, TASKS
 
     runs = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    lengths = journal.parent / "unconstrained_lengths.json"
     per_round: dict[int, int] = {}
     for run_ in runs:
         per_round[run_["round"]] = per_round.get(run_["round"], 0) + 1
@@ -286,6 +288,7 @@ def from_journal(journal: Path, plan: Plan) -> dict[str, Any]:
             "max_model_len": servers.MAX_MODEL_LEN,
             "kv_cache_bytes": servers.KV_CACHE_BYTES,
             "from_journal": str(journal),
+            "unconstrained_lengths": json.loads(lengths.read_text()) if lengths.exists() else {},
         },
         "startup_while_loading_others_s": {},
         "idle_cpu_cores": {},
@@ -320,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workloads",
         default="",
         help="comma-separated serving workloads (code, json, json_long); default all",
+    )
+    parser.add_argument(
+        "--serving-rounds",
+        type=int,
+        default=0,
+        help="rounds of the serving section (default: the plan's, 2 full, 1 quick)",
     )
     parser.add_argument(
         "--fast-forward-arms",
@@ -386,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections: {sorted(unknown)}")
     plan = QUICK if args.quick else FULL
+    if args.serving_rounds > 0:
+        plan = dataclasses.replace(plan, serving_rounds=args.serving_rounds)
     mode = "quick" if args.quick else "full"
     options = Options(
         quick=args.quick,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+from ananke_server.engine_config import cpu_flags, engine_dtype
 from common import BENCH, MODEL_NAME, ROOT, free_port, subprocess_env
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -27,6 +29,9 @@ MAX_MODEL_LEN = 4096
 KV_CACHE_BYTES = 256 << 20
 # The scheduler budget vLLM resolves for this model on CPU (given to the peer explicitly).
 DEFAULT_BATCHED_TOKENS = 2048
+# The dtype this service resolves "auto" to on this machine (float32 on an x86 CPU
+# without native bf16): the peer gets the same, explicitly.
+PEER_DTYPE = engine_dtype("auto", on_cpu=True, machine=platform.machine(), flags=cpu_flags())
 
 
 @dataclass
@@ -149,7 +154,7 @@ def launch_peer(log_dir: Path, model_path: Path, max_num_batched_tokens: int) ->
         str(KV_CACHE_BYTES),
         "--enforce-eager",
         "--dtype",
-        "auto",
+        PEER_DTYPE,
         "--generation-config",
         "vllm",
         "--structured-outputs-config",

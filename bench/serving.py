@@ -25,6 +25,8 @@ from common import ROOT, load_average, log, median, model_dir, subprocess_env
 from workload import BY_NAME, TASKS, WORKLOADS, Workload
 
 SETTLE_S = 1.0
+# Beside the journal: the per-prompt lengths the unconstrained JSON arms are held to.
+LENGTHS_FILE = "unconstrained_lengths.json"
 # How the two gRPC arms are started when the server has the setting.
 FAST_FORWARD_ON = ["--fast-forward"]
 FAST_FORWARD_OFF = ["--no-fast-forward"]
@@ -91,14 +93,21 @@ async def run_cell(
     concurrency: int,
     max_tokens: int,
     round_index: int,
+    lengths: dict[int, int] | None = None,
 ) -> CellRun:
-    """`concurrency` streams at once, each with its own prompt."""
+    """`concurrency` streams at once, each with its own prompt. With `lengths`,
+    stream i generates exactly lengths[i] tokens (min_tokens = max_tokens)."""
     front0, engine0 = system.cpu_seconds()
     client0 = _client_cpu()
     load1 = load_average()[0]
     started = time.perf_counter()
     samples = await asyncio.gather(
-        *(system.stream(workload, i, constrained, max_tokens) for i in range(concurrency))
+        *(
+            system.stream(workload, i, constrained, lengths[i], min_tokens=lengths[i])
+            if lengths
+            else system.stream(workload, i, constrained, max_tokens)
+            for i in range(concurrency)
+        )
     )
     wall = time.perf_counter() - started
     front1, engine1 = system.cpu_seconds()
@@ -144,7 +153,8 @@ def arms(workload: Workload, names: list[str]) -> list[tuple[str, bool]]:
     """(system, constrained) pairs run in a cell of this workload. Free
     generation against vLLM's server (and on the no-fast-forward server) runs on
     the code workload; a JSON workload adds this service unconstrained with the
-    same prompt, the baseline of the fast-forward ratio."""
+    same prompt, each stream held to the length of that prompt's constrained
+    output: the baseline of the fast-forward ratio, token for token."""
     if not workload.constrained:
         return [(n, False) for n in names]
     return [(n, True) for n in names] + [(n, False) for n in names if n in ("grpc", "inproc")]
@@ -196,7 +206,7 @@ async def run_serving(
         if local is not None:
             local.server_pids = {h.pid for h in handles.values()}
             running.append(local)
-        runs = await _rounds(running, chosen, rounds, quick, concurrencies, out_dir)
+        runs, lengths = await _rounds(running, chosen, rounds, quick, concurrencies, out_dir)
         idle = await _idle_cpu(running)
     finally:
         for system in running:
@@ -230,6 +240,7 @@ async def run_serving(
             "max_model_len": servers.MAX_MODEL_LEN,
             "kv_cache_bytes": servers.KV_CACHE_BYTES,
             "prompts": len(TASKS),
+            "unconstrained_lengths": lengths,
         },
         "startup_while_loading_others_s": ready,
         "idle_cpu_cores": idle,
@@ -249,7 +260,7 @@ async def _rounds(
     quick: bool,
     concurrencies: tuple[int, ...],
     out_dir: Path,
-) -> list[CellRun]:
+) -> tuple[list[CellRun], dict[str, dict[int, int]]]:
     by_name = {s.name: s for s in running}
     # Every run as it ends, in case the benchmark is stopped or fails later.
     journal = out_dir / "serving_runs.jsonl"
@@ -262,6 +273,7 @@ async def _rounds(
             # a max_tokens below it up front).
             warm_tokens = workload.quick_max_tokens if constrained else 8
             await run_cell(by_name[name], workload, constrained, len(TASKS), warm_tokens, -1)
+    lengths = await _constrained_lengths(by_name[names[0]], chosen, quick, out_dir)
     await asyncio.sleep(3.0)
     runs: list[CellRun] = []
     cells = [(w, c) for w in chosen for c in concurrencies]
@@ -274,13 +286,38 @@ async def _rounds(
                 # An engine keeps spinning briefly after its last step: let it settle.
                 await asyncio.sleep(SETTLE_S)
                 run = await run_cell(
-                    by_name[name], workload, constrained, concurrency, max_tokens, round_index
+                    by_name[name],
+                    workload,
+                    constrained,
+                    concurrency,
+                    max_tokens,
+                    round_index,
+                    None if constrained else lengths.get(workload.name),
                 )
                 runs.append(run)
                 with journal.open("a") as out:
                     out.write(json.dumps(_run_json(run), default=str) + "\n")
         log(f"serving: round {round_index + 1}/{rounds} done, load {load_average()}")
-    return runs
+    return runs, lengths
+
+
+async def _constrained_lengths(
+    system: Any, chosen: list[Workload], quick: bool, out_dir: Path
+) -> dict[str, dict[int, int]]:
+    """Per JSON workload, the length of each prompt's constrained output (one
+    greedy run of every prompt at once). The unconstrained arm of that workload
+    generates exactly as many tokens per prompt, so that the fast-forward ratio
+    compares outputs of equal length, not ~30 JSON tokens with ~100 free ones."""
+    lengths: dict[str, dict[int, int]] = {}
+    for workload in chosen:
+        if not workload.constrained:
+            continue
+        max_tokens = workload.quick_max_tokens if quick else workload.max_tokens
+        run = await run_cell(system, workload, True, len(TASKS), max_tokens, -1)
+        lengths[workload.name] = {s.prompt: max(1, s.tokens) for s in run.samples}
+        log(f"serving: {workload.name} lengths {sorted(lengths[workload.name].values())}")
+    (out_dir / LENGTHS_FILE).write_text(json.dumps(lengths))
+    return lengths
 
 
 def _run_json(run: CellRun) -> dict[str, Any]:

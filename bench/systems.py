@@ -63,7 +63,12 @@ class System(Protocol):
     name: str
 
     async def stream(
-        self, workload: Workload, prompt: int, constrained: bool, max_tokens: int
+        self,
+        workload: Workload,
+        prompt: int,
+        constrained: bool,
+        max_tokens: int,
+        min_tokens: int = 0,
     ) -> StreamSample:
         """Runs one greedy generation and times it."""
 
@@ -112,7 +117,12 @@ class GrpcSystem:
         self.client = AsyncAnankeClient(handle.address, timeout=600)
 
     async def stream(
-        self, workload: Workload, prompt: int, constrained: bool, max_tokens: int
+        self,
+        workload: Workload,
+        prompt: int,
+        constrained: bool,
+        max_tokens: int,
+        min_tokens: int = 0,
     ) -> StreamSample:
         """One GenerateStream call."""
         from ananke import constraints as c
@@ -130,6 +140,7 @@ class GrpcSystem:
             messages=workload.messages(prompt),  # type: ignore[arg-type]
             constraints=constraint,
             max_tokens=max_tokens,
+            min_tokens=min_tokens or None,
             temperature=0.0,
             seed=0,
         )
@@ -178,7 +189,12 @@ class PeerSystem:
         self.session: aiohttp.ClientSession | None = None
 
     async def stream(
-        self, workload: Workload, prompt: int, constrained: bool, max_tokens: int
+        self,
+        workload: Workload,
+        prompt: int,
+        constrained: bool,
+        max_tokens: int,
+        min_tokens: int = 0,
     ) -> StreamSample:
         """One streaming chat completion (SSE)."""
         if self.session is None:
@@ -192,6 +208,7 @@ class PeerSystem:
                 {"role": role, "content": text} for role, text in workload.messages(prompt)
             ],
             "max_tokens": max_tokens,
+            "min_tokens": min_tokens,
             "temperature": 0.0,
             "seed": 0,
             "stream": True,
@@ -315,13 +332,19 @@ class InProcessSystem:
         return int(llm.vllm_config.scheduler_config.max_num_batched_tokens)
 
     async def stream(
-        self, workload: Workload, prompt: int, constrained: bool, max_tokens: int
+        self,
+        workload: Workload,
+        prompt: int,
+        constrained: bool,
+        max_tokens: int,
+        min_tokens: int = 0,
     ) -> StreamSample:
         """One generation through VllmEngine.generate."""
         from ananke_server.engine_api import EngineParams
 
         params = EngineParams(
             max_tokens=max_tokens,
+            min_tokens=min_tokens,
             temperature=0.0,
             top_p=1.0,
             top_k=0,

@@ -13,7 +13,9 @@ from ananke_server import settings as settings_module
 from ananke_server.engine_config import (
     EngineConfig,
     check_runtime,
+    cpu_flags,
     engine_args_kwargs,
+    engine_dtype,
     requested_settings,
     resolved_settings,
 )
@@ -237,3 +239,31 @@ def test_fast_forward_settings_reach_vllm_engine_args(source: str, tmp_path: Pat
     assert off.speculative_config is None
     assert off.per_request_spec_decode_metrics == "none"
     assert off.async_scheduling is None  # vLLM's own choice
+
+
+@pytest.mark.parametrize(
+    ("requested", "on_cpu", "machine", "flags", "expected"),
+    [
+        # vLLM would pick bf16 on any x86 CPU; without native bf16 it is emulated.
+        ("auto", True, "x86_64", frozenset({"avx2", "fma"}), "float32"),
+        ("auto", True, "x86_64", frozenset({"avx512f", "avx512_bf16"}), "auto"),
+        ("auto", True, "x86_64", frozenset({"amx_bf16", "amx_tile"}), "auto"),
+        ("auto", True, "aarch64", frozenset({"asimd"}), "auto"),
+        ("auto", True, "x86_64", None, "auto"),  # flags unreadable: vLLM decides
+        ("auto", False, "x86_64", frozenset({"avx2"}), "auto"),  # a GPU: vLLM decides
+        ("bfloat16", True, "x86_64", frozenset({"avx2"}), "bfloat16"),  # asked for: kept
+    ],
+)
+def test_auto_dtype_on_a_cpu_without_native_bf16_is_float32(
+    requested: str, on_cpu: bool, machine: str, flags: frozenset[str] | None, expected: str
+) -> None:
+    assert engine_dtype(requested, on_cpu=on_cpu, machine=machine, flags=flags) == expected
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert cpu_flags(cpuinfo) == frozenset({"fpu", "avx2", "avx512_bf16"})
+    cpuinfo.write_text("processor\t: 0\n")
+    assert cpu_flags(cpuinfo) is None
+    assert cpu_flags(tmp_path / "missing") is None

@@ -4,7 +4,9 @@ starting an engine."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .engine_api import EngineSettingsInfo
@@ -12,6 +14,8 @@ from .settings import Settings
 
 GUIDANCE_BACKEND = "guidance"  # vLLM's structured-output backend name for llguidance
 SINGLE_PROCESS_EXECUTOR = "uni"  # vLLM's executor when one GPU (or the CPU) runs the model
+# x86 flags of native bf16 arithmetic (AVX-512 BF16, AMX); without them bf16 is emulated.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,34 @@ class EngineConfig:
         return self.distributed_executor_backend if self.tensor_parallel_size > 1 else None
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags (Linux), or None where they cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
+def engine_dtype(
+    requested: str, *, on_cpu: bool, machine: str, flags: frozenset[str] | None
+) -> str:
+    """The dtype given to vLLM. "auto" on an x86 CPU without native bf16 becomes
+    float32: vLLM's CPU platform assumes every x86 CPU has bf16 and picks it, and
+    there it is emulated (on a 2-core AVX2 EPYC with the default model, float32
+    served 16 streams 3-4x faster, with first tokens 3-6x sooner; one stream
+    decodes ~25% slower, as it reads twice the bytes). Every explicit choice is left alone, and so
+    is "auto" where the flags are unknown (None)."""
+    if requested != "auto" or not on_cpu or machine.lower() not in ("x86_64", "amd64"):
+        return requested
+    if flags is None or flags & NATIVE_BF16_FLAGS:
+        return requested
+    return "float32"
+
+
 def engine_args_kwargs(
     config: EngineConfig, *, on_cpu: bool, fast_forward_proposer: str | None = None
 ) -> dict[str, Any]:
@@ -110,7 +142,9 @@ def engine_args_kwargs(
         "max_num_seqs": config.max_num_seqs,
         "max_num_batched_tokens": config.max_num_batched_tokens or None,
         "enforce_eager": config.enforce_eager,
-        "dtype": config.dtype,
+        "dtype": engine_dtype(
+            config.dtype, on_cpu=on_cpu, machine=platform.machine(), flags=cpu_flags()
+        ),
         "quantization": config.quantization or None,
         "tensor_parallel_size": config.tensor_parallel_size,
         "distributed_executor_backend": config.executor_backend,

@@ -152,7 +152,8 @@ _HELP: dict[str, str] = {
     "log_format": "json (one object per line, with the request id) or text",
     "kv_cache_bytes": "KV cache size for the CPU engine, in bytes",
     "enforce_eager": "skip graph compilation (faster start on CPU)",
-    "dtype": "model weights and activations dtype (auto, half, float16, bfloat16, float, float32)",
+    "dtype": "model weights and activations dtype (auto, half, float16, bfloat16, float, "
+    "float32); auto: the model's, float32 on an x86 CPU without native bf16",
     "tensor_parallel_size": "GPUs one model is split across (vLLM tensor parallelism)",
     "gpu_memory_utilization": "fraction of each GPU's memory vLLM may use (0 < x <= 1; not on CPU)",
     "quantization": "vLLM quantization method, e.g. awq, gptq, fp8, compressed-tensors "

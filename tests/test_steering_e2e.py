@@ -218,22 +218,39 @@ def test_budget_table(live_server: LiveServer, plain_server: LiveServer) -> None
     assert not failures, failures
 
 
-def test_length_regex_intersection_no_false_dead_end(
-    live_server: LiveServer, plain_server: LiveServer
-) -> None:
-    constraints = [_schema(MODULE), _regex(r"(?s:.{0,40})")]
-    prompt = "Name a long Python module path, as JSON:"
-    steered, results = _rate(live_server, constraints, prompt, 200)
-    today, before = _rate(plain_server, constraints, prompt, 200)
+def _with_and_without(
+    live_server: LiveServer,
+    plain_server: LiveServer,
+    constraints: list[c.ConstraintIR],
+    prompt: str,
+    max_tokens: int,
+    label: str,
+) -> list[inference_service_pb2.GenerateResponse | grpc.RpcError]:
+    """Samples on the server that steers and on the one that does not (dead-end
+    guard and budget-aware completion off); prints both rates and the dead ends
+    without; asserts every steered sample complete and valid; returns them."""
+    steered, results = _rate(live_server, constraints, prompt, max_tokens)
+    today, before = _rate(plain_server, constraints, prompt, max_tokens)
     dead_ends = sum(
         isinstance(r, grpc.RpcError) and _error_info(r).reason == "CONSTRAINT_UNSATISFIABLE"
         for r in before
     )
     print(
-        f"\nJSON schema AND (?s:.{{0,40}}), {SAMPLES} samples: complete+valid {steered:.0%} "
-        f"with steering, {today:.0%} without ({dead_ends} false dead ends)"
+        f"\n{label}, {SAMPLES} samples: complete+valid {steered:.0%} with steering, "
+        f"{today:.0%} without ({dead_ends} dead ends)"
     )
     assert steered == 1.0, [str(r)[:300] for r in results]
+    return results
+
+
+def test_length_regex_intersection_no_false_dead_end(
+    live_server: LiveServer, plain_server: LiveServer
+) -> None:
+    constraints = [_schema(MODULE), _regex(r"(?s:.{0,40})")]
+    prompt = "Name a long Python module path, as JSON:"
+    results = _with_and_without(
+        live_server, plain_server, constraints, prompt, 200, "JSON schema AND (?s:.{0,40})"
+    )
     for result in results:
         assert isinstance(result, inference_service_pb2.GenerateResponse)
         assert len(result.text) <= 40
@@ -252,17 +269,9 @@ def test_narrow_common_language_of_two_grammars(
 ) -> None:
     constraints = [_grammar(OUR_NAMES), _grammar(THEIR_NAMES, c.GRAMMAR_SYNTAX_GBNF)]
     prompt = "Write only this Python line: def load_config(path):"
-    guarded, results = _rate(live_server, constraints, prompt, 40)
-    today, before = _rate(plain_server, constraints, prompt, 40)
-    dead_ends = sum(
-        isinstance(r, grpc.RpcError) and _error_info(r).reason == "CONSTRAINT_UNSATISFIABLE"
-        for r in before
+    results = _with_and_without(
+        live_server, plain_server, constraints, prompt, 40, "Lark AND GBNF, one name in common"
     )
-    print(
-        f"\nLark AND GBNF, one name in common, {SAMPLES} samples: complete+valid "
-        f"{guarded:.0%} with the dead-end guard, {today:.0%} without ({dead_ends} dead ends)"
-    )
-    assert guarded == 1.0, [str(r)[:300] for r in results]
     for result in results:
         assert isinstance(result, inference_service_pb2.GenerateResponse)
         assert result.text == "def save_config(path):"

@@ -285,6 +285,52 @@ def test_steering_is_in_provenance(live_server: LiveServer) -> None:
     assert response.provenance.check.verdict == SATISFIED
     assert response.provenance.HasField("steering"), response.text
     assert 0 <= response.provenance.steering.from_token < len(response.token_ids)
+    # The engine reports where its guide began steering (vllm_plugin); the
+    # deterministic replay over the same tokens, as the front end would run it
+    # without the report, must find the same place.
+    replayed = _replay(list(request.request.constraints), list(response.token_ids), shortest + 2)
+    steering = response.provenance.steering
+    assert replayed == (steering.from_token, steering.tokens_left)
+
+
+def _replay(
+    constraints: list[c.ConstraintIR], tokens: list[int], max_tokens: int
+) -> tuple[int, int] | None:
+    """Budget steering replayed over `tokens` with this project's compiled grammar."""
+    import asyncio
+
+    from ananke_server.constraints import ConstraintCompiler
+    from ananke_server.generation_rules import steer_config
+    from ananke_server.model_prep import prepare_default_model
+    from ananke_server.settings import Settings
+    from ananke_server.steering import replay_steering
+    from llguidance.hf import from_tokenizer
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(prepare_default_model()))
+    tokenizer = from_tokenizer(hf, max(hf.vocab_size, len(hf)))
+    compiler = ConstraintCompiler(
+        tokenizer,
+        vocab_size=max(hf.vocab_size, len(hf)),
+        tokenizer_id="test",
+        max_constraint_bytes=1 << 20,
+        cache_size=4,
+        timeout_s=60,
+        workers=1,
+    )
+    try:
+        compiled, _ = asyncio.run(compiler.compile(constraints, "c"))
+    finally:
+        compiler.close()
+    assert compiled.grammar is not None
+    eos = set(tokenizer.eos_tokens)
+    return replay_steering(
+        tokenizer,
+        [compiled.grammar],
+        [t for t in tokens if t not in eos],
+        max_tokens=max_tokens,
+        config=steer_config(Settings()),  # the live server's defaults
+    )
 
 
 def test_empty_intersections_fail_fast(live_server: LiveServer) -> None:

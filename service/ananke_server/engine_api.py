@@ -126,6 +126,10 @@ class EngineDelta:
     logprobs: tuple[PositionLogprobs, ...] = ()  # one per id in token_ids, when asked
     prompt_logprobs: tuple[PositionLogprobs, ...] = ()  # on a candidate's first delta
     cached_tokens: int = 0  # prompt tokens the prefix cache served
+    # On the last delta, when the engine reported it: where budget steering
+    # began (None: it never did); `steering_reported` False: not reported.
+    steered_from: int | None = None
+    steering_reported: bool = False
 
 
 @dataclass

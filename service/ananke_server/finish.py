@@ -39,6 +39,9 @@ class CandidateOutput:
     forced_tokens: int = 0  # fast-forwarded (no model step of their own)
     stop_token: bool = False  # ended by one of the request's stop_token_ids
     cached_tokens: int = 0  # prompt tokens the prefix cache served
+    # Where the engine's budget steering began, when the engine reported it.
+    steered_from: int | None = None
+    steering_reported: bool = False
     prompt_logprobs: list[generation_pb2.PositionLogprobs] = field(default_factory=list)
 
 
@@ -187,15 +190,20 @@ class Finisher:
         output: CandidateOutput,
         plan: ReasoningPlan | None = None,
     ) -> tuple[int, int] | None:
-        """Where budget steering began, replayed over the output (see steering.guide)."""
+        """Where budget steering began: as the engine reported it, or else
+        replayed over the output (see steering.guide)."""
         grammars = compiled.intersection or (
             (compiled.grammar,) if compiled.grammar is not None else ()
         )
         if self._steer is None or not self._steer.budget or not grammars:
             return None
+        max_tokens = validated.sampling.max_tokens
+        if output.steering_reported:  # the engine's own guide said where (vllm_plugin)
+            if output.steered_from is None:
+                return None
+            return output.steered_from, max_tokens - output.steered_from
         tokens = [t for t in output.token_ids if t not in self._eos]
         wrapped = wrap_all(grammars, plan)
-        max_tokens = validated.sampling.max_tokens
         produced = len(tokens) + 1  # EOS included
         if not may_have_steered(wrapped, produced, max_tokens=max_tokens, config=self._steer):
             return None

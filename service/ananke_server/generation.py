@@ -266,6 +266,8 @@ class Generations:
                         output.engine_reason = delta.finish_reason or "stop"
                         output.stop_string = isinstance(delta.stop_reason, str)
                         output.forced_tokens = delta.forced_tokens
+                        output.steered_from = delta.steered_from
+                        output.steering_reported = delta.steering_reported
                         self._metrics.record_forced(delta.forced_tokens)
                         output.stop_token = (
                             isinstance(delta.stop_reason, int)

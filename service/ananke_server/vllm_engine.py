@@ -280,6 +280,7 @@ class VllmEngine:
                         prompt_lps = prompt_logprobs(
                             output.prompt_logprobs, prompt.token_ids, params.prompt_logprobs
                         )
+                    report = _steering(output, len(output.outputs)) if finished else None
                     yield EngineDelta(
                         token_ids=token_ids,
                         text=completion.text,
@@ -291,6 +292,8 @@ class VllmEngine:
                         logprobs=output_logprobs(completion.logprobs, token_ids, params.logprobs),
                         prompt_logprobs=prompt_lps,
                         cached_tokens=int(output.num_cached_tokens or 0),
+                        steered_from=report[1] if report else None,
+                        steering_reported=report is not None,
                     )
         except VllmEngineDead as error:
             raise EngineDeadError(str(error)) from error
@@ -334,6 +337,19 @@ class VllmEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _steering(output: Any, completions: int) -> tuple[bool, int | None] | None:
+    """(True, where budget steering began or None) from the plugin's report in
+    a finished output's kv_transfer_params; None when there is no report (or
+    the output carries several completions, whose report would be ambiguous)."""
+    params = getattr(output, "kv_transfer_params", None)
+    if completions != 1 or not isinstance(params, dict):
+        return None
+    if vllm_plugin.STEERING_REPORT not in params:
+        return None
+    value = params[vllm_plugin.STEERING_REPORT]
+    return True, int(value) if isinstance(value, int) else None
 
 
 def _forced(completion: Any, produced: int) -> int:

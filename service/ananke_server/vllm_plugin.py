@@ -47,6 +47,9 @@ log = logging.getLogger("ananke.vllm_plugin")
 
 PINNED_VLLM = "0.32.0"
 PROPOSER_FQCN = "ananke_server.vllm_plugin.ForcedTokenProposer"
+# Key of the finished request's kv_transfer_params that carries where budget
+# steering began (see `_patch_finished_report`).
+STEERING_REPORT = "ananke_steered_from"
 _PATCHED = "_ananke_patched"
 
 
@@ -111,6 +114,7 @@ def register() -> None:
     setattr(StructuredOutputManager, _PATCHED, True)
     _patch_cpu_expand()
     _patch_logits_processors()
+    _patch_finished_report()
     log.debug("ananke vLLM plugin: structured-output manager patched")
 
 
@@ -177,6 +181,46 @@ def _patch_logits_processors() -> None:
 
     sampling_params.SamplingParams._validate_spec_decode = _validate_spec_decode
     gpu_model_runner.build_logitsprocs = build_logitsprocs
+
+
+def steering_report(request: Any) -> dict[str, Any] | None:
+    """{STEERING_REPORT: the output index where the engine's budget steering
+    began, or None when it never did} for a finished Ananke request whose
+    grammar steers; None for any other request."""
+    structured = getattr(request, "structured_output_request", None)
+    grammar = structured.grammar if structured is not None else None
+    inner = getattr(grammar, "ananke", None)
+    if not isinstance(inner, RequestGrammar) or inner.guide is None:
+        return None
+    if not inner.guide.config.budget:
+        return None
+    return {STEERING_REPORT: inner.guide.steered_from}
+
+
+def _patch_finished_report() -> None:
+    """The scheduler frees a finished request and hands its final output the
+    KV connector's transfer parameters, which vLLM passes, untouched, to the
+    front end's RequestOutput. Without a connector they are None; there the
+    plugin puts its steering report, so that the front end need not replay the
+    budget decisions over the whole output for provenance (with a connector the
+    front end still replays)."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    original = Scheduler._free_request
+    if getattr(original, _PATCHED, False):
+        return
+
+    def _free_request(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        kv_params, ec_params = original(self, request, *args, **kwargs)
+        if kv_params is None:
+            try:
+                kv_params = steering_report(request)
+            except Exception:  # a report must never fail the scheduler
+                log.exception("ananke vLLM plugin: steering report failed")
+        return kv_params, ec_params
+
+    setattr(_free_request, _PATCHED, True)
+    Scheduler._free_request = _free_request
 
 
 def _proposer_is_ours(speculative_config: Any) -> bool:

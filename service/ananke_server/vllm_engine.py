@@ -280,7 +280,7 @@ class VllmEngine:
                         prompt_lps = prompt_logprobs(
                             output.prompt_logprobs, prompt.token_ids, params.prompt_logprobs
                         )
-                    report = _steering(output, len(output.outputs)) if finished else None
+                    report = _steering(output) if finished and params.n == 1 else None
                     yield EngineDelta(
                         token_ids=token_ids,
                         text=completion.text,
@@ -339,12 +339,13 @@ class VllmEngine:
             self._llm = None
 
 
-def _steering(output: Any, completions: int) -> tuple[bool, int | None] | None:
+def _steering(output: Any) -> tuple[bool, int | None] | None:
     """(True, where budget steering began or None) from the plugin's report in
-    a finished output's kv_transfer_params; None when there is no report (or
-    the output carries several completions, whose report would be ambiguous)."""
+    a finished output's kv_transfer_params; None when there is no report. Only
+    for n == 1: vLLM's parent request of n candidates merges its children's
+    outputs, and which child's parameters an output carries is not promised."""
     params = getattr(output, "kv_transfer_params", None)
-    if completions != 1 or not isinstance(params, dict):
+    if not isinstance(params, dict):
         return None
     if vllm_plugin.STEERING_REPORT not in params:
         return None

@@ -120,9 +120,9 @@ def package_version(*names: str) -> str:
 
 def _model_dtype() -> str:
     """The dtype the service (and the bench's peer) runs the model in here."""
-    from ananke_server.engine_config import cpu_flags, engine_dtype
+    from ananke_server.engine_config import host_dtype
 
-    dtype = engine_dtype("auto", on_cpu=True, machine=platform.machine(), flags=cpu_flags())
+    dtype = host_dtype("auto", on_cpu=True)
     return "bf16, the model's" if dtype == "auto" else f"{dtype}: no native bf16 on this CPU"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import psutil
-from ananke_server.engine_config import cpu_flags, engine_dtype
+from ananke_server.engine_config import host_dtype
 from common import BENCH, MODEL_NAME, ROOT, free_port, subprocess_env
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -31,7 +30,7 @@ KV_CACHE_BYTES = 256 << 20
 DEFAULT_BATCHED_TOKENS = 2048
 # The dtype this service resolves "auto" to on this machine (float32 on an x86 CPU
 # without native bf16): the peer gets the same, explicitly.
-PEER_DTYPE = engine_dtype("auto", on_cpu=True, machine=platform.machine(), flags=cpu_flags())
+PEER_DTYPE = host_dtype("auto", on_cpu=True)
 
 
 @dataclass

@@ -6,7 +6,6 @@ bad input gets INVALID_ARGUMENT with the right reason while serving goes on."""
 from __future__ import annotations
 
 import json
-import platform
 import re
 import time
 
@@ -20,7 +19,7 @@ from ananke.v1 import (
     inference_service_pb2,
     provenance_pb2,
 )
-from ananke_server.engine_config import cpu_flags, engine_dtype
+from ananke_server.engine_config import host_dtype
 from conftest import LiveServer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -83,7 +82,7 @@ def test_model_info_reports_the_engine_settings_vllm_resolved(live_server: LiveS
     assert engine.max_num_seqs == 8  # max_num_seqs 0 follows max_concurrent_requests
     assert engine.max_num_batched_tokens > 0  # vLLM's default, resolved
     # "auto": the default model's dtype, or float32 on an x86 CPU without native bf16.
-    resolved = engine_dtype("auto", on_cpu=True, machine=platform.machine(), flags=cpu_flags())
+    resolved = host_dtype("auto", on_cpu=True)
     assert engine.dtype == ("bfloat16" if resolved == "auto" else resolved)
     assert engine.quantization == ""
     assert engine.enable_prefix_caching is True

@@ -112,6 +112,13 @@ class PositionLogprobs:
 
 
 @dataclass(frozen=True)
+class SteeringReport:
+    """The engine's word on budget steering for one finished generation."""
+
+    from_token: int | None  # the output index where it began; None: it never did
+
+
+@dataclass(frozen=True)
 class EngineDelta:
     """New tokens of one generation; the last one has `finished` set."""
 
@@ -126,10 +133,9 @@ class EngineDelta:
     logprobs: tuple[PositionLogprobs, ...] = ()  # one per id in token_ids, when asked
     prompt_logprobs: tuple[PositionLogprobs, ...] = ()  # on a candidate's first delta
     cached_tokens: int = 0  # prompt tokens the prefix cache served
-    # On the last delta, when the engine reported it: where budget steering
-    # began (None: it never did); `steering_reported` False: not reported.
-    steered_from: int | None = None
-    steering_reported: bool = False
+    # On the last delta, when the engine reported it (else None): where budget
+    # steering began.
+    steering: SteeringReport | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from ananke.v1 import generation_pb2, inference_service_pb2, provenance_pb2
 
 from .constraints import CompiledConstraints, ConstraintCompiler, unsatisfiable_during_generation
-from .engine_api import Engine, PromptTokens
+from .engine_api import Engine, PromptTokens, SteeringReport
 from .generation_rules import finish_reason, may_be_dead_end, tokens_within_text, verdict_after_stop
 from .logging_setup import prompt_fields
 from .metrics import Metrics
@@ -39,9 +39,7 @@ class CandidateOutput:
     forced_tokens: int = 0  # fast-forwarded (no model step of their own)
     stop_token: bool = False  # ended by one of the request's stop_token_ids
     cached_tokens: int = 0  # prompt tokens the prefix cache served
-    # Where the engine's budget steering began, when the engine reported it.
-    steered_from: int | None = None
-    steering_reported: bool = False
+    steering: SteeringReport | None = None  # the engine's report, when it sent one
     prompt_logprobs: list[generation_pb2.PositionLogprobs] = field(default_factory=list)
 
 
@@ -198,10 +196,9 @@ class Finisher:
         if self._steer is None or not self._steer.budget or not grammars:
             return None
         max_tokens = validated.sampling.max_tokens
-        if output.steering_reported:  # the engine's own guide said where (vllm_plugin)
-            if output.steered_from is None:
-                return None
-            return output.steered_from, max_tokens - output.steered_from
+        if output.steering is not None:  # the engine's own guide said where (vllm_plugin)
+            began = output.steering.from_token
+            return None if began is None else (began, max_tokens - began)
         tokens = [t for t in output.token_ids if t not in self._eos]
         wrapped = wrap_all(grammars, plan)
         produced = len(tokens) + 1  # EOS included
@@ -211,7 +208,7 @@ class Finisher:
             self._engine.llg_tokenizer(),
             wrapped,
             tokens,
-            max_tokens=validated.sampling.max_tokens,
+            max_tokens=max_tokens,
             config=self._steer,
             allowed=compiled.allowed_token_ids,
             forbidden=compiled.forbidden_token_ids,

@@ -70,7 +70,6 @@ class Generations:
         self._compiler = compiler
         self._admission = admission
         self._metrics = metrics
-        self._placement = placement
         self._eos = frozenset(engine.info.eos_token_ids)
         # One thread tokenizes, in arrival order: chat templating holds the GIL
         # anyway, and vLLM's tokenizer deep-copies itself (tens of ms of CPU)
@@ -266,8 +265,7 @@ class Generations:
                         output.engine_reason = delta.finish_reason or "stop"
                         output.stop_string = isinstance(delta.stop_reason, str)
                         output.forced_tokens = delta.forced_tokens
-                        output.steered_from = delta.steered_from
-                        output.steering_reported = delta.steering_reported
+                        output.steering = delta.steering
                         self._metrics.record_forced(delta.forced_tokens)
                         output.stop_token = (
                             isinstance(delta.stop_reason, int)

@@ -39,6 +39,7 @@ from .engine_api import (
     LoraAdapter,
     PositionLogprobs,
     PromptTokens,
+    SteeringReport,
     model_revision,
     package_version,
 )
@@ -280,7 +281,6 @@ class VllmEngine:
                         prompt_lps = prompt_logprobs(
                             output.prompt_logprobs, prompt.token_ids, params.prompt_logprobs
                         )
-                    report = _steering(output) if finished and params.n == 1 else None
                     yield EngineDelta(
                         token_ids=token_ids,
                         text=completion.text,
@@ -292,8 +292,7 @@ class VllmEngine:
                         logprobs=output_logprobs(completion.logprobs, token_ids, params.logprobs),
                         prompt_logprobs=prompt_lps,
                         cached_tokens=int(output.num_cached_tokens or 0),
-                        steered_from=report[1] if report else None,
-                        steering_reported=report is not None,
+                        steering=_steering(output) if finished and params.n == 1 else None,
                     )
         except VllmEngineDead as error:
             raise EngineDeadError(str(error)) from error
@@ -339,9 +338,9 @@ class VllmEngine:
             self._llm = None
 
 
-def _steering(output: Any) -> tuple[bool, int | None] | None:
-    """(True, where budget steering began or None) from the plugin's report in
-    a finished output's kv_transfer_params; None when there is no report. Only
+def _steering(output: Any) -> SteeringReport | None:
+    """The plugin's steering report in a finished output's kv_transfer_params;
+    None when there is no report. Only
     for n == 1: vLLM's parent request of n candidates merges its children's
     outputs, and which child's parameters an output carries is not promised."""
     params = getattr(output, "kv_transfer_params", None)
@@ -350,7 +349,7 @@ def _steering(output: Any) -> tuple[bool, int | None] | None:
     if vllm_plugin.STEERING_REPORT not in params:
         return None
     value = params[vllm_plugin.STEERING_REPORT]
-    return True, int(value) if isinstance(value, int) else None
+    return SteeringReport(int(value) if isinstance(value, int) else None)
 
 
 def _forced(completion: Any, produced: int) -> int:

@@ -190,9 +190,11 @@ def steering_report(request: Any) -> dict[str, Any] | None:
     structured = getattr(request, "structured_output_request", None)
     grammar = structured.grammar if structured is not None else None
     inner = getattr(grammar, "ananke", None)
-    if not isinstance(inner, RequestGrammar) or inner.guide is None:
-        return None
-    if not inner.guide.config.budget:
+    if (
+        not isinstance(inner, RequestGrammar)
+        or inner.guide is None
+        or not inner.guide.config.budget
+    ):
         return None
     return {STEERING_REPORT: inner.guide.steered_from}
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from ananke_server.dead_end_guard import DeadEndGuard, Sampling, needs_guard
-from ananke_server.model_prep import prepare_default_model
 from ananke_server.request_grammar import RequestGrammar, RequestSpec
 from ananke_server.steering import SteerConfig
+from default_tokenizer import default_llg_tokenizer
 from llguidance import LLMatcher, LLTokenizer
 
 # A narrow common language: only `save_config` is in both; `load_config` and
@@ -29,11 +29,7 @@ MAX_TOKENS = 40
 
 @pytest.fixture(scope="module")
 def tok() -> LLTokenizer:
-    from llguidance.hf import from_tokenizer
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(str(prepare_default_model()))
-    return from_tokenizer(hf, max(hf.vocab_size, len(hf)))
+    return default_llg_tokenizer()
 
 
 def _spec(tok: LLTokenizer, *grammars: str, retries: int = 8) -> RequestSpec:

@@ -11,9 +11,7 @@ from dataclasses import replace
 import pytest
 from ananke.v1 import constraints_pb2 as c
 from ananke.v1 import generation_pb2
-from ananke_server.constraints import ConstraintCompiler
 from ananke_server.errors import ServiceError
-from ananke_server.model_prep import prepare_default_model
 from ananke_server.reasoning import (
     ReasoningPlan,
     StreamSplitter,
@@ -26,6 +24,7 @@ from ananke_server.reasoning import (
     wrap_grammar,
 )
 from ananke_server.settings import Settings
+from default_tokenizer import compiled_grammars, default_llg_tokenizer
 from llguidance import LLMatcher, LLTokenizer
 
 PLAN = ReasoningPlan("<think>", "</think>", 200)
@@ -40,28 +39,7 @@ ON = Settings(reasoning_tags="think")
 
 @pytest.fixture(scope="module")
 def tok() -> LLTokenizer:
-    from llguidance.hf import from_tokenizer
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(str(prepare_default_model()))
-    return from_tokenizer(hf, max(hf.vocab_size, len(hf)))
-
-
-async def compiled_grammars(tok: LLTokenizer, constraint: c.ConstraintIR) -> tuple[str, ...]:
-    compiler = ConstraintCompiler(
-        tok,
-        vocab_size=tok.vocab_size,
-        tokenizer_id="smol",
-        max_constraint_bytes=1 << 16,
-        cache_size=4,
-        timeout_s=10.0,
-        workers=1,
-    )
-    try:
-        compiled, _ = await compiler.compile([constraint], "request.constraints")
-    finally:
-        compiler.close()
-    return compiled.intersection or ((compiled.grammar,) if compiled.grammar else ())
+    return default_llg_tokenizer()
 
 
 def accepts(tok: LLTokenizer, grammar: str, text: str) -> bool:
@@ -123,7 +101,7 @@ def test_settings_reject_bad_tags() -> None:
 async def test_wrapped_grammar_constrains_only_the_answer(
     tok: LLTokenizer, constraint: c.ConstraintIR
 ) -> None:
-    (grammar,) = await compiled_grammars(tok, constraint)
+    (grammar,) = await compiled_grammars(tok, [constraint])
     wrapped = wrap_grammar(grammar, PLAN)
     assert LLMatcher.validate_grammar(wrapped, tok) == ""
     assert accepts(tok, wrapped, 'Let me think: "a" {is} 5.</think>{"a":5}')

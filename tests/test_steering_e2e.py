@@ -296,37 +296,21 @@ def test_steering_is_in_provenance(live_server: LiveServer) -> None:
 def _replay(
     constraints: list[c.ConstraintIR], tokens: list[int], max_tokens: int
 ) -> tuple[int, int] | None:
-    """Budget steering replayed over `tokens` with this project's compiled grammar."""
+    """Budget steering replayed over `tokens` with this project's compiled grammars."""
     import asyncio
 
-    from ananke_server.constraints import ConstraintCompiler
     from ananke_server.generation_rules import steer_config
-    from ananke_server.model_prep import prepare_default_model
     from ananke_server.settings import Settings
     from ananke_server.steering import replay_steering
-    from llguidance.hf import from_tokenizer
-    from transformers import AutoTokenizer
+    from default_tokenizer import compiled_grammars, default_llg_tokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(prepare_default_model()))
-    tokenizer = from_tokenizer(hf, max(hf.vocab_size, len(hf)))
-    compiler = ConstraintCompiler(
-        tokenizer,
-        vocab_size=max(hf.vocab_size, len(hf)),
-        tokenizer_id="test",
-        max_constraint_bytes=1 << 20,
-        cache_size=4,
-        timeout_s=60,
-        workers=1,
-    )
-    try:
-        compiled, _ = asyncio.run(compiler.compile(constraints, "c"))
-    finally:
-        compiler.close()
-    assert compiled.grammar is not None
+    tokenizer = default_llg_tokenizer()
+    grammars = asyncio.run(compiled_grammars(tokenizer, constraints))
+    assert grammars
     eos = set(tokenizer.eos_tokens)
     return replay_steering(
         tokenizer,
-        [compiled.grammar],
+        list(grammars),
         [t for t in tokens if t not in eos],
         max_tokens=max_tokens,
         config=steer_config(Settings()),  # the live server's defaults

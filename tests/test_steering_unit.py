@@ -13,7 +13,6 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from ananke_server.constraints.gbnf import gbnf_to_lark
-from ananke_server.model_prep import prepare_default_model
 from ananke_server.steering import (
     Guide,
     Outcome,
@@ -25,16 +24,13 @@ from ananke_server.steering import (
     shortest_completion,
 )
 from ananke_server.steering.product import ByteTokens, regex_of_grammar
+from default_tokenizer import default_llg_tokenizer
 from llguidance import LLMatcher, LLTokenizer
 
 
 @pytest.fixture(scope="module")
 def tok() -> LLTokenizer:
-    from llguidance.hf import from_tokenizer
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(str(prepare_default_model()))
-    return from_tokenizer(hf, max(hf.vocab_size, len(hf)))
+    return default_llg_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Where the front end's CPU goes: samples the main process of `ananke-server`
 (and of vLLM's OpenAI server, for comparison) with py-spy while the serving
 workload runs, then prints CPU per output token and the functions that use it.
+`--process engine` samples the vLLM engine core instead (scheduler, grammars,
+steering, fast-forward proposer and, on CPU, the model itself).
 
     flock /tmp/ananke-engine.lock .venv/bin/python bench/profile_front.py \
         --systems grpc,peer --streams 1,16 --workload json --seconds 20 --gil
@@ -31,7 +33,14 @@ from workload import BY_NAME
 
 # Where a sampled frame belongs, by the file it runs in (first match wins).
 CATEGORIES = (
+    ("ananke steering (search, guide)", ("ananke_server/steering/",)),
     ("ananke service", ("ananke_server/",)),
+    ("llguidance", ("llguidance",)),
+    ("vllm structured output", ("vllm/v1/structured_output",)),
+    ("vllm spec decode", ("vllm/v1/spec_decode",)),
+    ("vllm scheduler", ("vllm/v1/core/",)),
+    ("vllm model runner", ("vllm/v1/worker", "vllm/model_executor", "vllm/v1/sample")),
+    ("torch", ("torch/",)),
     ("grpc", ("grpc/", "grpc_", "cygrpc", "_cython")),
     ("protobuf", ("google/protobuf",)),
     ("vllm output processing", ("vllm/v1/engine/output_processor", "vllm/v1/engine/detokenizer")),
@@ -110,6 +119,20 @@ async def _load(
     return tokens, time.perf_counter() - started, 1000 * median(ttfts)
 
 
+def _target_pid(server_pid: int, process: str) -> int:
+    """The server's main process, or its vLLM engine core (the child that
+    runs the scheduler, the structured-output grammars and, on CPU, the model)."""
+    if process == "main":
+        return server_pid
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    raise SystemExit(f"no engine core process under pid {server_pid}")
+
+
 async def profile(args: argparse.Namespace, out_dir: Path) -> None:
     """Starts the servers named, then profiles each at each stream count."""
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -140,7 +163,7 @@ async def profile(args: argparse.Namespace, out_dir: Path) -> None:
         plan = [int(s) for s in args.streams.split(",")] * args.rounds
         for streams in plan:
             for name, system in running.items():
-                pid = handles[name].pid
+                pid = _target_pid(handles[name].pid, args.process)
                 raw = out_dir / f"{name}-{args.workload}-{streams}.txt"
                 command = [
                     args.py_spy,
@@ -199,6 +222,9 @@ def main() -> int:
         "--compare-root",
         default="",
         help="also serve the service code of this other checkout (system 'base'), e.g. /work/main",
+    )
+    parser.add_argument(
+        "--process", choices=("main", "engine"), default="main", help="which process to sample"
     )
     parser.add_argument("--rounds", type=int, default=1, help="measurements per system and count")
     parser.add_argument("--streams", default="1,16", help="comma-separated stream counts")

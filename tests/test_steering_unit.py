@@ -149,6 +149,64 @@ def test_exact_search_is_no_longer_than_the_fast_one(tok: LLTokenizer, table: By
         assert len(exact.tokens) <= len(fast.tokens)
 
 
+COUNTED = [
+    (
+        "json string minLength",
+        js(
+            {
+                "type": "object",
+                "properties": {
+                    "body": {"type": "string", "minLength": 400},
+                    "n": {"type": "integer"},
+                },
+                "required": ["body", "n"],
+            }
+        ),
+        '{"body":"def f(x):',
+    ),
+    (
+        "json array of long strings",
+        js({"type": "array", "items": {"type": "string", "minLength": 120}, "minItems": 2}),
+        "[",
+    ),
+    ("regex counted letters", rx("id=[a-z]{300,}!"), "id=abc"),
+]
+
+
+@pytest.mark.parametrize(("name", "grammar", "prefix"), COUNTED, ids=[c[0] for c in COUNTED])
+def test_completion_through_a_length_that_masks_do_not_show(
+    tok: LLTokenizer, table: ByteTokens, name: str, grammar: str, prefix: str
+) -> None:
+    # Every character of a counted run leaves the masks as they were, and the
+    # minimum lies deeper than a byte-by-byte search reaches in its budget:
+    # found with runs of filler tokens, valid, and short in tokens.
+    state = product(tok, table, grammar, prefix=prefix)
+    search = shortest_completion(state, table, max_nodes=400)
+    assert search.outcome is Outcome.FOUND, (name, search)
+    for token in search.tokens:
+        assert has_token(state.mask(), token), name
+        assert state.consume(token)
+    assert state.accepting(), name
+    data = tok.decode_bytes(list(search.tokens))
+    assert len(search.tokens) * 4 <= len(data), (name, len(search.tokens), data[:80])
+
+
+def test_longest_filler_is_the_longest_allowed_content_token(
+    tok: LLTokenizer, table: ByteTokens
+) -> None:
+    state = product(tok, table, rx("[a-z]{20,}"))
+    token = table.longest_filler(state.mask())
+    assert token is not None
+    text = tok.decode_bytes([token])
+    assert text.isalpha()
+    assert text.islower()
+    assert len(text) > 4
+    digits = product(tok, table, rx("[0-9]{20,}"))
+    found = table.longest_filler(digits.mask())
+    assert found is None or tok.decode_bytes([found]).isdigit()
+    assert table.longest_filler(product(tok, table, rx(r"\{\}")).mask()) is None
+
+
 def test_empty_intersection_is_a_proven_dead_end(tok: LLTokenizer, table: ByteTokens) -> None:
     state = product(tok, table, rx("[0-9]+"), rx("[a-z]+"))
     assert shortest_completion(state, table).outcome is Outcome.NO_TOKEN

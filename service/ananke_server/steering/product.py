@@ -19,6 +19,8 @@ Mask = npt.NDArray[np.int32]
 # Bytes tried first at a branch: characters that close structures, then the
 # ones that start the shortest values. Order only affects speed and ties.
 PREFERRED = b'"}])\n:,0 1a'
+# Its closing bytes: the search tries them before any run of filler content.
+CLOSING = PREFERRED[:7]
 # At most this many members of a byte class ([a-z], [A-Z], [0-9], >= 0x80)
 # are expanded at one state; all other allowed bytes are expanded each.
 CLASS_REPRESENTATIVES = 2
@@ -63,6 +65,24 @@ class ByteTokens:
             lengths[token] = len(data)
         self._lengths = lengths
         self._at_most: dict[int, Mask] = {}
+        # Filler tokens (letters, digits, spaces only, two bytes or more): what
+        # the search writes where a length is counted that masks do not show.
+        filler = np.zeros(self.words * 32, dtype=bool)
+        for data, token in self.by_bytes.items():
+            if len(data) > 1 and all(b == 0x20 or (b < 0x80 and chr(b).isalnum()) for b in data):
+                filler[token] = True
+        self._filler: Mask = np.packbits(filler, bitorder="little").view(np.int32).copy()
+
+    def longest_filler(self, mask: Mask) -> int | None:
+        """The longest filler token the mask allows (the lowest id among equals)."""
+        both = mask & self._filler
+        words = np.flatnonzero(both)
+        if not len(words):
+            return None
+        bits = np.unpackbits(both[words].view(np.uint8), bitorder="little").reshape(-1, 32)
+        rows, offsets = np.nonzero(bits)
+        ids = words[rows] * 32 + offsets
+        return int(ids[int(np.argmax(self._lengths[ids]))])
 
     def at_most(self, size: int) -> Mask:
         """The (non-special) tokens of at most `size` bytes."""
@@ -330,7 +350,10 @@ class Product:
                     # `.{0,48}` every character costs room but is no progress.
                     hasher.update(b"D%d" % (tracker.distance() or 0))
                 continue
-            hasher.update(self._row(i).tobytes())
+            # Python's own hash of the 6 KB row (64 bits, several times faster
+            # than hashing it here): equal states give equal rows, and a merge by
+            # collision could only cost optimality (every path is replayed).
+            hasher.update(b"%x;" % hash(self._row(i).tobytes()))
             # Mid-way through a forced run taken byte by byte (not as the forced
             # token) llguidance's mask can be empty; the forced bytes tell such states apart.
             hasher.update(matcher.compute_ff_bytes() + b"\0")

@@ -15,10 +15,10 @@ state allowed no token at all."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .product import CLASS_REPRESENTATIVES, ByteTokens, Product, byte_class, has_token
+from .product import CLASS_REPRESENTATIVES, CLOSING, ByteTokens, Product, byte_class, has_token
 
 
 class Outcome(enum.Enum):
@@ -66,9 +66,11 @@ def shortest_completion(
         return Search(Outcome.FOUND)
     if not product.mask().any():
         return Search(Outcome.NO_TOKEN)
-    found, nodes = _greedy_search(product, table, max_nodes)
+    found, nodes, filled = _greedy_search(product, table, max_nodes)
     best = _fewest_tokens(product, table, found) if found is not None else None
-    if best is None or exact:
+    # After a filler run the byte search is skipped even for `exact`: a
+    # completion that needed one lies deeper than its node budget reaches.
+    if best is None or (exact and not filled):
         exhausted = False
         for representatives in (True, False):
             path, more, exhausted = _byte_search(
@@ -87,41 +89,73 @@ def shortest_completion(
     return Search(Outcome.FOUND, best, nodes)
 
 
-def _candidates(product: Product, table: ByteTokens) -> list[tuple[list[int], bool]]:
+def _candidates(product: Product, table: ByteTokens) -> Iterator[tuple[list[int], str]]:
     """The steps to try from the current state, in order: the forced run alone
-    when there is one, else single bytes (at most a few per byte class)."""
+    when there is one, else the closing bytes, a filler run, and the other
+    single bytes (at most a few per byte class). Lazy: the product is back in
+    this state at each step."""
     forced = product.forced()
     if forced:
         product.rollback(len(forced))
-        return [(forced, True)]
-    mask = product.mask()
+        yield forced, "forced"
+        return
+    mask = product.mask().copy()
     listed = any(has_token(mask, token) for _, token in table.order)
     per_class = [0, 0, 0, 0]
-    steps: list[tuple[list[int], bool]] = []
+    filler_tried = False
     for byte, token in table.order:
         if listed and not has_token(mask, token):
             continue
+        if not filler_tried and byte not in CLOSING:
+            filler_tried = True
+            run = _filler_run(product, table)
+            if run:
+                yield run, "filler"
         group = byte_class(byte)
         if group >= 0:
             if per_class[group] >= CLASS_REPRESENTATIVES:
                 continue
             per_class[group] += 1
-        steps.append(([token], False))
-    return steps
+        yield [token], "byte"
+
+
+# Most tokens one filler run takes (a JSON string's minLength of a few KB).
+FILLER_RUN = 128
+
+
+def _filler_run(product: Product, table: ByteTokens) -> list[int]:
+    """Content whose length is counted where masks do not show it (a JSON
+    string's minLength, `[a-z]{50,}`) leaves the masks as they were after every
+    character, so single bytes look like a loop there: the longest allowed
+    filler token (letters, digits, spaces), again until the masks change or
+    the output can end; [] when they never do (state unchanged)."""
+    start = product.mask_fingerprint()
+    taken: list[int] = []
+    while len(taken) < FILLER_RUN:
+        token = table.longest_filler(product.mask())
+        if token is None or not product.consume(token):
+            break
+        taken.append(token)
+        if product.accepting() or product.mask_fingerprint() != start:
+            product.rollback(len(taken))
+            return taken
+    product.rollback(len(taken))
+    return []
 
 
 def _greedy_search(
     product: Product, table: ByteTokens, max_nodes: int
-) -> tuple[list[int] | None, int]:
+) -> tuple[list[int] | None, int, bool]:
     """Depth-first, preferred bytes first, never back into a state seen on the
     way since the last forced run (for content bytes: a state that looks the
-    same by its masks) nor into one already explored in vain."""
+    same by its masks) nor into one already explored in vain; (path, nodes,
+    whether the path takes a filler run)."""
     taken: list[int] = []
     failed: set[bytes] = set()
-    frames = [(iter(_candidates(product, table)), 0, _seen(product, frozenset()))]
+    frames = [(_candidates(product, table), 0, _seen(product, frozenset()), False)]
     nodes = 1
     while frames:
-        steps, size, recent = frames[-1]
+        steps, size, recent, filled = frames[-1]
         step = next(steps, None)
         if step is None:
             failed.add(product.fingerprint())
@@ -129,7 +163,8 @@ def _greedy_search(
             product.rollback(size)
             del taken[len(taken) - size :]
             continue
-        tokens, forced = step
+        tokens, kind = step
+        forced, filler = kind != "byte", kind == "filler"
         count = product.consume_all(tokens)
         if count != len(tokens):
             product.rollback(count)
@@ -137,7 +172,7 @@ def _greedy_search(
         if product.accepting():
             path = taken + tokens
             product.rollback(len(path))
-            return path, nodes
+            return path, nodes, filled or filler
         content = not forced and byte_class(table.tokenizer.decode_bytes(tokens)[0]) >= 0
         if product.fingerprint() in failed or (not forced and _looped(product, recent, content)):
             product.rollback(count)
@@ -145,11 +180,11 @@ def _greedy_search(
         nodes += 1
         if nodes > max_nodes:
             product.rollback(len(taken) + count)
-            return None, nodes
+            return None, nodes, False
         taken.extend(tokens)
         recent = _seen(product, frozenset() if forced else recent)
-        frames.append((iter(_candidates(product, table)), count, recent))
-    return None, nodes
+        frames.append((_candidates(product, table), count, recent, filled or filler))
+    return None, nodes, False
 
 
 def _seen(product: Product, recent: frozenset[bytes]) -> frozenset[bytes]:

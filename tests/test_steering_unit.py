@@ -250,11 +250,12 @@ def generate(
     *,
     config: SteerConfig | None,
     verify: bool = False,
+    model: Callable[[np.ndarray], Iterator[int]] | None = None,
 ) -> tuple[list[int], str, Guide | None]:
-    """Runs the scripted model; (tokens, how it ended, guide)."""
+    """Runs the scripted model (default: longest_first); (tokens, how it ended, guide)."""
     state = product(tok, table, *grammars)
     eos = tok.eos_token
-    model = longest_first(tok)
+    model = model or longest_first(tok)
     guide = None
     if config is not None:
         guide = Guide(
@@ -325,11 +326,60 @@ def test_budget_steering_completes_within_max_tokens(
     assert may_have_steered(grammars, len(tokens), max_tokens=max_tokens, config=SteerConfig())
 
 
+RECORDS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "properties": {
+            "kind": {"enum": ["function", "class", "variable"]},
+            "line": {"type": "integer", "minimum": 1, "maximum": 99},
+            "exported": {"type": "boolean"},
+            "doc": {"type": "string", "maxLength": 12},
+        },
+        "required": ["kind", "line", "exported", "doc"],
+        "additionalProperties": False,
+    },
+}
+
+
+def test_budget_steering_keeps_room_for_one_more_array_item(
+    tok: LLTokenizer, table: ByteTokens
+) -> None:
+    # A model that never closes the array: after each record it opens another,
+    # and one `,` pushes the completion ~20 tokens further than the fixed margin
+    # of 4. Once such a jump is seen the guide keeps that much in hand, so the
+    # output closes at every budget instead of being cut by max_tokens.
+    longest = longest_first(tok)
+    closing = np.array([b"]" in tok.decode_bytes([t]) for t in range(tok.vocab_size)])
+
+    def never_close(mask: np.ndarray) -> Iterator[int]:
+        allowed = list(longest(mask))
+        yield from (t for t in allowed if not closing[t])
+        yield from (t for t in allowed if closing[t])
+
+    grammars = [js(RECORDS)]
+    for max_tokens in range(40, 161, 6):
+        tokens, ended, guide = generate(
+            tok, table, grammars, max_tokens, config=SteerConfig(), model=never_close
+        )
+        assert ended == "eos", (max_tokens, tok.decode_str(tokens)[-80:])
+        assert _checked(tok, grammars, tokens)
+        assert tok.decode_str(tokens).count('{"kind"') >= 2, max_tokens
+        assert guide is not None
+        assert may_have_steered(grammars, len(tokens), max_tokens=max_tokens, config=SteerConfig())
+
+
 def test_replay_is_skipped_only_where_steering_cannot_have_begun() -> None:
     json_only = [js(NAME_N)]
     config = SteerConfig()
     assert not may_have_steered(json_only, 20, max_tokens=60, config=config)
-    assert may_have_steered(json_only, 60 - config.margin - 1, max_tokens=60, config=config)
+    assert may_have_steered(
+        json_only, 60 - config.widest_margin(60) - 1, max_tokens=60, config=config
+    )
+    assert not may_have_steered(
+        json_only, 60 - config.widest_margin(60) - 2, max_tokens=60, config=config
+    )
     # A length-bounded regex part can start steering anywhere (its room runs out).
     assert may_have_steered([*json_only, rx("(?s:.{0,40})")], 20, max_tokens=200, config=config)
     assert not may_have_steered(json_only, 59, max_tokens=60, config=SteerConfig(budget=False))

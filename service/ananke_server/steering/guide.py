@@ -34,6 +34,11 @@ class SteerConfig:
     max_nodes: int = 400  # states one search may expand
     retries: int = 8  # candidate tokens checked per step before the plan's is taken
 
+    def widest_margin(self, max_tokens: int) -> int:
+        """The most tokens a guide keeps in hand under `max_tokens`: the margin,
+        widened by the largest jump it saw, at most half the budget."""
+        return max(self.margin, max_tokens // 2)
+
 
 def eos_mask(words: int, eos_ids: Iterable[int]) -> Mask:
     """A bitmask with only the EOS ids set."""
@@ -69,6 +74,11 @@ class Guide:
         self.last_search: Search | None = None
         self._check_at = 0  # produced-count of the next budget check
         self._misses = 0  # budget checks in a row whose search found no completion
+        # Where the known completion would end (produced + its tokens) at the last
+        # check and when that was, and the largest step forward of that end seen
+        # between two checks at most check_every tokens apart.
+        self._end: tuple[int, int] | None = None
+        self._jump = 0
         # Bytes the next token may take when a length-bounded regex part leaves
         # little room beyond the known completion (see `_cap_by_room`), and the
         # produced-count it was computed for.
@@ -159,7 +169,8 @@ class Guide:
             return
         self._misses = 0
         need = len(search.tokens) + 1  # the completion, then EOS
-        if need > self.remaining - self.config.margin:
+        margin = self._margin(need)
+        if need > self.remaining - margin:
             # Tight: the fast search's completion may be longer than the shortest.
             exact = shortest_completion(
                 self.product, self.table, max_nodes=self.config.max_nodes, exact=True
@@ -167,7 +178,7 @@ class Guide:
             if exact.found and len(exact.tokens) < len(search.tokens):
                 search = self.last_search = exact
                 need = len(search.tokens) + 1
-        gap = self.remaining - need - self.config.margin
+        gap = self.remaining - need - margin
         if need > self.remaining:
             self.hopeless = True
         elif gap <= 0 or not self._cap_by_room(search):
@@ -179,6 +190,19 @@ class Guide:
             by_tokens = self.produced + max(1, min(self.config.check_every, gap // 2))
             by_room = self._check_at if self._check_at > self.produced else by_tokens
             self._check_at = min(by_tokens, by_room)
+
+    def _margin(self, need: int) -> int:
+        """Tokens kept in hand beyond the completion of `need` tokens: the
+        configured margin, or the largest jump seen of where the completion ends.
+        A sampled token can push that end far (a `,` that opens one more array
+        item of required fields: 20 tokens); a jump seen once can come again,
+        and when it comes within the margin of max_tokens the output can no
+        longer close, so the margin grows to it (at most `widest_margin`)."""
+        end = self.produced + need
+        if self._end is not None and self.produced - self._end[1] <= self.config.check_every:
+            self._jump = max(self._jump, end - self._end[0])
+        self._end = (end, self.produced)
+        return min(max(self.config.margin, self._jump), self.config.widest_margin(self.max_tokens))
 
     def _cap_by_room(self, search: Search) -> bool:
         """Keeps the completion inside the room a length-bounded regex part
@@ -383,12 +407,12 @@ def may_have_steered(
 ) -> bool:
     """Whether budget steering can have begun in an output of `produced` tokens
     (EOS included): it starts only when the known completion plus the margin
-    no longer fits (so the output ends within `margin` of max_tokens) or when a
+    no longer fits (so the output ends within the widest margin of max_tokens) or when a
     length-bounded regex part runs out of room (any plain-regex part), which
     saves the costly replay for every other output."""
     if not config.budget:
         return False
-    if produced + config.margin + 1 >= max_tokens:
+    if produced + config.widest_margin(max_tokens) + 1 >= max_tokens:
         return True
     return any(regex_of_grammar(grammar) is not None for grammar in grammars)
 

@@ -492,3 +492,38 @@ def test_request_grammar_steering_survives_draft_rollbacks(tok: LLTokenizer) -> 
             grammar.rollback(1)
     assert out[-1] == tok.eos_token, tok.decode_str(out)
     assert _checked(tok, [js(NAME_N)], out)
+
+
+def test_steering_plan_is_fast_forwarded(tok: LLTokenizer) -> None:
+    """Once steering closes the output, its plan goes out as drafts (the mask
+    allows the plan's next token alone), verified like any forced run."""
+    from ananke_server.request_grammar import RequestGrammar, RequestSpec
+
+    spec = RequestSpec(grammars=(js(NAME_N),), eos=(tok.eos_token,), steer=asdict(SteerConfig()))
+    grammar = RequestGrammar.from_spec(spec, tok, max_tokens=24)
+    model = longest_first(tok)
+    rows = np.zeros((1, (tok.vocab_size + 31) // 32), dtype=np.int32)
+    out: list[int] = []
+    steered_drafts: list[list[int]] = []
+    while len(out) < 24 and not grammar.is_terminated():
+        grammar.fill_bitmask(rows, 0)
+        token = next(model(rows[0]))
+        assert grammar.accept_tokens([token])
+        out.append(token)
+        if grammar.is_terminated():
+            break
+        drafts = grammar.forced_tokens(8)
+        guide = grammar.guide
+        assert guide is not None
+        if guide.steering and guide.plan:
+            assert drafts == guide.plan[:8]
+            steered_drafts.append(drafts)
+        for draft in drafts:  # verified as vLLM does: the mask, then the token
+            grammar.fill_bitmask(rows, 0)
+            assert has_token(rows[0], draft)
+            assert grammar.accept_tokens([draft])
+            out.append(draft)
+    assert out[-1] == tok.eos_token, tok.decode_str(out)
+    assert len(out) <= 24
+    assert _checked(tok, [js(NAME_N)], out)
+    assert steered_drafts, "steering began and its plan was drafted"

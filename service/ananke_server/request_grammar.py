@@ -303,8 +303,10 @@ class RequestGrammar:
             limit = min(limit, self.max_tokens - self.num_generated - 1)
         if not self.fast_forward or limit <= 0 or self._stopped() or not self.matchers:
             return []
-        candidate: list[int] = []
-        for matcher in self.matchers:
+        # While steering, the mask allows the plan's tokens alone (a forced run
+        # tokenized otherwise would be rejected).
+        candidate = self._steered_run(limit)
+        for matcher in self.matchers if not candidate else ():
             run = [int(t) for t in matcher.compute_ff_tokens()[:limit]]
             if len(run) > len(candidate):
                 candidate = run
@@ -319,6 +321,14 @@ class RequestGrammar:
             candidate = self._through_restrict(candidate)
         self.forced_proposed += len(candidate)
         return candidate
+
+    def _steered_run(self, limit: int) -> list[int]:
+        """While budget steering closes the output its plan is forced too (its
+        mask allows the plan's next token alone): up to `limit` of it."""
+        guide = self.guide
+        if guide is None or not guide.steering or not guide.plan:
+            return []
+        return self.validate_tokens(guide.plan[:limit])
 
     def _through_restrict(self, tokens: list[int]) -> list[int]:
         """The prefix of `tokens` that `restrict` still allows at each position."""

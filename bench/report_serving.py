@@ -156,17 +156,25 @@ def lengths_table(serving: dict[str, Any]) -> list[str]:
     """Output lengths and JSON validity per workload."""
     lines = [
         "| workload | median tokens, unconstrained | median tokens, constrained "
-        "| shortest constrained | constrained outputs | parse as JSON | cut by max_tokens |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| shortest constrained | constrained outputs | parse as JSON, per system "
+        "| cut by max_tokens, per system |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for name, w in serving["consistency"]["workloads"].items():
         lines.append(
             f"| {_label(serving, name)} | {fmt(w['p50_tokens_free'], 0)} "
             f"| {fmt(w['p50_tokens_json'], 0)} | {w['min_tokens_json'] or 'n/a'} "
-            f"| {w['constrained_outputs']} | {w['constrained_outputs_valid_json']} "
-            f"| {w['constrained_outputs_cut_by_max_tokens']} |"
+            f"| {w['constrained_outputs']} | {_per_system(w['constrained_outputs_valid_json'])} "
+            f"| {_per_system(w['constrained_outputs_cut_by_max_tokens'])} |"
         )
     return lines
+
+
+def _per_system(counts: Any) -> str:
+    """`grpc 21, peer 7` from {system: count}; a bare number from older results."""
+    if isinstance(counts, dict):
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "n/a"
+    return str(counts)
 
 
 def serving_section(serving: dict[str, Any]) -> list[str]:

@@ -324,9 +324,19 @@ def _run_json(run: CellRun) -> dict[str, Any]:
     data = asdict(run)
     data["metrics"] = run.metrics()
     for sample in data["samples"]:
+        if run.constrained:  # judged on the whole text, which is cut below
+            sample["json_valid"] = _parses(sample["text"])
         sample["text"] = sample["text"][:200]
         sample.pop("token_ids", None)
     return data
 
 
 __all__ = ["WORKLOADS", "CellRun", "arms", "run_cell", "run_serving"]
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

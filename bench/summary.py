@@ -4,7 +4,6 @@ consistency, and the fraction of output tokens the grammar forces."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -169,14 +168,16 @@ def consistency(runs: list[dict[str, Any]], systems: Iterable[str]) -> dict[str,
     for workload in sorted({r["workload"] for r in counted}):
         mine = [r for r in counted if r["workload"] == workload]
         outputs = [s for r in mine if r["constrained"] for s in r["samples"]]
-        valid = 0
-        for sample in outputs:
-            try:
-                json.loads(sample["text"])
-                valid += 1
-            except ValueError:
-                pass
-        cut = sum(1 for s in outputs if s["finish"] in ("FINISH_REASON_MAX_TOKENS", "length"))
+        by_system = [(r["system"], s) for r in mine if r["constrained"] for s in r["samples"]]
+        # Judged on the whole text when the run recorded it (its saved text is cut at 200
+        # characters); runs from before that are not judged.
+        judged = [(name, s["json_valid"]) for name, s in by_system if "json_valid" in s]
+        valid = {name: sum(ok for n, ok in judged if n == name) for name, _ in judged}
+        cut: dict[str, int] = {}
+        for name, sample in by_system:
+            cut.setdefault(name, 0)
+            if sample["finish"] in ("FINISH_REASON_MAX_TOKENS", "length"):
+                cut[name] += 1
         per_workload[workload] = {
             "p50_tokens_free": percentile(
                 [s["tokens"] for r in mine if not r["constrained"] for s in r["samples"]], 50

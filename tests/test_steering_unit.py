@@ -191,6 +191,13 @@ def test_completion_through_a_length_that_masks_do_not_show(
     assert len(search.tokens) * 4 <= len(data), (name, len(search.tokens), data[:80])
 
 
+def test_filler_runs_only_where_bytes_cannot_progress(tok: LLTokenizer, table: ByteTokens) -> None:
+    # A content byte changes the masks here, so the shortest in bytes stays the
+    # answer (a filler run would take the longer "yes").
+    search = shortest_completion(product(tok, table, rx("(yes|no)")), table)
+    assert tok.decode_bytes(list(search.tokens)) == b"no"
+
+
 def test_longest_filler_is_the_longest_allowed_content_token(
     tok: LLTokenizer, table: ByteTokens
 ) -> None:

@@ -128,15 +128,26 @@ def _filler_run(product: Product, table: ByteTokens) -> list[int]:
     string's minLength, `[a-z]{50,}`) leaves the masks as they were after every
     character, so single bytes look like a loop there: the longest allowed
     filler token (letters, digits, spaces), again until the masks change or
-    the output can end; [] when they never do (state unchanged)."""
-    start = product.mask_fingerprint()
+    the output can end; [] where one content byte already changes the masks
+    (single bytes make progress there: `(yes|no)` keeps its shortest `no`) or
+    where they never change (state unchanged)."""
+    # The masks themselves, not the fingerprint: a regex part's fingerprint
+    # holds its distance to a match, which every counted character changes.
+    start = product.mask().tobytes()
+    probe = next((t for b, t in table.order if byte_class(b) >= 0 and product.allows(t)), None)
+    if probe is None or not product.consume(probe):
+        return []
+    counted = product.mask().tobytes() == start
+    product.rollback(1)
+    if not counted:
+        return []
     taken: list[int] = []
     while len(taken) < FILLER_RUN:
         token = table.longest_filler(product.mask())
         if token is None or not product.consume(token):
             break
         taken.append(token)
-        if product.accepting() or product.mask_fingerprint() != start:
+        if product.accepting() or product.mask().tobytes() != start:
             product.rollback(len(taken))
             return taken
     product.rollback(len(taken))

@@ -3,6 +3,7 @@ process CPU time and log-quiet subprocess environments."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -51,6 +52,15 @@ def model_dir() -> Path:
 def log(message: str) -> None:
     """Progress on stderr with a timestamp."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parses_as_json(text: str) -> bool:
+    """Whether `text` is one JSON document."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import MODEL_NAME, log, median, model_dir
+from common import MODEL_NAME, log, median, model_dir, parses_as_json
 
 TASKS = (
     "List the public functions of a Python module that parses CSV files.",
@@ -181,7 +181,7 @@ async def main() -> None:
         tokens = sum(s.tokens for s in kept["ff"])
         forced = sum(s.forced for s in kept["ff"])
         same = sum(a.text == b.text for a, b in zip(kept["ff"], kept["noff"], strict=True))
-        valid = sum(_valid(s.text) for s in kept["ff"])
+        valid = sum(parses_as_json(s.text) for s in kept["ff"])
         results[str(streams)] = {
             "decode_tok_s_ff": median(rates["ff"]),
             "decode_tok_s_noff": median(rates["noff"]),
@@ -206,14 +206,6 @@ async def main() -> None:
         )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
-
-
-def _valid(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

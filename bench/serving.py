@@ -21,7 +21,7 @@ import psutil
 import servers
 import summary
 import systems
-from common import ROOT, load_average, log, median, model_dir, subprocess_env
+from common import ROOT, load_average, log, median, model_dir, parses_as_json, subprocess_env
 from workload import BY_NAME, TASKS, WORKLOADS, Workload
 
 SETTLE_S = 1.0
@@ -325,18 +325,10 @@ def _run_json(run: CellRun) -> dict[str, Any]:
     data["metrics"] = run.metrics()
     for sample in data["samples"]:
         if run.constrained:  # judged on the whole text, which is cut below
-            sample["json_valid"] = _parses(sample["text"])
+            sample["json_valid"] = parses_as_json(sample["text"])
         sample["text"] = sample["text"][:200]
         sample.pop("token_ids", None)
     return data
 
 
 __all__ = ["WORKLOADS", "CellRun", "arms", "run_cell", "run_serving"]
-
-
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True

@@ -167,17 +167,16 @@ def consistency(runs: list[dict[str, Any]], systems: Iterable[str]) -> dict[str,
     per_workload: dict[str, Any] = {}
     for workload in sorted({r["workload"] for r in counted}):
         mine = [r for r in counted if r["workload"] == workload]
-        outputs = [s for r in mine if r["constrained"] for s in r["samples"]]
         by_system = [(r["system"], s) for r in mine if r["constrained"] for s in r["samples"]]
+        outputs = [s for _, s in by_system]
         # Judged on the whole text when the run recorded it (its saved text is cut at 200
         # characters); runs from before that are not judged.
-        judged = [(name, s["json_valid"]) for name, s in by_system if "json_valid" in s]
-        valid = {name: sum(ok for n, ok in judged if n == name) for name, _ in judged}
-        cut: dict[str, int] = {}
+        valid = {name: 0 for name, s in by_system if "json_valid" in s}
+        cut = {name: 0 for name, _ in by_system}
         for name, sample in by_system:
-            cut.setdefault(name, 0)
-            if sample["finish"] in ("FINISH_REASON_MAX_TOKENS", "length"):
-                cut[name] += 1
+            if "json_valid" in sample:
+                valid[name] += bool(sample["json_valid"])
+            cut[name] += sample["finish"] in ("FINISH_REASON_MAX_TOKENS", "length")
         per_workload[workload] = {
             "p50_tokens_free": percentile(
                 [s["tokens"] for r in mine if not r["constrained"] for s in r["samples"]], 50

@@ -306,10 +306,11 @@ class RequestGrammar:
         # While steering, the mask allows the plan's tokens alone (a forced run
         # tokenized otherwise would be rejected).
         candidate = self._steered_run(limit)
-        for matcher in self.matchers if not candidate else ():
-            run = [int(t) for t in matcher.compute_ff_tokens()[:limit]]
-            if len(run) > len(candidate):
-                candidate = run
+        if not candidate:
+            for matcher in self.matchers:
+                run = [int(t) for t in matcher.compute_ff_tokens()[:limit]]
+                if len(run) > len(candidate):
+                    candidate = run
         for i, token in enumerate(candidate):
             if token in self.eos_tokens:
                 candidate = candidate[:i]
@@ -324,11 +325,13 @@ class RequestGrammar:
 
     def _steered_run(self, limit: int) -> list[int]:
         """While budget steering closes the output its plan is forced too (its
-        mask allows the plan's next token alone): up to `limit` of it."""
+        mask allows the plan's next token alone): up to `limit` of it. The plan
+        was replayed through these matchers; `forced_tokens` validates it like
+        any run where several matchers or token masks take part."""
         guide = self.guide
         if guide is None or not guide.steering or not guide.plan:
             return []
-        return self.validate_tokens(guide.plan[:limit])
+        return list(guide.plan[:limit])
 
     def _through_restrict(self, tokens: list[int]) -> list[int]:
         """The prefix of `tokens` that `restrict` still allows at each position."""
